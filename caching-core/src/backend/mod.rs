@@ -1,0 +1,115 @@
+//! The storage a cache talks to, and its implementations.
+//!
+//! The trait holds exactly what the read, fill and invalidation paths need (see
+//! `docs/src/protocol.md`): a multi-get that returns CAS tokens, add-only and CAS stores,
+//! batched set / append / delete, and counters. Every method that takes several keys is one
+//! round trip per server.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+
+use crate::error::Result;
+use crate::timeout::Expiry;
+
+pub mod locmem;
+#[cfg(feature = "memcached")]
+pub mod memcached;
+
+/// A value read from a backend with its CAS token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// The stored bytes.
+    pub value: Vec<u8>,
+    /// Token for [`Backend::cas`]: changes whenever the value changes.
+    pub cas: u64,
+}
+
+/// Outcome of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Appended.
+    Appended,
+    /// The key does not exist; nothing was stored.
+    Missing,
+    /// The result would exceed the item size limit; nothing was stored.
+    TooLarge,
+}
+
+/// Outcome of a compare-and-swap store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// Stored: the value had not changed since it was read.
+    Stored,
+    /// Not stored: the value changed since it was read.
+    Changed,
+    /// Not stored: the key no longer exists.
+    Missing,
+}
+
+/// A key-value store with memcached's semantics.
+///
+/// Implementations must be thread-safe; every method may be called concurrently. Keys passed
+/// in are valid memcached keys (see [`is_valid_key`](crate::key::is_valid_key)); an
+/// implementation rejects anything else with [`Error::InvalidKey`](crate::Error::InvalidKey).
+pub trait Backend: Send + Sync + Debug + 'static {
+    /// Short name for logs (`locmem`, `memcached`).
+    fn name(&self) -> &'static str;
+
+    /// Largest value (in bytes) the backend stores.
+    fn max_item_size(&self) -> usize;
+
+    /// Reads several keys at once; missing keys are absent from the map.
+    fn get_multi(&self, keys: &[&str]) -> Result<HashMap<String, Item>>;
+
+    /// Stores each value only if its key does not exist; returns, per item, whether it was
+    /// stored. A value over the item size is not stored (`false`), not an error.
+    fn add_multi(&self, items: &[(&str, &[u8])], expiry: Expiry) -> Result<Vec<bool>>;
+
+    /// Stores every value unconditionally. Values over the item size are skipped.
+    fn set_multi(&self, items: &[(&str, &[u8])], expiry: Expiry) -> Result<()>;
+
+    /// Appends bytes to existing values, atomically per key.
+    fn append_multi(&self, items: &[(&str, &[u8])]) -> Result<Vec<AppendOutcome>>;
+
+    /// Replaces a value only if it is unchanged since it was read with token `cas`.
+    fn cas(&self, key: &str, value: &[u8], expiry: Expiry, cas: u64) -> Result<CasOutcome>;
+
+    /// Deletes keys; missing keys are not an error.
+    fn delete_multi(&self, keys: &[&str]) -> Result<()>;
+
+    /// Increments a decimal counter (wrapping at 2^64); `None` if the key does not exist.
+    fn incr(&self, key: &str, delta: u64) -> Result<Option<u64>>;
+
+    /// Reads one key.
+    fn get(&self, key: &str) -> Result<Option<Item>> {
+        Ok(self.get_multi(&[key])?.remove(key))
+    }
+
+    /// Stores one value only if its key does not exist.
+    fn add(&self, key: &str, value: &[u8], expiry: Expiry) -> Result<bool> {
+        Ok(self
+            .add_multi(&[(key, value)], expiry)?
+            .first()
+            .copied()
+            .unwrap_or(false))
+    }
+
+    /// Stores one value.
+    fn set(&self, key: &str, value: &[u8], expiry: Expiry) -> Result<()> {
+        self.set_multi(&[(key, value)], expiry)
+    }
+
+    /// Deletes one key.
+    fn delete(&self, key: &str) -> Result<()> {
+        self.delete_multi(&[key])
+    }
+}
+
+pub(crate) fn check_keys<'a>(keys: impl IntoIterator<Item = &'a str>) -> Result<()> {
+    for k in keys {
+        if !crate::key::is_valid_key(k) {
+            return Err(crate::Error::InvalidKey(k.chars().take(300).collect()));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,392 @@
+//! Configuration: the builder and `CACHE_URL` parsing.
+//!
+//! URL forms (every parameter optional):
+//!
+//! ```text
+//! locmem://?prefix=app&max_entries=100000&max_bytes=268435456&item_size=1048576
+//! memcached://127.0.0.1:11211,127.0.0.1:11212?prefix=app&connect_timeout_ms=250&io_timeout_ms=500&pool_size=16&retry_after_ms=1000
+//! ```
+//!
+//! Parameters for every scheme:
+//!
+//! | parameter | meaning | default |
+//! |---|---|---|
+//! | `prefix` | prepended to every key, `[A-Za-z0-9_.:-]`, ≤ 64 bytes | empty |
+//! | `timeout` | default timeout in seconds, or `forever` | `forever` |
+//! | `max_timeout` | cap in seconds applied even to "forever" | none |
+//! | `count_timeout` | seconds a `cached_count` lives; `none` = counts not cached | `none` |
+//! | `cache_empty_results` | `true`/`false` | `false` |
+//! | `invalidate_on_create` | `whole-model` or `off` | `off` |
+//! | `replica_timeout` | seconds a fill from a replica-labelled connection lives | `60` |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::locmem::{LocMem, LocMemLimits};
+use crate::backend::Backend;
+use crate::error::ConfigError;
+use crate::key::KeySpace;
+use crate::timeout::Timeout;
+use crate::Cache;
+
+/// What creating a row invalidates (the seed's `CACHE_INVALIDATE_ON_CREATE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InvalidateOnCreate {
+    /// Only the lists of the new row's foreign-key targets: cached lists that could now
+    /// include the row but contain none of its relatives stay (documented staleness).
+    #[default]
+    Off,
+    /// Every cached query of the model (bumps its table version).
+    WholeModel,
+}
+
+/// Settings of a [`Cache`], mirroring django-cache-machine's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Key prefix (seed: `CACHE_PREFIX`).
+    pub prefix: String,
+    /// Timeout used when a caller asks for [`Timeout::Default`]. Never `Default` itself.
+    pub default_timeout: Timeout,
+    /// Cap applied to every stored value, even "forever" ones: a safety net for writes that
+    /// bypass the library.
+    pub max_timeout: Option<Duration>,
+    /// How long counts live (seed: `CACHE_COUNT_TIMEOUT`); `None`: counts are not cached.
+    pub count_timeout: Option<Duration>,
+    /// Whether empty results are cached (seed: `CACHE_EMPTY_QUERYSETS`).
+    pub cache_empty_results: bool,
+    /// What a create invalidates (seed: `CACHE_INVALIDATE_ON_CREATE`).
+    pub invalidate_on_create: InvalidateOnCreate,
+    /// Timeout of fills read from a connection labelled as a replica (bounds replica lag).
+    pub replica_timeout: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            prefix: String::new(),
+            default_timeout: Timeout::Forever,
+            max_timeout: None,
+            count_timeout: None,
+            cache_empty_results: false,
+            invalidate_on_create: InvalidateOnCreate::Off,
+            replica_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Builds a [`Cache`]; validates everything at [`build`](CacheBuilder::build).
+///
+/// ```
+/// use caching_core::{Cache, Timeout};
+/// use std::time::Duration;
+/// let cache = Cache::builder()
+///     .locmem()
+///     .prefix("app")
+///     .count_timeout(Some(Duration::from_secs(5)))
+///     .build()
+///     .unwrap();
+/// assert_eq!(cache.config().prefix, "app");
+/// assert!(Cache::builder().prefix("has space").build().is_err());
+/// ```
+#[derive(Debug, Default)]
+pub struct CacheBuilder {
+    backend: Option<Arc<dyn Backend>>,
+    config: CacheConfig,
+}
+
+impl CacheBuilder {
+    /// A builder with the default configuration and no backend (locmem if none is set).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Uses a fresh in-process backend with default limits.
+    pub fn locmem(self) -> Self {
+        self.backend(LocMem::new())
+    }
+
+    /// Uses a memcached backend over `servers` (`host:port`).
+    #[cfg(feature = "memcached")]
+    pub fn memcached<S: AsRef<str>>(
+        self,
+        servers: &[S],
+        options: crate::backend::memcached::MemcachedOptions,
+    ) -> Result<Self, crate::Error> {
+        Ok(self.backend(crate::backend::memcached::Memcached::new(servers, options)?))
+    }
+
+    /// Uses `backend`.
+    pub fn backend(self, backend: impl Backend) -> Self {
+        self.shared_backend(Arc::new(backend))
+    }
+
+    /// Uses a backend shared with other caches (for example two prefixes on one server).
+    pub fn shared_backend(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// Sets the key prefix.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.config.prefix = prefix.into();
+        self
+    }
+
+    /// Sets the default timeout (`Timeout::Default` here means forever).
+    pub fn default_timeout(mut self, t: Timeout) -> Self {
+        self.config.default_timeout = t;
+        self
+    }
+
+    /// Sets the maximum timeout, applied even to "forever".
+    pub fn max_timeout(mut self, t: Option<Duration>) -> Self {
+        self.config.max_timeout = t;
+        self
+    }
+
+    /// Sets the count timeout (`None`: counts are not cached).
+    pub fn count_timeout(mut self, t: Option<Duration>) -> Self {
+        self.config.count_timeout = t;
+        self
+    }
+
+    /// Caches empty results too.
+    pub fn cache_empty_results(mut self, yes: bool) -> Self {
+        self.config.cache_empty_results = yes;
+        self
+    }
+
+    /// Sets what a create invalidates.
+    pub fn invalidate_on_create(mut self, v: InvalidateOnCreate) -> Self {
+        self.config.invalidate_on_create = v;
+        self
+    }
+
+    /// Sets the timeout of fills read from a replica.
+    pub fn replica_timeout(mut self, t: Duration) -> Self {
+        self.config.replica_timeout = t;
+        self
+    }
+
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: CacheConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Validates and builds.
+    pub fn build(self) -> Result<Cache, ConfigError> {
+        let mut config = self.config;
+        let keys = KeySpace::new(&config.prefix)?;
+        if config.default_timeout == Timeout::Default {
+            config.default_timeout = Timeout::Forever;
+        }
+        config.default_timeout.validate()?;
+        for d in [config.max_timeout, config.count_timeout, Some(config.replica_timeout)]
+            .into_iter()
+            .flatten()
+        {
+            Timeout::After(d).validate()?;
+        }
+        let backend = self.backend.unwrap_or_else(|| Arc::new(LocMem::new()));
+        Ok(Cache::from_parts(backend, config, keys))
+    }
+}
+
+fn param_err(name: &'static str, value: &str, reason: &str) -> ConfigError {
+    ConfigError::Parameter {
+        name,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn parse_secs(name: &'static str, v: &str) -> Result<Duration, ConfigError> {
+    let n: u64 = v
+        .parse()
+        .map_err(|_| param_err(name, v, "expected a whole number of seconds"))?;
+    let d = Duration::from_secs(n);
+    Timeout::After(d).validate()?;
+    Ok(d)
+}
+
+fn parse_usize(name: &'static str, v: &str) -> Result<usize, ConfigError> {
+    match v.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(param_err(name, v, "expected a positive whole number")),
+    }
+}
+
+fn parse_bool(name: &'static str, v: &str) -> Result<bool, ConfigError> {
+    match v {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(param_err(name, v, "expected true or false")),
+    }
+}
+
+/// Parses a cache URL into a builder. See the module docs for the parameters.
+pub(crate) fn parse_url(url: &str) -> Result<CacheBuilder, crate::Error> {
+    let bad = |reason: &str| ConfigError::Url {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("whitespace or control characters").into());
+    }
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| bad("expected scheme://..."))?;
+    let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut b = CacheBuilder::new();
+    let mut limits = LocMemLimits::default();
+    #[cfg(feature = "memcached")]
+    let mut mc = crate::backend::memcached::MemcachedOptions::default();
+    let mut mc_params = false;
+    let mut locmem_params = false;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| bad("parameters must be name=value"))?;
+        match k {
+            "prefix" => {
+                KeySpace::new(v)?;
+                b = b.prefix(v);
+            }
+            "timeout" => {
+                b = b.default_timeout(if v == "forever" {
+                    Timeout::Forever
+                } else {
+                    Timeout::After(parse_secs("timeout", v)?)
+                })
+            }
+            "max_timeout" => b = b.max_timeout(Some(parse_secs("max_timeout", v)?)),
+            "count_timeout" => {
+                b = b.count_timeout(if v == "none" {
+                    None
+                } else {
+                    Some(parse_secs("count_timeout", v)?)
+                })
+            }
+            "cache_empty_results" => b = b.cache_empty_results(parse_bool("cache_empty_results", v)?),
+            "invalidate_on_create" => {
+                b = b.invalidate_on_create(match v {
+                    "whole-model" => InvalidateOnCreate::WholeModel,
+                    "off" => InvalidateOnCreate::Off,
+                    _ => return Err(param_err("invalidate_on_create", v, "expected whole-model or off").into()),
+                })
+            }
+            "replica_timeout" => b = b.replica_timeout(parse_secs("replica_timeout", v)?),
+            "max_entries" => {
+                locmem_params = true;
+                limits.max_entries = parse_usize("max_entries", v)?
+            }
+            "max_bytes" => {
+                locmem_params = true;
+                limits.max_bytes = parse_usize("max_bytes", v)?
+            }
+            "item_size" => {
+                locmem_params = true;
+                limits.max_item_size = parse_usize("item_size", v)?
+            }
+            #[cfg(feature = "memcached")]
+            "connect_timeout_ms" => {
+                mc_params = true;
+                mc.connect_timeout = Duration::from_millis(parse_usize("connect_timeout_ms", v)? as u64)
+            }
+            #[cfg(feature = "memcached")]
+            "io_timeout_ms" => {
+                mc_params = true;
+                mc.io_timeout = Duration::from_millis(parse_usize("io_timeout_ms", v)? as u64)
+            }
+            #[cfg(feature = "memcached")]
+            "pool_size" => {
+                mc_params = true;
+                mc.pool_size = parse_usize("pool_size", v)?
+            }
+            #[cfg(feature = "memcached")]
+            "retry_after_ms" => {
+                mc_params = true;
+                mc.retry_after = Duration::from_millis(parse_usize("retry_after_ms", v)? as u64)
+            }
+            other => return Err(ConfigError::UnknownParameter(other.to_string()).into()),
+        }
+    }
+    match scheme {
+        "locmem" => {
+            if !hosts.is_empty() {
+                return Err(bad("locmem:// takes no host").into());
+            }
+            if mc_params {
+                return Err(bad("memcached parameters given to locmem://").into());
+            }
+            Ok(b.backend(LocMem::with_limits(limits)))
+        }
+        #[cfg(feature = "memcached")]
+        "memcached" => {
+            if locmem_params {
+                return Err(bad("locmem parameters given to memcached://").into());
+            }
+            let servers: Vec<&str> = hosts.split(',').filter(|s| !s.is_empty()).collect();
+            if servers.is_empty() {
+                return Err(bad("memcached:// needs at least one host:port").into());
+            }
+            for s in &servers {
+                let ok = s
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                if !ok {
+                    return Err(bad(&format!("{s:?} is not host:port")).into());
+                }
+            }
+            b.memcached(&servers, mc)
+        }
+        other => {
+            let _ = (mc_params, locmem_params);
+            Err(ConfigError::Scheme(other.to_string()).into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_parameter() {
+        let c = parse_url("locmem://?prefix=a&timeout=60&max_timeout=3600&count_timeout=5&cache_empty_results=true&invalidate_on_create=whole-model&replica_timeout=9&max_entries=10")
+            .unwrap()
+            .build()
+            .unwrap();
+        let cfg = c.config();
+        assert_eq!(cfg.prefix, "a");
+        assert_eq!(cfg.default_timeout, Timeout::After(Duration::from_secs(60)));
+        assert_eq!(cfg.max_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(cfg.count_timeout, Some(Duration::from_secs(5)));
+        assert!(cfg.cache_empty_results);
+        assert_eq!(cfg.invalidate_on_create, InvalidateOnCreate::WholeModel);
+        assert_eq!(cfg.replica_timeout, Duration::from_secs(9));
+    }
+
+    #[test]
+    fn rejects_bad_urls_with_clear_errors() {
+        for (url, needle) in [
+            ("", "scheme"),
+            ("redis2://x", "unsupported"),
+            ("locmem://?prefix=a b", "whitespace"),
+            ("locmem://?prefix=a%20b", "prefix"),
+            ("locmem://?timeout=0", "out of range"),
+            ("locmem://?timeout=-1", "seconds"),
+            ("locmem://?nope=1", "unknown"),
+            ("locmem://?count_timeout=99999999999", "out of range"),
+            ("memcached://", "host:port"),
+            ("memcached://localhost", "host:port"),
+            ("memcached://h:0", "host:port"),
+            ("locmem://?max_entries=0", "positive"),
+            ("locmem://?invalidate_on_create=sometimes", "whole-model"),
+        ] {
+            let err = parse_url(url).err().unwrap_or_else(|| panic!("{url} parsed")).to_string();
+            assert!(err.contains(needle), "{url}: {err}");
+        }
+    }
+}

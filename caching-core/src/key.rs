@@ -1,0 +1,318 @@
+//! Keys: how objects, flush lists, queries and counters are named in the backend.
+//!
+//! Every key starts with the configured prefix, is at most 250 bytes and contains no
+//! whitespace or control characters, whatever the caller passes in: a key part outside a
+//! small safe alphabet is replaced by its blake3 hash (marked with `#`, which the safe alphabet
+//! excludes, so a hashed part can never equal a raw one). Query keys are blake3 hashes of
+//! length-prefixed parts, so they are injective over their inputs and stable across processes
+//! and Rust versions.
+
+use std::fmt;
+
+use crate::error::ConfigError;
+
+/// Version of the key layout. Bump it whenever the layout or the stored envelope changes, so
+/// that two deployed versions never read each other's entries.
+pub const KEY_SCHEMA_VERSION: &str = "cm1";
+
+/// memcached's key length limit.
+pub const MAX_KEY_LEN: usize = 250;
+
+/// Longest prefix accepted.
+pub const MAX_PREFIX_LEN: usize = 64;
+
+/// Longest key part kept verbatim; longer parts are hashed.
+const MAX_RAW_PART: usize = 48;
+
+fn is_safe_part_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.'
+}
+
+/// Whether `key` may be sent to memcached as a key.
+///
+/// ```
+/// assert!(caching_core::key::is_valid_key("app:q:abc"));
+/// assert!(!caching_core::key::is_valid_key("x\r\nflush_all"));
+/// ```
+pub fn is_valid_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= MAX_KEY_LEN && key.bytes().all(|b| b > b' ' && b != 0x7f)
+}
+
+fn hash_hex(bytes: &[u8], len: usize) -> String {
+    let hex = blake3::hash(bytes).to_hex();
+    hex[..len].to_string()
+}
+
+/// A key part made safe: verbatim when short and in `[A-Za-z0-9_.-]`, otherwise `#` followed
+/// by 32 hex digits of its blake3 hash.
+///
+/// ```
+/// use caching_core::key::safe_part;
+/// assert_eq!(safe_part("users"), "users");
+/// assert!(safe_part("x\r\nflush_all\r\n").starts_with('#'));
+/// assert!(safe_part("héllo").starts_with('#'));
+/// ```
+pub fn safe_part(part: &str) -> String {
+    if !part.is_empty() && part.len() <= MAX_RAW_PART && part.bytes().all(is_safe_part_byte) {
+        part.to_string()
+    } else {
+        format!("#{}", hash_hex(part.as_bytes(), 32))
+    }
+}
+
+/// The identity of one row: `o:{model}:{pk}`, without prefix or database label.
+///
+/// Composite primary keys join their parts with `:`; parts are [`safe_part`]s, which never
+/// contain `:`, so the join is unambiguous.
+///
+/// ```
+/// use caching_core::ObjectKey;
+/// assert_eq!(ObjectKey::new("users", &["1"]).as_str(), "o:users:1");
+/// assert_eq!(ObjectKey::new("pairs", &["1", "2"]).as_str(), "o:pairs:1:2");
+/// assert_ne!(ObjectKey::new("t", &["a:b", "c"]), ObjectKey::new("t", &["a", "b:c"]));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    key: String,
+    model: String,
+}
+
+impl ObjectKey {
+    /// The object key of the row of `model` (its table name) with primary key parts `pk`.
+    pub fn new<S: AsRef<str>>(model: &str, pk: &[S]) -> Self {
+        let model_part = safe_part(model);
+        let mut key = format!("o:{model_part}");
+        for p in pk {
+            key.push(':');
+            key.push_str(&safe_part(p.as_ref()));
+        }
+        ObjectKey {
+            key,
+            model: model.to_string(),
+        }
+    }
+
+    /// The key text (`o:users:1`).
+    pub fn as_str(&self) -> &str {
+        &self.key
+    }
+
+    /// The model (table) this row belongs to.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.key)
+    }
+}
+
+/// A query key under construction: a blake3 hash over length-prefixed, tagged parts.
+///
+/// ```
+/// use caching_core::QueryKeyBuilder;
+/// let mut a = QueryKeyBuilder::new("query");
+/// a.part("sql", b"SELECT 1").part("bind", b"Integer:1");
+/// let mut b = QueryKeyBuilder::new("query");
+/// b.part("sql", b"SELECT 1").part("bind", b"Text:1");
+/// assert_ne!(a.finish_hex(), b.finish_hex());
+/// ```
+#[derive(Debug, Clone)]
+pub struct QueryKeyBuilder {
+    hasher: blake3::Hasher,
+}
+
+impl QueryKeyBuilder {
+    /// Starts a key of a given kind (`query`, `count`, `raw`, ...), versioned by
+    /// [`KEY_SCHEMA_VERSION`].
+    pub fn new(kind: &str) -> Self {
+        let mut b = QueryKeyBuilder {
+            hasher: blake3::Hasher::new(),
+        };
+        b.part("schema", KEY_SCHEMA_VERSION.as_bytes());
+        b.part("kind", kind.as_bytes());
+        b
+    }
+
+    /// Adds a tagged part. Tag and bytes are length-prefixed, so no two sequences of parts
+    /// hash the same input.
+    pub fn part(&mut self, tag: &str, bytes: &[u8]) -> &mut Self {
+        self.hasher.update(&(tag.len() as u64).to_le_bytes());
+        self.hasher.update(tag.as_bytes());
+        self.hasher.update(&(bytes.len() as u64).to_le_bytes());
+        self.hasher.update(bytes);
+        self
+    }
+
+    /// 32 hex digits (128 bits) of the hash.
+    pub fn finish_hex(&self) -> String {
+        self.hasher.finalize().to_hex()[..32].to_string()
+    }
+}
+
+/// The naming scheme of one cache: its prefix and the kinds of keys built under it.
+///
+/// ```
+/// use caching_core::{KeySpace, ObjectKey};
+/// let ks = KeySpace::new("app").unwrap();
+/// let o = ObjectKey::new("users", &["1"]);
+/// assert_eq!(ks.flush_key(&o), "app:f:o:users:1");
+/// assert_eq!(ks.generation_key("users"), "app:gen:users");
+/// assert!(KeySpace::new("bad prefix").is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpace {
+    prefix: String,
+}
+
+impl KeySpace {
+    /// A key space with `prefix` (may be empty). The prefix must be at most 64 bytes of
+    /// `[A-Za-z0-9_.:-]`.
+    pub fn new(prefix: &str) -> Result<Self, ConfigError> {
+        if prefix.len() > MAX_PREFIX_LEN {
+            return Err(ConfigError::Prefix {
+                prefix: prefix.to_string(),
+                reason: format!("longer than {MAX_PREFIX_LEN} bytes"),
+            });
+        }
+        if let Some(c) = prefix
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
+        {
+            return Err(ConfigError::Prefix {
+                prefix: prefix.to_string(),
+                reason: format!("character {c:?} is not allowed (use [A-Za-z0-9_.:-])"),
+            });
+        }
+        let prefix = if prefix.is_empty() || prefix.ends_with(':') {
+            prefix.to_string()
+        } else {
+            format!("{prefix}:")
+        };
+        Ok(KeySpace { prefix })
+    }
+
+    /// The prefix as used in keys (with its trailing `:`, empty if none).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Joins prefix, a kind tag and a body; hashes the body if the key would be too long.
+    fn make(&self, kind: &str, body: &str) -> String {
+        let key = format!("{}{kind}:{body}", self.prefix);
+        if key.len() <= MAX_KEY_LEN {
+            key
+        } else {
+            format!("{}{kind}:#{}", self.prefix, hash_hex(body.as_bytes(), 40))
+        }
+    }
+
+    /// The flush list of an object (no database label: a write on the primary must reach
+    /// what was cached from a replica).
+    pub fn flush_key(&self, object: &ObjectKey) -> String {
+        self.make("f", object.as_str())
+    }
+
+    /// The flush list of another key (a query's own flush list, holding extra keys that die
+    /// with it).
+    pub fn key_flush_key(&self, key: &str) -> String {
+        self.make("f", &format!("k:{}", strip(key, &self.prefix)))
+    }
+
+    /// Whether `key` names a flush list of this key space.
+    pub fn is_flush_key(&self, key: &str) -> bool {
+        key.strip_prefix(self.prefix.as_str())
+            .is_some_and(|rest| rest.starts_with("f:"))
+    }
+
+    /// A cached single object: includes the database label, so equal primary keys in two
+    /// databases never cross.
+    pub fn object_entry_key(&self, db: &str, object: &ObjectKey) -> String {
+        self.make("e", &format!("{}:{}", safe_part(db), object.as_str()))
+    }
+
+    /// A query result key from a finished [`QueryKeyBuilder`].
+    pub fn query_key(&self, builder: &QueryKeyBuilder) -> String {
+        self.make("q", &builder.finish_hex())
+    }
+
+    /// A manual (`cached`) key.
+    pub fn manual_key(&self, key: &str) -> String {
+        self.make("m", &safe_part(key))
+    }
+
+    /// The write generation of a table (bumped by every write).
+    pub fn generation_key(&self, table: &str) -> String {
+        self.make("gen", &safe_part(table))
+    }
+
+    /// The version of a table (bumped by whole-table invalidation).
+    pub fn version_key(&self, table: &str) -> String {
+        self.make("ver", &safe_part(table))
+    }
+
+    /// The namespace version: bumping it invalidates every query of this key space.
+    pub fn namespace_key(&self) -> String {
+        format!("{}ns", self.prefix)
+    }
+}
+
+fn strip<'a>(key: &'a str, prefix: &str) -> &'a str {
+    key.strip_prefix(prefix).unwrap_or(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_is_valid_whatever_the_input() {
+        let ks = KeySpace::new("p").unwrap();
+        let nasty = [
+            "x\r\nflush_all\r\n",
+            "with space",
+            "ünïcödé",
+            "\0",
+            &"long".repeat(200),
+        ];
+        for n in nasty {
+            let o = ObjectKey::new(n, &[n, n]);
+            for k in [
+                ks.flush_key(&o),
+                ks.object_entry_key(n, &o),
+                ks.manual_key(n),
+                ks.generation_key(n),
+                ks.version_key(n),
+                ks.key_flush_key(n),
+            ] {
+                assert!(is_valid_key(&k), "{k:?}");
+                assert!(k.starts_with("p:"));
+            }
+        }
+    }
+
+    #[test]
+    fn hashed_parts_never_equal_raw_parts() {
+        assert_ne!(safe_part("a b"), safe_part("a_b"));
+        assert_eq!(safe_part("a b"), safe_part("a b"));
+    }
+
+    #[test]
+    fn prefix_gets_separator_once() {
+        assert_eq!(KeySpace::new("a").unwrap().prefix(), "a:");
+        assert_eq!(KeySpace::new("a:").unwrap().prefix(), "a:");
+        assert_eq!(KeySpace::new("").unwrap().prefix(), "");
+        assert!(KeySpace::new(&"x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn flush_keys_are_recognised() {
+        let ks = KeySpace::new("p").unwrap();
+        let o = ObjectKey::new("users", &["1"]);
+        assert!(ks.is_flush_key(&ks.flush_key(&o)));
+        assert!(ks.is_flush_key(&ks.key_flush_key("p:q:abc")));
+        assert!(!ks.is_flush_key("p:q:abc"));
+    }
+}

@@ -1,0 +1,36 @@
+//! The engine of Cache Machine for Diesel: keys, backends, flush lists, invalidation and
+//! manual caching. It knows nothing of Diesel; `caching-diesel` builds the query cache on it.
+//!
+//! ```
+//! use caching_core::{Cache, Invalidation, ObjectKey, Timeout};
+//!
+//! let cache = Cache::from_url("locmem://?prefix=demo").unwrap();
+//! let user = ObjectKey::new("users", &["1"]);
+//! // A value tied to a row: computed once, served from the cache until the row changes.
+//! let name: String = cache.cached_with(&user, "display-name", Timeout::Forever, || "fliggy".into());
+//! assert_eq!(name, "fliggy");
+//! let mut inv = Invalidation::new();
+//! inv.object("users", user.clone());
+//! cache.invalidate(&inv).unwrap();
+//! assert_eq!(cache.stats().invalidations, 1);
+//! ```
+
+pub mod backend;
+mod cache;
+mod clock;
+pub mod codec;
+pub mod config;
+mod error;
+mod flush;
+pub mod key;
+mod stats;
+mod timeout;
+
+pub use backend::{AppendOutcome, Backend, CasOutcome, Item};
+pub use cache::{Cache, FillOutcome, FillToken, FlushTarget, Invalidation, Lookup, StepHook};
+pub use config::{CacheBuilder, CacheConfig, InvalidateOnCreate};
+pub use error::{ConfigError, Error, Result};
+pub use flush::{InvalidationReport, Registrations};
+pub use key::{KeySpace, ObjectKey, QueryKeyBuilder};
+pub use stats::{Stats, StatsSnapshot};
+pub use timeout::{Expiry, Timeout, MAX_TIMEOUT};

@@ -1,0 +1,89 @@
+//! Counters of what a cache did, readable as a snapshot by tests and users.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! stats {
+    ($($(#[doc = $doc:expr])* $name:ident),* $(,)?) => {
+        /// Live counters of one [`Cache`](crate::Cache) (shared by its clones).
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $($name: AtomicU64,)*
+        }
+
+        /// A point-in-time copy of [`Stats`].
+        ///
+        /// ```
+        /// let cache = caching_core::Cache::locmem();
+        /// let s = cache.stats();
+        /// assert_eq!(s.hits, 0);
+        /// ```
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct StatsSnapshot {
+            $($(#[doc = $doc])* pub $name: u64,)*
+        }
+
+        impl Stats {
+            /// Copies the counters.
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+stats! {
+    /// Reads answered from the cache.
+    hits,
+    /// Reads not answered from the cache (including ones that failed to decode).
+    misses,
+    /// Results stored after a miss.
+    fills,
+    /// Results not stored after a miss (too large, empty, raced with a write, registration
+    /// failed, inside a transaction).
+    skipped_fills,
+    /// Invalidations run (one per write or `invalidate` call).
+    invalidations,
+    /// Invalidations that failed even after retries (their keys may be stale until they
+    /// expire: see the docs on failure modes).
+    failed_invalidations,
+    /// Calls to the backend that failed (unreachable, timeout, protocol error).
+    backend_errors,
+    /// Cached values that did not decode (deleted and counted as misses).
+    decode_errors,
+    /// Flush lists that hit their size cap (the row fell back to table-level invalidation).
+    overflows,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Counter {
+    Hits,
+    Misses,
+    Fills,
+    SkippedFills,
+    Invalidations,
+    FailedInvalidations,
+    BackendErrors,
+    DecodeErrors,
+    Overflows,
+}
+
+impl Stats {
+    pub(crate) fn add(&self, c: Counter, n: u64) {
+        let a = match c {
+            Counter::Hits => &self.hits,
+            Counter::Misses => &self.misses,
+            Counter::Fills => &self.fills,
+            Counter::SkippedFills => &self.skipped_fills,
+            Counter::Invalidations => &self.invalidations,
+            Counter::FailedInvalidations => &self.failed_invalidations,
+            Counter::BackendErrors => &self.backend_errors,
+            Counter::DecodeErrors => &self.decode_errors,
+            Counter::Overflows => &self.overflows,
+        };
+        a.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn inc(&self, c: Counter) {
+        self.add(c, 1);
+    }
+}
