@@ -324,6 +324,13 @@ impl Cache {
         }
     }
 
+    /// Reports a step taken outside the engine (the adapter's database read) to the step
+    /// hook, if any. Not part of the stable API.
+    #[doc(hidden)]
+    pub fn __step(&self, name: &'static str) {
+        self.step(name);
+    }
+
     fn step(&self, name: &'static str) {
         if let Some(h) = &self.inner.hook {
             h.step(name);
@@ -382,6 +389,17 @@ impl Cache {
     /// One round trip: the entry `key`, and the versions and write generations of `tables`.
     /// Missing counters are created (one more round trip, only then).
     pub fn lookup(&self, key: &str, tables: &[&str]) -> Result<Lookup> {
+        self.lookup_inner(key, tables, false)
+    }
+
+    /// Like [`lookup`](Cache::lookup), but the entry also records the tables' write
+    /// generations: any write to those tables makes it miss. Exact at table granularity, for
+    /// values no flush list protects (counts).
+    pub fn lookup_exact(&self, key: &str, tables: &[&str]) -> Result<Lookup> {
+        self.lookup_inner(key, tables, true)
+    }
+
+    fn lookup_inner(&self, key: &str, tables: &[&str], exact: bool) -> Result<Lookup> {
         self.step("lookup");
         let ks = &self.inner.keys;
         let mut version_keys = vec![ks.namespace_key()];
@@ -402,8 +420,9 @@ impl Cache {
             clock::ensure(&*self.inner.backend, &all[1..])?
         };
         let (versions, generations) = counters.split_at(version_keys.len());
+        let recorded_now = if exact { &counters[..] } else { versions };
         let hit = got.remove(key).and_then(|item| match open_envelope(&item.value) {
-            Some((recorded, payload)) if recorded == versions => Some(payload.to_vec()),
+            Some((recorded, payload)) if recorded == recorded_now => Some(payload.to_vec()),
             Some(_) => None,
             None => {
                 self.inner.stats.inc(Counter::DecodeErrors);
@@ -415,7 +434,7 @@ impl Cache {
             hit,
             token: FillToken {
                 key: key.to_string(),
-                versions: versions.to_vec(),
+                versions: recorded_now.to_vec(),
                 generation_keys,
                 generations: generations.to_vec(),
             },

@@ -1,1 +1,41 @@
-//! placeholder
+//! `#[derive(Cached)]` for Diesel models: object keys, flush keys, foreign-key relations and
+//! the struct fingerprint that goes into query keys. Use it through `caching_diesel`, which
+//! re-exports it (the generated code names `::caching_diesel` paths).
+//!
+//! The derive reads Diesel's own attributes and accepts `#[cached(...)]` for what Diesel does
+//! not say:
+//!
+//! ```text
+//! #[derive(Queryable, Identifiable, Associations, Cached, Serialize, Deserialize)]
+//! #[diesel(table_name = addons, belongs_to(User, foreign_key = author1_id))]
+//! #[cached(belongs_to(User, foreign_key = author2_id))]   // a second foreign key
+//! #[cached(model = "addon")]                               // a model name other than the table
+//! struct Addon { id: i32, val: i32, author1_id: i32, author2_id: Option<i32> }
+//! ```
+//!
+//! - `#[diesel(table_name = t)]`: the table (default: the struct name in snake case plus `s`,
+//!   as Diesel does).
+//! - `#[diesel(primary_key(a, b))]`: primary key fields (default `id`); composite keys work.
+//! - `#[diesel(belongs_to(Parent))]`, `#[diesel(belongs_to(Parent, foreign_key = col))]`,
+//!   and the same under `#[cached(...)]`: foreign keys (default column `parent_id`). A field
+//!   of type `Option<_>` is a nullable foreign key: `None` points nowhere.
+//! - `#[cached(model = "name")]`: the model name in keys (default: the table name).
+
+mod attrs;
+mod expand;
+mod model;
+
+use proc_macro::TokenStream;
+use syn::{parse_macro_input, DeriveInput};
+
+/// Derives `caching_diesel::CachedModel` and `caching_diesel::CacheableRow` (and
+/// `caching_diesel::core::FlushTarget`, so values can be tied to a row with `cached_with`).
+/// See the crate docs for the attributes.
+#[proc_macro_derive(Cached, attributes(cached))]
+pub fn derive_cached(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    model::Model::from_input(&input)
+        .map(|m| expand::expand(&m))
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}

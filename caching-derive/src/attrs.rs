@@ -1,0 +1,151 @@
+//! Attribute parsing: `#[diesel(...)]` (only the parts we need; everything else is Diesel's
+//! business and skipped) and `#[cached(...)]`.
+
+use syn::parse::{Parse, ParseStream};
+use syn::punctuated::Punctuated;
+use syn::{parenthesized, Ident, LitStr, Path, Token};
+
+/// One `belongs_to(Parent, foreign_key = col)`.
+pub struct BelongsTo {
+    pub parent: Path,
+    pub foreign_key: Option<Ident>,
+}
+
+/// What the attributes of a struct say.
+#[derive(Default)]
+pub struct StructAttrs {
+    pub table_name: Option<Path>,
+    pub primary_key: Option<Vec<Ident>>,
+    pub belongs_to: Vec<BelongsTo>,
+    pub model: Option<LitStr>,
+}
+
+fn parse_belongs_to(input: ParseStream) -> syn::Result<BelongsTo> {
+    let content;
+    parenthesized!(content in input);
+    let parent: Path = content.parse()?;
+    let mut foreign_key = None;
+    while content.peek(Token![,]) {
+        content.parse::<Token![,]>()?;
+        if content.is_empty() {
+            break;
+        }
+        let name: Ident = content.parse()?;
+        content.parse::<Token![=]>()?;
+        if name == "foreign_key" {
+            foreign_key = Some(content.parse()?);
+        } else {
+            return Err(syn::Error::new(
+                name.span(),
+                "unknown belongs_to option: expected `foreign_key = column`",
+            ));
+        }
+    }
+    Ok(BelongsTo {
+        parent,
+        foreign_key,
+    })
+}
+
+/// Skips one Diesel option we do not read (`check_for_backend(..)`, `treat_none_as_null = true`, ...).
+fn skip_rest(input: ParseStream) -> syn::Result<()> {
+    if input.peek(syn::token::Paren) {
+        let _content;
+        parenthesized!(_content in input);
+        let _: proc_macro2::TokenStream = _content.parse()?;
+    } else if input.peek(Token![=]) {
+        input.parse::<Token![=]>()?;
+        while !input.is_empty() && !input.peek(Token![,]) {
+            let _: proc_macro2::TokenTree = input.parse()?;
+        }
+    }
+    Ok(())
+}
+
+struct DieselOptions(StructAttrs);
+
+impl Parse for DieselOptions {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let mut out = StructAttrs::default();
+        while !input.is_empty() {
+            let name: Ident = input.call(syn::ext::IdentExt::parse_any)?;
+            match name.to_string().as_str() {
+                "table_name" => {
+                    input.parse::<Token![=]>()?;
+                    out.table_name = Some(input.parse()?);
+                }
+                "primary_key" => {
+                    let content;
+                    parenthesized!(content in input);
+                    let keys = Punctuated::<Ident, Token![,]>::parse_terminated(&content)?;
+                    out.primary_key = Some(keys.into_iter().collect());
+                }
+                "belongs_to" => out.belongs_to.push(parse_belongs_to(input)?),
+                _ => skip_rest(input)?,
+            }
+            if input.is_empty() {
+                break;
+            }
+            input.parse::<Token![,]>()?;
+        }
+        Ok(DieselOptions(out))
+    }
+}
+
+struct CachedOptions(StructAttrs);
+
+impl Parse for CachedOptions {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let mut out = StructAttrs::default();
+        while !input.is_empty() {
+            let name: Ident = input.parse()?;
+            match name.to_string().as_str() {
+                "model" => {
+                    input.parse::<Token![=]>()?;
+                    let lit: LitStr = input.parse()?;
+                    if lit.value().is_empty() {
+                        return Err(syn::Error::new(lit.span(), "model name must not be empty"));
+                    }
+                    out.model = Some(lit);
+                }
+                "belongs_to" => out.belongs_to.push(parse_belongs_to(input)?),
+                other => {
+                    return Err(syn::Error::new(
+                        name.span(),
+                        format!("unknown #[cached] option `{other}`: expected `model = \"name\"` or `belongs_to(Parent, foreign_key = column)`"),
+                    ))
+                }
+            }
+            if input.is_empty() {
+                break;
+            }
+            input.parse::<Token![,]>()?;
+        }
+        Ok(CachedOptions(out))
+    }
+}
+
+/// Reads every `#[diesel]` and `#[cached]` attribute of a struct.
+pub fn parse_struct_attrs(attrs: &[syn::Attribute]) -> syn::Result<StructAttrs> {
+    let mut out = StructAttrs::default();
+    for attr in attrs {
+        let opts = if attr.path().is_ident("diesel") {
+            attr.parse_args::<DieselOptions>()?.0
+        } else if attr.path().is_ident("cached") {
+            attr.parse_args::<CachedOptions>()?.0
+        } else {
+            continue;
+        };
+        if opts.table_name.is_some() {
+            out.table_name = opts.table_name;
+        }
+        if opts.primary_key.is_some() {
+            out.primary_key = opts.primary_key;
+        }
+        if opts.model.is_some() {
+            out.model = opts.model;
+        }
+        out.belongs_to.extend(opts.belongs_to);
+    }
+    Ok(out)
+}

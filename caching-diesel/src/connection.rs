@@ -1,0 +1,216 @@
+//! The cached connection: a Diesel connection plus the caches it reads and invalidates, its
+//! database label, and the transaction state that defers invalidation to COMMIT.
+//!
+//! It dereferences to the wrapped connection, so every plain Diesel call works unchanged
+//! (`users.load::<User>(&mut *conn)`); cached reads and write helpers take the
+//! `CachedConnection` itself, so they always know whether a transaction is open.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use caching_core::{Cache, Invalidation};
+use diesel::connection::{Instrumentation, InstrumentationEvent};
+
+use crate::caches::{process_caches, CacheSet};
+use crate::error::Error;
+use crate::key::CacheConnection;
+use crate::transaction::TxState;
+
+/// Watches Diesel's transaction events so the cache can tell when a transaction was begun
+/// behind its back (through the wrapped connection), and forwards every event to the
+/// user's own instrumentation.
+struct Observer {
+    depth: Arc<AtomicU32>,
+    inner: Option<Box<dyn Instrumentation>>,
+}
+
+impl Instrumentation for Observer {
+    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        match &event {
+            InstrumentationEvent::BeginTransaction { depth, .. } => {
+                self.depth.store(depth.get(), Ordering::Relaxed)
+            }
+            InstrumentationEvent::CommitTransaction { depth, .. }
+            | InstrumentationEvent::RollbackTransaction { depth, .. } => {
+                self.depth.store(depth.get() - 1, Ordering::Relaxed)
+            }
+            _ => {}
+        }
+        if let Some(inner) = &mut self.inner {
+            inner.on_connection_event(event);
+        }
+    }
+}
+
+/// A Diesel connection with a query cache.
+///
+/// ```
+/// use caching_diesel::{Cache, CacheSet, CachedConnection};
+/// use diesel::prelude::*;
+/// let raw = SqliteConnection::establish(":memory:").unwrap();
+/// let mut conn = CachedConnection::with_caches(raw, CacheSet::new(Cache::locmem()));
+/// assert_eq!(conn.label(), "default");
+/// // Plain Diesel through deref:
+/// diesel::sql_query("CREATE TABLE t (id INTEGER PRIMARY KEY)").execute(&mut *conn).unwrap();
+/// ```
+pub struct CachedConnection<C: CacheConnection> {
+    pub(crate) conn: C,
+    pub(crate) caches: CacheSet,
+    label: String,
+    replica: bool,
+    pub(crate) tx: TxState,
+    observed_depth: Arc<AtomicU32>,
+}
+
+impl<C: CacheConnection> std::fmt::Debug for CachedConnection<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedConnection")
+            .field("label", &self.label)
+            .field("replica", &self.replica)
+            .field("caches", &self.caches)
+            .field("transaction_depth", &self.tx.depth())
+            .finish()
+    }
+}
+
+impl<C: CacheConnection> CachedConnection<C> {
+    /// Wraps `conn` with the process caches ([`install`](crate::install), else `CACHE_URL`).
+    pub fn new(conn: C) -> Result<Self, Error> {
+        Ok(Self::with_caches(conn, process_caches()?))
+    }
+
+    /// Connects to `database_url` and wraps the connection with the process caches.
+    pub fn establish(database_url: &str) -> Result<Self, Error> {
+        Self::new(C::establish(database_url)?)
+    }
+
+    /// Wraps `conn` with explicit caches. Diesel's global default instrumentation, if any, is
+    /// kept (chained).
+    pub fn with_caches(conn: C, caches: CacheSet) -> Self {
+        let inner = diesel::connection::get_default_instrumentation();
+        Self::build(conn, caches, inner)
+    }
+
+    /// Wraps `conn` with explicit caches and an instrumentation of your own (a connection
+    /// holds one instrumentation; the cached connection installs its own observer and forwards
+    /// every event to `instrumentation`). Replacing the instrumentation later through the
+    /// wrapped connection disables detection of transactions begun behind the cache's back.
+    pub fn with_instrumentation(conn: C, caches: CacheSet, instrumentation: impl Instrumentation) -> Self {
+        Self::build(conn, caches, Some(Box::new(instrumentation)))
+    }
+
+    fn build(mut conn: C, caches: CacheSet, inner: Option<Box<dyn Instrumentation>>) -> Self {
+        let observed_depth = Arc::new(AtomicU32::new(0));
+        conn.set_instrumentation(Observer {
+            depth: observed_depth.clone(),
+            inner,
+        });
+        CachedConnection {
+            conn,
+            caches,
+            label: "default".to_string(),
+            replica: false,
+            tx: TxState::default(),
+            observed_depth,
+        }
+    }
+
+    /// Sets the database label (part of every query key: a primary and a replica, or two
+    /// databases, are cached separately; invalidation reaches all of them).
+    pub fn with_label(mut self, label: impl Into<String>) -> Self {
+        self.label = label.into();
+        self
+    }
+
+    /// Marks the connection as reading from a replica: its fills live at most the cache's
+    /// replica timeout, which bounds how long replica lag can keep an old row cached.
+    pub fn as_replica(mut self, replica: bool) -> Self {
+        self.replica = replica;
+        self
+    }
+
+    /// The database label.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Whether the connection is labelled as a replica.
+    pub fn is_replica(&self) -> bool {
+        self.replica
+    }
+
+    /// The caches of this connection.
+    pub fn caches(&self) -> &CacheSet {
+        &self.caches
+    }
+
+    /// The default cache of this connection.
+    pub fn cache(&self) -> &Cache {
+        self.caches.default_cache()
+    }
+
+    /// The wrapped connection.
+    pub fn inner(&mut self) -> &mut C {
+        &mut self.conn
+    }
+
+    /// Unwraps the connection.
+    pub fn into_inner(self) -> C {
+        self.conn
+    }
+
+    /// Whether a transaction is open that was not begun through this wrapper.
+    pub(crate) fn in_foreign_transaction(&self) -> bool {
+        self.observed_depth.load(Ordering::Relaxed) as usize > self.tx.depth()
+    }
+
+    /// Whether a transaction (of either kind) is open.
+    pub fn in_transaction(&self) -> bool {
+        self.tx.depth() > 0 || self.in_foreign_transaction()
+    }
+
+    /// Runs an invalidation now in every cache of the connection, or queues it until the
+    /// outermost COMMIT when a transaction is open. Backend failures are retried, logged and
+    /// counted by the cache; the write they follow has happened either way.
+    pub fn invalidate_with(&mut self, inv: Invalidation) -> Result<(), Error> {
+        if inv.is_empty() {
+            return Ok(());
+        }
+        if self.tx.depth() > 0 {
+            self.tx.queue(inv);
+            return Ok(());
+        }
+        if self.in_foreign_transaction() {
+            return Err(Error::ForeignTransaction);
+        }
+        self.run_invalidation(&inv);
+        Ok(())
+    }
+
+    pub(crate) fn run_invalidation(&self, inv: &Invalidation) {
+        for cache in self.caches.all() {
+            // Errors are logged and counted inside; nothing more to do here.
+            let _ = cache.invalidate(inv);
+        }
+    }
+
+    /// Whether a cached read over `tables` must skip the cache: inside a transaction begun
+    /// behind the cache's back, or over a table this transaction has written.
+    pub(crate) fn must_bypass(&self, tables: &[&str]) -> bool {
+        self.in_foreign_transaction() || tables.iter().any(|t| self.tx.is_dirty(t))
+    }
+}
+
+impl<C: CacheConnection> Deref for CachedConnection<C> {
+    type Target = C;
+    fn deref(&self) -> &C {
+        &self.conn
+    }
+}
+
+impl<C: CacheConnection> DerefMut for CachedConnection<C> {
+    fn deref_mut(&mut self) -> &mut C {
+        &mut self.conn
+    }
+}
