@@ -7,6 +7,7 @@
 //! | [`save_changes`](CachedConnection::save_changes) | the updated row (Diesel's `UpdateAndFetchResults`) | all |
 //! | [`insert`](CachedConnection::insert) | rows from `RETURNING` | PostgreSQL, SQLite |
 //! | [`update`](CachedConnection::update) / [`delete`](CachedConnection::delete) | rows from `RETURNING` | PostgreSQL, SQLite |
+//! | [`insert_for`](CachedConnection::insert_for) | the models you pass (created) | all (MySQL inserts) |
 //! | [`execute_for`](CachedConnection::execute_for) | the models you pass | all |
 //! | [`execute_bulk`](CachedConnection::execute_bulk) | none: whole table | all (MySQL bulk writes) |
 //!
@@ -101,6 +102,20 @@ impl<C: CacheConnection> CachedConnection<C> {
         let inv = self.creation(&rows);
         self.after_write(inv)?;
         Ok(rows)
+    }
+
+    /// Runs an `INSERT` without `RETURNING` (MySQL) whose rows you know, and invalidates them
+    /// as created rows.
+    pub fn insert_for<M, S>(&mut self, rows: &[M], statement: S) -> QueryResult<usize>
+    where
+        M: CachedModel,
+        S: ExecuteDsl<C>,
+    {
+        self.guard()?;
+        let n = ExecuteDsl::execute(statement, &mut self.conn)?;
+        let inv = self.creation(rows);
+        self.after_write(inv)?;
+        Ok(n)
     }
 
     /// Runs an `UPDATE ... RETURNING` (bulk or single) and invalidates the returned rows.

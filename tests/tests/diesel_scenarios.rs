@@ -1,0 +1,422 @@
+//! SCENARIOS 1-20, 26, 27 on every database (SQLite always; PostgreSQL and MySQL when their
+//! URLs are set) and every backend (locmem always; memcached when `MEMCACHED_URL` is set).
+//! "From the cache" means zero statements reached the database, counted with Diesel's
+//! instrumentation.
+
+macro_rules! suite {
+    ($conn:ty, $kind:expr) => {
+        use std::time::Duration;
+
+        use caching_diesel::prelude::*;
+        use caching_diesel::{CacheSet, CachedConnection, InvalidateOnCreate, Timeout};
+        use caching_tests::db::schema::{addons, users};
+        use caching_tests::db::{Addon, BackendKind, Env, TestDb, User, Writes};
+        use diesel::sql_types::{Integer, Text};
+
+        type Db = $conn;
+        const KIND: BackendKind = $kind;
+
+        fn env(test: &str) -> Option<Env<Db>> {
+            Env::new(&format!("{}_{}", <Db as TestDb>::NAME, test), KIND)
+        }
+
+        fn env_with(test: &str, f: impl FnOnce(caching_diesel::CacheBuilder) -> caching_diesel::CacheBuilder) -> Option<Env<Db>> {
+            Env::configured(&format!("{}_{}", <Db as TestDb>::NAME, test), KIND, f)
+        }
+
+        fn find_addon(e: &mut Env<Db>, id: i32) -> Addon {
+            addons::table.find(id).cached().first(&mut e.conn).unwrap()
+        }
+
+        fn all_users(e: &mut Env<Db>) -> Vec<User> {
+            users::table.order(users::id).cached().load(&mut e.conn).unwrap()
+        }
+
+        fn addons_of(e: &mut Env<Db>, user: i32) -> Vec<Addon> {
+            addons::table.filter(addons::author1_id.eq(user)).order(addons::id).cached().load(&mut e.conn).unwrap()
+        }
+
+        #[test]
+        fn scenario_01_basic_find_is_cached() {
+            let Some(mut e) = env("s01") else { return };
+            let a = find_addon(&mut e, 1);
+            assert!(e.queries() > 0);
+            let b = find_addon(&mut e, 1);
+            assert_eq!(e.queries(), 0, "second read must come from the cache");
+            assert_eq!(a, b);
+            assert_eq!(a.val, 42);
+            let s = e.cache.stats();
+            assert_eq!((s.hits, s.misses, s.fills), (1, 1, 1));
+        }
+
+        #[test]
+        fn scenario_02_filter_and_slices_are_keyed_separately() {
+            let Some(mut e) = env("s02") else { return };
+            let q = || addons::table.filter(addons::val.eq(42)).order(addons::id);
+            let first: Vec<Addon> = q().limit(1).cached().load(&mut e.conn).unwrap();
+            let second: Vec<Addon> = q().limit(1).offset(1).cached().load(&mut e.conn).unwrap();
+            let both: Vec<Addon> = q().cached().load(&mut e.conn).unwrap();
+            assert!(e.queries() >= 3);
+            assert_eq!(first.iter().map(|a| a.id).collect::<Vec<_>>(), vec![1]);
+            assert_eq!(second.iter().map(|a| a.id).collect::<Vec<_>>(), vec![2]);
+            assert_eq!(both.len(), 2);
+            let again: Vec<Addon> = q().limit(1).offset(1).cached().load(&mut e.conn).unwrap();
+            let again_first: Vec<Addon> = q().limit(1).cached().load(&mut e.conn).unwrap();
+            assert_eq!(e.queries(), 0);
+            assert_eq!((again, again_first), (second, first));
+        }
+
+        fn raw_addon(e: &mut Env<Db>, id: i32) -> Vec<Addon> {
+            let sql = format!("SELECT id, val, author1_id, author2_id FROM addons WHERE id = {}", <Db as Writes>::placeholder(1));
+            diesel::sql_query(sql).bind::<Integer, _>(id).cached().load(&mut e.conn).unwrap()
+        }
+
+        #[test]
+        fn scenario_03_raw_sql_binds_are_part_of_the_key() {
+            let Some(mut e) = env("s03") else { return };
+            assert_eq!(raw_addon(&mut e, 1)[0].id, 1);
+            assert_eq!(raw_addon(&mut e, 2)[0].id, 2);
+            assert!(e.queries() >= 2);
+            assert_eq!(raw_addon(&mut e, 1)[0].id, 1);
+            assert_eq!(raw_addon(&mut e, 2)[0].id, 2);
+            assert_eq!(e.queries(), 0);
+        }
+
+        #[derive(diesel::QueryableByName, serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        struct Named {
+            #[diesel(sql_type = Text)]
+            name: String,
+        }
+        impl caching_diesel::CacheableRow for Named {
+            const MODEL: bool = false;
+            fn tables(_: &mut Vec<&'static str>) {}
+            fn fingerprint(k: &mut caching_diesel::core::QueryKeyBuilder) {
+                k.part("named", b"name:String");
+            }
+            fn register(&self, _: &caching_diesel::core::KeySpace, _: &str, _: &mut caching_diesel::core::Registrations) {}
+        }
+
+        #[test]
+        fn scenario_04_bind_types_are_part_of_the_key() {
+            let Some(mut e) = env("s04") else { return };
+            let sql = format!("SELECT name FROM users WHERE CAST(id AS CHAR(10)) = CAST({} AS CHAR(10))", <Db as Writes>::placeholder(1));
+            let k_int = diesel::sql_query(sql.clone()).bind::<Integer, _>(1).cached().key::<Named, _>(&mut e.conn).unwrap();
+            let k_text = diesel::sql_query(sql.clone()).bind::<Text, _>("1").cached().key::<Named, _>(&mut e.conn).unwrap();
+            assert_ne!(k_int, k_text, "Integer 1 and Text '1' must not share a key");
+            let ttl = Duration::from_secs(60);
+            let by_int: Vec<Named> = diesel::sql_query(sql.clone()).bind::<Integer, _>(1).cached().cached_for(ttl).load(&mut e.conn).unwrap();
+            let by_text: Vec<Named> = diesel::sql_query(sql.clone()).bind::<Text, _>("2").cached().cached_for(ttl).load(&mut e.conn).unwrap();
+            assert_eq!(by_int, vec![Named { name: "fliggy".into() }]);
+            assert_eq!(by_text, vec![Named { name: "clouseroo".into() }]);
+            e.queries();
+            let again: Vec<Named> = diesel::sql_query(sql).bind::<Text, _>("2").cached().cached_for(ttl).load(&mut e.conn).unwrap();
+            assert_eq!(e.queries(), 0);
+            assert_eq!(again, by_text);
+        }
+
+        #[test]
+        fn scenario_05_raw_sql_matches_query_builder() {
+            let Some(mut e) = env("s05") else { return };
+            let raw = raw_addon(&mut e, 1);
+            let built: Vec<Addon> = addons::table.filter(addons::id.eq(1)).cached().load(&mut e.conn).unwrap();
+            assert_eq!(raw, built);
+            e.queries();
+            assert_eq!(raw_addon(&mut e, 1), built);
+            assert_eq!(e.queries(), 0);
+        }
+
+        #[test]
+        fn scenario_06_uncached_queries_never_touch_the_cache() {
+            let Some(mut e) = env("s06") else { return };
+            for _ in 0..2 {
+                let _: Addon = addons::table.find(1).first(&mut *e.conn).unwrap();
+                let _: Addon = addons::table.find(1).cached().enabled(false).first(&mut e.conn).unwrap();
+            }
+            assert_eq!(e.queries(), 4);
+            assert_eq!(e.cache.stats(), Default::default());
+        }
+
+        #[test]
+        fn scenario_07_per_query_timeout_last_setting_sticks() {
+            let Some(mut e) = env("s07") else { return };
+            let q = || addons::table.find(1).cached().timeout(Timeout::Forever).cached_for(Duration::from_secs(1));
+            let _: Addon = q().first(&mut e.conn).unwrap();
+            let _: Addon = q().first(&mut e.conn).unwrap();
+            assert!(e.queries() > 0);
+            assert_eq!(e.cache.stats().hits, 1);
+            std::thread::sleep(Duration::from_millis(2100));
+            let _: Addon = q().first(&mut e.conn).unwrap();
+            assert!(e.queries() > 0, "a 1-second entry must have expired");
+            // And the other order: forever set last sticks.
+            let q2 = || addons::table.find(2).cached().cached_for(Duration::from_secs(1)).timeout(Timeout::Forever);
+            let _: Addon = q2().first(&mut e.conn).unwrap();
+            std::thread::sleep(Duration::from_millis(2100));
+            e.queries();
+            let _: Addon = q2().first(&mut e.conn).unwrap();
+            assert_eq!(e.queries(), 0);
+        }
+
+        #[test]
+        fn scenario_08_scalar_selections_need_an_explicit_timeout() {
+            let Some(mut e) = env("s08") else { return };
+            for _ in 0..2 {
+                let _: Vec<String> = users::table.select(users::name).cached().load(&mut e.conn).unwrap();
+            }
+            assert_eq!(e.queries(), 2);
+            for _ in 0..2 {
+                let _: Vec<(i32, String)> = users::table.select((users::id, users::name)).cached().load(&mut e.conn).unwrap();
+            }
+            assert_eq!(e.queries(), 2);
+            let q = || users::table.select(users::name).order(users::id).cached().cached_for(Duration::from_secs(60));
+            let a: Vec<String> = q().load(&mut e.conn).unwrap();
+            let b: Vec<String> = q().load(&mut e.conn).unwrap();
+            assert_eq!(e.queries(), 1);
+            assert_eq!(a, b);
+            assert_eq!(a, vec!["fliggy".to_string(), "clouseroo".to_string()]);
+        }
+
+        #[test]
+        fn scenario_09_unicode_and_protocol_injection_in_binds() {
+            let Some(mut e) = env("s09") else { return };
+            let nasty = "ünïcødé 名前 x\r\nflush_all\r\nset a 0 0 1\r\n";
+            let sentinel = caching_diesel::ObjectKey::new("sentinel", &["1"]);
+            let _: u32 = e.cache.cached_with(&sentinel, "alive", Timeout::Forever, || 7);
+            <Db as Writes>::create_user(&mut e.conn, &User { id: 3, name: nasty.into() }).unwrap();
+            let q = || users::table.filter(users::name.eq(nasty)).cached();
+            let a: Vec<User> = q().load(&mut e.conn).unwrap();
+            e.queries();
+            let b: Vec<User> = q().load(&mut e.conn).unwrap();
+            assert_eq!(e.queries(), 0);
+            assert_eq!(a, b);
+            assert_eq!(a[0].name, nasty);
+            let still: u32 = e.cache.cached_with(&sentinel, "alive", Timeout::Forever, || 0);
+            assert_eq!(still, 7, "nothing may have been flushed or injected");
+        }
+
+        #[test]
+        fn scenario_10_empty_in_list() {
+            let Some(mut e) = env_with("s10", |b| b.count_timeout(Some(Duration::from_secs(60)))) else { return };
+            let none: Vec<i32> = Vec::new();
+            let rows: Vec<User> = users::table.filter(users::id.eq_any(none.clone())).cached().load(&mut e.conn).unwrap();
+            assert!(rows.is_empty());
+            let n = users::table.filter(users::id.eq_any(none)).cached().count::<User, _>(&mut e.conn).unwrap();
+            assert_eq!(n, 0);
+            assert_eq!(e.cache.stats().fills, 1, "only the count is cached, never the empty list");
+        }
+
+        #[test]
+        fn scenario_11_empty_results_are_not_cached_by_default() {
+            let Some(mut e) = env("s11") else { return };
+            for _ in 0..2 {
+                let r: Vec<User> = users::table.filter(users::id.eq(99)).cached().load(&mut e.conn).unwrap();
+                assert!(r.is_empty());
+            }
+            assert_eq!(e.queries(), 2);
+        }
+
+        #[test]
+        fn scenario_12_empty_results_cached_when_configured() {
+            let Some(mut e) = env_with("s12", |b| b.cache_empty_results(true)) else { return };
+            for _ in 0..2 {
+                let r: Vec<User> = users::table.filter(users::id.eq(99)).cached().load(&mut e.conn).unwrap();
+                assert!(r.is_empty());
+            }
+            assert_eq!(e.queries(), 1);
+        }
+
+        #[test]
+        fn scenario_13_cached_count() {
+            let Some(mut e) = env("s13") else { return };
+            for _ in 0..2 {
+                assert_eq!(addons::table.cached().count::<Addon, _>(&mut e.conn).unwrap(), 2);
+            }
+            assert_eq!(e.queries(), 2, "no count timeout: counts always ask the database");
+            let Some(mut e) = env_with("s13b", |b| b.count_timeout(Some(Duration::from_secs(1)))) else { return };
+            assert_eq!(addons::table.cached().count::<Addon, _>(&mut e.conn).unwrap(), 2);
+            assert_eq!(addons::table.cached().count::<Addon, _>(&mut e.conn).unwrap(), 2);
+            assert_eq!(e.queries(), 1);
+            std::thread::sleep(Duration::from_millis(2100));
+            assert_eq!(addons::table.cached().count::<Addon, _>(&mut e.conn).unwrap(), 2);
+            assert_eq!(e.queries(), 1, "the count lives at most the count timeout");
+            <Db as Writes>::create_addon(&mut e.conn, &Addon { id: 3, val: 1, author1_id: 2, author2_id: 2 }).unwrap();
+            e.queries();
+            assert_eq!(addons::table.cached().count::<Addon, _>(&mut e.conn).unwrap(), 3, "a write to the table makes the count miss");
+        }
+
+        #[test]
+        fn scenario_14_save_invalidates_find_and_lists() {
+            let Some(mut e) = env("s14") else { return };
+            let mut a = find_addon(&mut e, 1);
+            let list = addons_of(&mut e, 1);
+            assert_eq!(list.len(), 2);
+            e.queries();
+            a.val = 7;
+            let saved: Addon = e.conn.save_changes(&a).unwrap();
+            assert_eq!(saved.val, 7);
+            e.queries();
+            assert_eq!(find_addon(&mut e, 1).val, 7);
+            assert!(e.queries() > 0);
+            assert_eq!(addons_of(&mut e, 1)[0].val, 7);
+            assert!(e.queries() > 0);
+            assert_eq!(find_addon(&mut e, 1).val, 7);
+            assert_eq!(addons_of(&mut e, 1)[0].val, 7);
+            assert_eq!(e.queries(), 0, "refilled");
+        }
+
+        #[test]
+        fn scenario_15_saving_an_addon_invalidates_its_authors_queries() {
+            let Some(mut e) = env("s15") else { return };
+            let u = all_users(&mut e);
+            assert_eq!(u.len(), 2);
+            let a = find_addon(&mut e, 1);
+            e.queries();
+            let _: Addon = e.conn.save_changes(&a).unwrap();
+            e.queries();
+            all_users(&mut e);
+            assert!(e.queries() > 0, "users list contained the addon's authors");
+        }
+
+        #[test]
+        fn scenario_16_renaming_a_user_invalidates_addons_and_joins() {
+            let Some(mut e) = env("s16") else { return };
+            let join = |e: &mut Env<Db>| -> Vec<(Addon, User)> {
+                addons::table
+                    .inner_join(users::table)
+                    .select((Addon::as_select(), User::as_select()))
+                    .order(addons::id)
+                    .cached()
+                    .load(&mut e.conn)
+                    .unwrap()
+            };
+            assert_eq!(join(&mut e)[0].1.name, "fliggy");
+            let assoc_user: User = users::table.find(1).cached().first(&mut e.conn).unwrap();
+            let assoc: Vec<Addon> = Addon::belonging_to(&assoc_user).cached().load(&mut e.conn).unwrap();
+            assert_eq!(assoc.len(), 2);
+            e.queries();
+            let _: User = e.conn.save_changes(&User { id: 1, name: "renamed".into() }).unwrap();
+            e.queries();
+            assert_eq!(join(&mut e)[0].1.name, "renamed");
+            assert!(e.queries() > 0);
+            let _: Vec<Addon> = Addon::belonging_to(&assoc_user).cached().load(&mut e.conn).unwrap();
+            assert!(e.queries() > 0, "addons whose author changed are invalidated too (flush-list links)");
+        }
+
+        #[test]
+        fn scenario_17_new_addon_invalidates_its_authors_lists() {
+            let Some(mut e) = env("s17") else { return };
+            assert_eq!(addons_of(&mut e, 1).len(), 2);
+            e.queries();
+            <Db as Writes>::create_addon(&mut e.conn, &Addon { id: 3, val: 5, author1_id: 1, author2_id: 2 }).unwrap();
+            e.queries();
+            assert_eq!(addons_of(&mut e, 1).len(), 3);
+            assert!(e.queries() > 0);
+        }
+
+        #[test]
+        fn scenario_18_invalidate_on_create_and_invalidate_all() {
+            let Some(mut e) = env_with("s18", |b| b.invalidate_on_create(InvalidateOnCreate::WholeModel)) else { return };
+            assert_eq!(all_users(&mut e).len(), 2);
+            <Db as Writes>::create_user(&mut e.conn, &User { id: 3, name: "new".into() }).unwrap();
+            e.queries();
+            assert_eq!(all_users(&mut e).len(), 3, "whole-model: every user query is invalidated");
+            assert!(e.queries() > 0);
+
+            let Some(mut e) = env("s18b") else { return };
+            assert_eq!(all_users(&mut e).len(), 2);
+            <Db as Writes>::create_user(&mut e.conn, &User { id: 3, name: "new".into() }).unwrap();
+            e.queries();
+            assert_eq!(all_users(&mut e).len(), 2, "off: the cached list is (documented) stale");
+            assert_eq!(e.queries(), 0);
+            e.conn.invalidate_all::<User>().unwrap();
+            assert_eq!(all_users(&mut e).len(), 3);
+            assert!(e.queries() > 0);
+        }
+
+        #[test]
+        fn scenario_19_delete_invalidates() {
+            let Some(mut e) = env("s19") else { return };
+            let a = find_addon(&mut e, 2);
+            assert_eq!(addons_of(&mut e, 1).len(), 2);
+            e.conn.execute_for(std::slice::from_ref(&a), diesel::delete(addons::table.find(2))).unwrap();
+            e.queries();
+            assert_eq!(addons_of(&mut e, 1).len(), 1);
+            assert!(e.queries() > 0);
+            let gone: Result<Addon, _> = addons::table.find(2).cached().first(&mut e.conn);
+            assert!(matches!(gone, Err(diesel::result::Error::NotFound)));
+        }
+
+        #[test]
+        fn scenario_20_bulk_update_and_delete_invalidate() {
+            let Some(mut e) = env("s20") else { return };
+            assert_eq!(find_addon(&mut e, 1).val, 42);
+            assert_eq!(addons_of(&mut e, 1).len(), 2);
+            assert_eq!(<Db as Writes>::bulk_set_val(&mut e.conn, 42, 43).unwrap(), 2);
+            e.queries();
+            assert_eq!(find_addon(&mut e, 1).val, 43);
+            assert!(e.queries() > 0);
+            assert_eq!(<Db as Writes>::bulk_delete_val(&mut e.conn, 43).unwrap(), 2);
+            assert!(addons_of(&mut e, 1).is_empty());
+            let gone: Result<Addon, _> = addons::table.find(1).cached().first(&mut e.conn);
+            assert!(gone.is_err());
+        }
+
+        fn second_db(e: &Env<Db>, test: &str, label: &str) -> Option<CachedConnection<Db>> {
+            let raw = <Db as TestDb>::fresh(&format!("{}_{}", <Db as TestDb>::NAME, test))?;
+            Some(CachedConnection::with_caches(raw, CacheSet::new(e.cache.clone())).with_label(label))
+        }
+
+        #[test]
+        fn scenario_26_two_databases_never_cross() {
+            let Some(mut e) = env("s26") else { return };
+            let Some(mut other) = second_db(&e, "s26b", "other") else { return };
+            diesel::update(users::table.find(1)).set(users::name.eq("other-fliggy")).execute(&mut *other).unwrap();
+            let here: User = users::table.find(1).cached().first(&mut e.conn).unwrap();
+            let there: User = users::table.find(1).cached().first(&mut other).unwrap();
+            assert_eq!(here.name, "fliggy");
+            assert_eq!(there.name, "other-fliggy");
+            let here2: User = users::table.find(1).cached().first(&mut e.conn).unwrap();
+            let there2: User = users::table.find(1).cached().first(&mut other).unwrap();
+            assert_eq!((here2.name.as_str(), there2.name.as_str()), ("fliggy", "other-fliggy"));
+            assert_eq!(e.cache.stats().hits, 2);
+            let ck = e.cache.cached_with(&here2, "label", Timeout::Forever, || here2.name.clone());
+            assert_eq!(ck, "fliggy");
+        }
+
+        #[test]
+        fn scenario_27_saving_on_one_database_invalidates_every_copy() {
+            let Some(mut e) = env("s27") else { return };
+            let Some(mut replica) = second_db(&e, "s27b", "replica") else { return };
+            let _: User = users::table.find(1).cached().first(&mut e.conn).unwrap();
+            let _: User = users::table.find(1).cached().first(&mut replica).unwrap();
+            let before = e.cache.stats().misses;
+            let _: User = e.conn.save_changes(&User { id: 1, name: "x".into() }).unwrap();
+            let _: User = users::table.find(1).cached().first(&mut replica).unwrap();
+            assert_eq!(e.cache.stats().misses, before + 1, "the replica's copy was invalidated by the primary's write");
+        }
+    };
+}
+
+#[cfg(feature = "sqlite")]
+mod sqlite_locmem {
+    suite!(diesel::SqliteConnection, BackendKind::LocMem);
+}
+#[cfg(feature = "sqlite")]
+mod sqlite_memcached {
+    suite!(diesel::SqliteConnection, BackendKind::Memcached);
+}
+#[cfg(feature = "postgres")]
+mod postgres_locmem {
+    suite!(diesel::PgConnection, BackendKind::LocMem);
+}
+#[cfg(feature = "postgres")]
+mod postgres_memcached {
+    suite!(diesel::PgConnection, BackendKind::Memcached);
+}
+#[cfg(feature = "mysql")]
+mod mysql_locmem {
+    suite!(diesel::MysqlConnection, BackendKind::LocMem);
+}
+#[cfg(feature = "mysql")]
+mod mysql_memcached {
+    suite!(diesel::MysqlConnection, BackendKind::Memcached);
+}
