@@ -30,8 +30,9 @@ use crate::timeout::{Expiry, Timeout};
 /// Receives the name of each protocol step as it is about to run (test hooks: lets an
 /// interleaving test pause a reader or writer between steps).
 pub trait StepHook: Send + Sync + 'static {
-    /// Called before step `name` (`lookup`, `add`, `register`, `check`, `bump`,
-    /// `read_lists`, `delete`, `clear`).
+    /// Called before step `name`: the engine's `lookup`, `add`, `register`, `check`, `bump`,
+    /// `read_lists`, `delete`, `clear`, and the adapter's database steps `read` (a miss reads
+    /// the database) and `write` (a write helper runs its statement).
     fn step(&self, name: &'static str);
 }
 

@@ -42,6 +42,7 @@ impl<C: CacheConnection> CachedConnection<C> {
         if self.tx.depth() == 0 && self.in_foreign_transaction() {
             return Err(crate::Error::ForeignTransaction.into());
         }
+        self.cache().__step("write");
         Ok(())
     }
 
