@@ -4,8 +4,9 @@
 //! Read path: [`Cache::lookup`] is one multi-get of the entry, the namespace and table
 //! versions, and the tables' write generations. A hit is an entry whose recorded versions
 //! equal the current ones. On a miss the caller reads the database and calls [`Cache::fill`]:
-//! add-only store, flush-list registration, then a re-read of the write generations; if any
-//! changed (a write committed meanwhile) the entry is deleted. Write path:
+//! add-only store of a pending marker, flush-list registration, a re-read of the write
+//! generations, and only if none changed (no write committed meanwhile) the result replaces
+//! the marker with CAS; otherwise the marker is deleted. Write path:
 //! [`Cache::invalidate`] bumps generations (and versions for whole-table invalidation), then
 //! deletes everything reachable from the written rows' flush lists and clears them with CAS.
 //! `docs/src/protocol.md` explains why this order leaves no stale entry.
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::backend::locmem::LocMem;
-use crate::backend::Backend;
+use crate::backend::{Backend, CasOutcome};
 use crate::clock;
 use crate::codec::{Codec, JsonCodec};
 use crate::config::{CacheBuilder, CacheConfig};
@@ -102,13 +103,28 @@ pub enum FillOutcome {
     AlreadyCached,
     /// The value exceeds the backend's item size.
     TooLarge,
-    /// A write to one of the tables committed during the fill: the entry was deleted.
+    /// A write to one of the tables committed during the fill (or deleted the pending
+    /// entry): nothing was published.
     Raced,
     /// A flush-list registration failed: the entry was deleted.
     Unregistered,
 }
 
 const ENVELOPE_MAGIC: &[u8; 2] = b"C1";
+/// A fill in progress: stored by `add` before registration, replaced with CAS by the
+/// result once the generation check passed. Lookups read it as a miss.
+const PENDING_MAGIC: &[u8; 2] = b"P1";
+/// Lifetime of a pending marker: far longer than a fill takes, short enough that a filler
+/// that died (or failed to delete it) blocks the key only briefly.
+const PENDING_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A pending marker unique to one fill, so a filler never publishes over another's marker.
+fn pending_marker() -> Vec<u8> {
+    let mut out = PENDING_MAGIC.to_vec();
+    out.extend_from_slice(&clock::random_start().to_le_bytes());
+    out.extend_from_slice(&clock::random_start().to_le_bytes());
+    out
+}
 
 fn envelope(versions: &[u64], payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(3 + versions.len() * 8 + payload.len());
@@ -298,7 +314,11 @@ impl Cache {
         }
     }
 
-    pub(crate) fn from_parts(backend: Arc<dyn Backend>, config: CacheConfig, keys: KeySpace) -> Cache {
+    pub(crate) fn from_parts(
+        backend: Arc<dyn Backend>,
+        config: CacheConfig,
+        keys: KeySpace,
+    ) -> Cache {
         Cache {
             inner: Arc::new(Inner {
                 backend,
@@ -361,7 +381,8 @@ impl Cache {
     /// Whether two handles share one backend and key space (reads through one are
     /// invalidated by writes through the other).
     pub fn same_cache(&self, other: &Cache) -> bool {
-        Arc::ptr_eq(&self.inner.backend, &other.inner.backend) && self.inner.keys == other.inner.keys
+        Arc::ptr_eq(&self.inner.backend, &other.inner.backend)
+            && self.inner.keys == other.inner.keys
     }
 
     /// Resolves a requested timeout against the configuration (default, then the cap).
@@ -390,17 +411,25 @@ impl Cache {
     /// One round trip: the entry `key`, and the versions and write generations of `tables`.
     /// Missing counters are created (one more round trip, only then).
     pub fn lookup(&self, key: &str, tables: &[&str]) -> Result<Lookup> {
-        self.lookup_inner(key, tables, false)
+        self.lookup_inner(key, tables, &[])
     }
 
     /// Like [`lookup`](Cache::lookup), but the entry also records the tables' write
     /// generations: any write to those tables makes it miss. Exact at table granularity, for
     /// values no flush list protects (counts).
     pub fn lookup_exact(&self, key: &str, tables: &[&str]) -> Result<Lookup> {
-        self.lookup_inner(key, tables, true)
+        self.lookup_inner(key, tables, tables)
     }
 
-    fn lookup_inner(&self, key: &str, tables: &[&str], exact: bool) -> Result<Lookup> {
+    /// Like [`lookup`](Cache::lookup), with the write generations of `guarded` (a subset of
+    /// `tables`) recorded too: any write to a guarded table makes the entry miss. For tables
+    /// a query reads but whose rows it does not return (subqueries), which no flush list
+    /// protects.
+    pub fn lookup_guarded(&self, key: &str, tables: &[&str], guarded: &[&str]) -> Result<Lookup> {
+        self.lookup_inner(key, tables, guarded)
+    }
+
+    fn lookup_inner(&self, key: &str, tables: &[&str], guarded: &[&str]) -> Result<Lookup> {
         self.step("lookup");
         let ks = &self.inner.keys;
         let mut version_keys = vec![ks.namespace_key()];
@@ -421,21 +450,35 @@ impl Cache {
             clock::ensure(&*self.inner.backend, &all[1..])?
         };
         let (versions, generations) = counters.split_at(version_keys.len());
-        let recorded_now = if exact { &counters[..] } else { versions };
-        let hit = got.remove(key).and_then(|item| match open_envelope(&item.value) {
-            Some((recorded, payload)) if recorded == recorded_now => Some(payload.to_vec()),
-            Some(_) => None,
-            None => {
-                self.inner.stats.inc(Counter::DecodeErrors);
-                let _ = self.inner.backend.delete(key);
-                None
+        let mut recorded_now = versions.to_vec();
+        for (t, g) in tables.iter().zip(generations) {
+            if guarded.contains(t) {
+                recorded_now.push(*g);
             }
-        });
+        }
+        let hit = got
+            .remove(key)
+            .and_then(|item| match open_envelope(&item.value) {
+                Some((recorded, payload)) if recorded == recorded_now => Some(payload.to_vec()),
+                Some(_) => {
+                    // Recorded under versions that have changed since: it can never hit again,
+                    // and while it sits there the add-only fill after this miss cannot replace it.
+                    let _ = self.inner.backend.delete(key);
+                    None
+                }
+                // Another reader's fill in progress: a miss, and not ours to delete.
+                None if item.value.starts_with(PENDING_MAGIC) => None,
+                None => {
+                    self.inner.stats.inc(Counter::DecodeErrors);
+                    let _ = self.inner.backend.delete(key);
+                    None
+                }
+            });
         Ok(Lookup {
             hit,
             token: FillToken {
                 key: key.to_string(),
-                versions: recorded_now.to_vec(),
+                versions: recorded_now,
                 generation_keys,
                 generations: generations.to_vec(),
             },
@@ -470,9 +513,12 @@ impl Cache {
         tracing::debug!(key, why, "cache fill skipped");
     }
 
-    /// Stores `payload` after a miss: add-only, register on the flush lists, re-check the
-    /// write generations seen at lookup. On a race or a failed registration the entry is
-    /// deleted, so nothing stale or unregistered stays.
+    /// Stores `payload` after a miss: add a pending marker (add-only), register on the flush
+    /// lists, re-check the write generations seen at lookup, then publish the result over the
+    /// marker with CAS. On a race or a failed registration the marker is deleted, so nothing
+    /// stale or unregistered stays, and no reader ever sees the result before the check
+    /// passed (a reader that starts after a write's invalidation finished cannot get a result
+    /// read before that write). A marker a failed fill could not delete expires on its own.
     pub fn fill(
         &self,
         token: &FillToken,
@@ -502,12 +548,22 @@ impl Cache {
         expiry: Expiry,
     ) -> Result<FillOutcome> {
         let backend = &*self.inner.backend;
+        if token.versions.len() > usize::from(u8::MAX) {
+            // More tables than the envelope records: not cacheable (never truncate a guard).
+            return Ok(FillOutcome::TooLarge);
+        }
         let value = envelope(&token.versions, payload);
         if value.len() + token.key.len() + 64 > backend.max_item_size() {
             return Ok(FillOutcome::TooLarge);
         }
+        // Readers must not see the result before the generation check: until then it may be
+        // older than a write whose invalidation already finished (that invalidation could not
+        // delete what was not registered yet). So the add claims the key with a pending
+        // marker, and the result replaces it only after the check.
         self.step("add");
-        if !backend.add(&token.key, &value, expiry)? {
+        let marker = pending_marker();
+        let pending = expiry.min(Expiry::from_duration(PENDING_TTL));
+        if !backend.add(&token.key, &marker, pending)? {
             return Ok(FillOutcome::AlreadyCached);
         }
         self.step("register");
@@ -520,19 +576,32 @@ impl Cache {
             return Ok(FillOutcome::Unregistered);
         }
         self.step("check");
-        if !token.generation_keys.is_empty() {
-            let refs: Vec<&str> = token.generation_keys.iter().map(String::as_str).collect();
-            let now = backend.get_multi(&refs)?;
-            let unchanged = refs
-                .iter()
-                .zip(&token.generations)
-                .all(|(k, g0)| now.get(*k).and_then(|i| clock::parse(&i.value)) == Some(*g0));
-            if !unchanged {
-                backend.delete(&token.key)?;
-                return Ok(FillOutcome::Raced);
-            }
+        let mut refs: Vec<&str> = vec![&token.key];
+        refs.extend(token.generation_keys.iter().map(String::as_str));
+        let now = backend.get_multi(&refs)?;
+        let unchanged = refs[1..]
+            .iter()
+            .zip(&token.generations)
+            .all(|(k, g0)| now.get(*k).and_then(|i| clock::parse(&i.value)) == Some(*g0));
+        if !unchanged {
+            backend.delete(&token.key)?;
+            return Ok(FillOutcome::Raced);
         }
-        Ok(FillOutcome::Stored)
+        // Our marker must still be there: a writer that found the registration deletes it,
+        // and then this result must not be published.
+        let Some(cas) = now
+            .get(&token.key)
+            .filter(|i| i.value == marker)
+            .map(|i| i.cas)
+        else {
+            return Ok(FillOutcome::Raced);
+        };
+        self.step("publish");
+        match backend.cas(&token.key, &value, expiry, cas)? {
+            CasOutcome::Stored => Ok(FillOutcome::Stored),
+            // Deleted (or replaced) by a writer since the check: its invalidation wins.
+            CasOutcome::Changed | CasOutcome::Missing => Ok(FillOutcome::Raced),
+        }
     }
 
     /// Runs an invalidation: bump write generations (and versions of whole tables), then
@@ -593,7 +662,13 @@ impl Cache {
     }
 
     /// Reads an entry written with the versioned envelope, or fills it by calling `f`.
-    fn get_or_fill<T, F>(&self, key: &str, target: Option<(&str, &[String])>, timeout: Timeout, f: F) -> T
+    fn get_or_fill<T, F>(
+        &self,
+        key: &str,
+        target: Option<(&str, &[String])>,
+        timeout: Timeout,
+        f: F,
+    ) -> T
     where
         T: Serialize + DeserializeOwned,
         F: FnOnce() -> T,

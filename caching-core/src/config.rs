@@ -182,9 +182,13 @@ impl CacheBuilder {
             config.default_timeout = Timeout::Forever;
         }
         config.default_timeout.validate()?;
-        for d in [config.max_timeout, config.count_timeout, Some(config.replica_timeout)]
-            .into_iter()
-            .flatten()
+        for d in [
+            config.max_timeout,
+            config.count_timeout,
+            Some(config.replica_timeout),
+        ]
+        .into_iter()
+        .flatten()
         {
             Timeout::After(d).validate()?;
         }
@@ -268,12 +272,21 @@ pub(crate) fn parse_url(url: &str) -> Result<CacheBuilder, crate::Error> {
                     Some(parse_secs("count_timeout", v)?)
                 })
             }
-            "cache_empty_results" => b = b.cache_empty_results(parse_bool("cache_empty_results", v)?),
+            "cache_empty_results" => {
+                b = b.cache_empty_results(parse_bool("cache_empty_results", v)?)
+            }
             "invalidate_on_create" => {
                 b = b.invalidate_on_create(match v {
                     "whole-model" => InvalidateOnCreate::WholeModel,
                     "off" => InvalidateOnCreate::Off,
-                    _ => return Err(param_err("invalidate_on_create", v, "expected whole-model or off").into()),
+                    _ => {
+                        return Err(param_err(
+                            "invalidate_on_create",
+                            v,
+                            "expected whole-model or off",
+                        )
+                        .into())
+                    }
                 })
             }
             "replica_timeout" => b = b.replica_timeout(parse_secs("replica_timeout", v)?),
@@ -292,7 +305,8 @@ pub(crate) fn parse_url(url: &str) -> Result<CacheBuilder, crate::Error> {
             #[cfg(feature = "memcached")]
             "connect_timeout_ms" => {
                 mc_params = true;
-                mc.connect_timeout = Duration::from_millis(parse_usize("connect_timeout_ms", v)? as u64)
+                mc.connect_timeout =
+                    Duration::from_millis(parse_usize("connect_timeout_ms", v)? as u64)
             }
             #[cfg(feature = "memcached")]
             "io_timeout_ms" => {
@@ -385,7 +399,10 @@ mod tests {
             ("locmem://?max_entries=0", "positive"),
             ("locmem://?invalidate_on_create=sometimes", "whole-model"),
         ] {
-            let err = parse_url(url).err().unwrap_or_else(|| panic!("{url} parsed")).to_string();
+            let err = parse_url(url)
+                .err()
+                .unwrap_or_else(|| panic!("{url} parsed"))
+                .to_string();
             assert!(err.contains(needle), "{url}: {err}");
         }
     }

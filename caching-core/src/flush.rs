@@ -141,7 +141,8 @@ pub(crate) fn register(backend: &dyn Backend, regs: &Registrations) -> Result<Re
         if pending.is_empty() {
             return Ok(outcome);
         }
-        let items: Vec<(&str, &[u8])> = pending.iter().map(|(k, _, d)| (*k, d.as_slice())).collect();
+        let items: Vec<(&str, &[u8])> =
+            pending.iter().map(|(k, _, d)| (*k, d.as_slice())).collect();
         let results = backend.append_multi(&items)?;
         let mut missing = Vec::new();
         let mut retry = Vec::new();
@@ -158,7 +159,8 @@ pub(crate) fn register(backend: &dyn Backend, regs: &Registrations) -> Result<Re
             }
         }
         if !missing.is_empty() {
-            let items: Vec<(&str, &[u8])> = missing.iter().map(|(k, _, d)| (*k, d.as_slice())).collect();
+            let items: Vec<(&str, &[u8])> =
+                missing.iter().map(|(k, _, d)| (*k, d.as_slice())).collect();
             let added = backend.add_multi(&items, Expiry::Forever)?;
             for (p, ok) in missing.into_iter().zip(added) {
                 if !ok {
@@ -252,8 +254,12 @@ pub(crate) fn invalidate(
                         if visited.insert(t.to_string()) {
                             next.push(t.to_string());
                         }
-                    } else {
+                    } else if crate::key::is_valid_key(t) {
                         doomed.push(t.to_string());
+                    } else {
+                        // Never produced by this crate; a foreign token must not block the
+                        // invalidation of everything else on the list.
+                        tracing::warn!(list, token = t, "ignoring invalid token in flush list");
                     }
                 }
             }

@@ -218,7 +218,13 @@ impl KeySpace {
     /// The flush list of another key (a query's own flush list, holding extra keys that die
     /// with it).
     pub fn key_flush_key(&self, key: &str) -> String {
-        self.make("f", &format!("k:{}", strip(key, &self.prefix)))
+        let body = strip(key, &self.prefix);
+        if is_valid_key(body) {
+            self.make("f", &format!("k:{body}"))
+        } else {
+            // Not a key this key space built: hash it rather than send it to the server.
+            self.make("f", &format!("k:#{}", hash_hex(body.as_bytes(), 40)))
+        }
     }
 
     /// Whether `key` names a flush list of this key space.

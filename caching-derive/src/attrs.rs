@@ -1,7 +1,8 @@
 //! Attribute parsing: `#[diesel(...)]` (only the parts we need; everything else is Diesel's
 //! business and skipped) and `#[cached(...)]`.
 
-use syn::parse::{Parse, ParseStream};
+use syn::ext::IdentExt;
+use syn::parse::{discouraged::Speculative, Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::{parenthesized, Ident, LitStr, Path, Token};
 
@@ -11,11 +12,18 @@ pub struct BelongsTo {
     pub foreign_key: Option<Ident>,
 }
 
+/// One `primary_key(a, b)`: the keyword (for errors about the list as a whole) and the
+/// columns.
+pub struct PrimaryKey {
+    pub keyword: Ident,
+    pub columns: Vec<Ident>,
+}
+
 /// What the attributes of a struct say.
 #[derive(Default)]
 pub struct StructAttrs {
     pub table_name: Option<Path>,
-    pub primary_key: Option<Vec<Ident>>,
+    pub primary_key: Option<PrimaryKey>,
     pub belongs_to: Vec<BelongsTo>,
     pub model: Option<LitStr>,
 }
@@ -37,7 +45,9 @@ fn parse_belongs_to(input: ParseStream) -> syn::Result<BelongsTo> {
         } else {
             return Err(syn::Error::new(
                 name.span(),
-                "unknown belongs_to option: expected `foreign_key = column`",
+                format!(
+                    "unknown belongs_to option `{name}`\nhelp: expected `foreign_key = column`"
+                ),
             ));
         }
     }
@@ -47,7 +57,15 @@ fn parse_belongs_to(input: ParseStream) -> syn::Result<BelongsTo> {
     })
 }
 
-/// Skips one Diesel option we do not read (`check_for_backend(..)`, `treat_none_as_null = true`, ...).
+/// Whether `input` is at the end of one option (before `,` or at the end of the list).
+fn at_option_end(input: ParseStream) -> bool {
+    input.is_empty() || input.peek(Token![,])
+}
+
+/// Skips one Diesel option we do not read (`check_for_backend(..)`, `treat_none_as_null = true`,
+/// `base_query_type = dsl::Select<t, c>`, ...). A value is read as a type or an expression
+/// when it is one, so commas inside generics (`Eq<a, b>`) do not end it early; anything else is
+/// skipped token by token up to the next top-level comma (Diesel itself reports real mistakes).
 fn skip_rest(input: ParseStream) -> syn::Result<()> {
     if input.peek(syn::token::Paren) {
         let _content;
@@ -55,7 +73,17 @@ fn skip_rest(input: ParseStream) -> syn::Result<()> {
         let _: proc_macro2::TokenStream = _content.parse()?;
     } else if input.peek(Token![=]) {
         input.parse::<Token![=]>()?;
-        while !input.is_empty() && !input.peek(Token![,]) {
+        let fork = input.fork();
+        if fork.parse::<syn::Type>().is_ok() && at_option_end(&fork) {
+            input.advance_to(&fork);
+            return Ok(());
+        }
+        let fork = input.fork();
+        if fork.parse::<syn::Expr>().is_ok() && at_option_end(&fork) {
+            input.advance_to(&fork);
+            return Ok(());
+        }
+        while !at_option_end(input) {
             let _: proc_macro2::TokenTree = input.parse()?;
         }
     }
@@ -68,7 +96,7 @@ impl Parse for DieselOptions {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         let mut out = StructAttrs::default();
         while !input.is_empty() {
-            let name: Ident = input.call(syn::ext::IdentExt::parse_any)?;
+            let name: Ident = input.call(Ident::parse_any)?;
             match name.to_string().as_str() {
                 "table_name" => {
                     input.parse::<Token![=]>()?;
@@ -78,7 +106,10 @@ impl Parse for DieselOptions {
                     let content;
                     parenthesized!(content in input);
                     let keys = Punctuated::<Ident, Token![,]>::parse_terminated(&content)?;
-                    out.primary_key = Some(keys.into_iter().collect());
+                    out.primary_key = Some(PrimaryKey {
+                        keyword: name,
+                        columns: keys.into_iter().collect(),
+                    });
                 }
                 "belongs_to" => out.belongs_to.push(parse_belongs_to(input)?),
                 _ => skip_rest(input)?,
@@ -104,7 +135,10 @@ impl Parse for CachedOptions {
                     input.parse::<Token![=]>()?;
                     let lit: LitStr = input.parse()?;
                     if lit.value().is_empty() {
-                        return Err(syn::Error::new(lit.span(), "model name must not be empty"));
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            "the model name must not be empty\nhelp: remove `model = \"\"` to use the table name",
+                        ));
                     }
                     out.model = Some(lit);
                 }
@@ -112,7 +146,7 @@ impl Parse for CachedOptions {
                 other => {
                     return Err(syn::Error::new(
                         name.span(),
-                        format!("unknown #[cached] option `{other}`: expected `model = \"name\"` or `belongs_to(Parent, foreign_key = column)`"),
+                        format!("unknown #[cached] option `{other}`\nhelp: expected `model = \"name\"` or `belongs_to(Parent, foreign_key = column)`"),
                     ))
                 }
             }
@@ -123,6 +157,35 @@ impl Parse for CachedOptions {
         }
         Ok(CachedOptions(out))
     }
+}
+
+/// The `column_name = ...` of a field's `#[diesel(...)]` attributes (an identifier or a string,
+/// as Diesel accepts), if any; every other field option is skipped.
+pub fn parse_column_name(attrs: &[syn::Attribute]) -> syn::Result<Option<String>> {
+    let mut out = None;
+    for attr in attrs.iter().filter(|a| a.path().is_ident("diesel")) {
+        attr.parse_args_with(|input: ParseStream| {
+            while !input.is_empty() {
+                let name: Ident = input.call(Ident::parse_any)?;
+                if name == "column_name" {
+                    input.parse::<Token![=]>()?;
+                    out = Some(if input.peek(LitStr) {
+                        input.parse::<LitStr>()?.value()
+                    } else {
+                        input.call(Ident::parse_any)?.unraw().to_string()
+                    });
+                } else {
+                    skip_rest(input)?;
+                }
+                if input.is_empty() {
+                    break;
+                }
+                input.parse::<Token![,]>()?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(out)
 }
 
 /// Reads every `#[diesel]` and `#[cached]` attribute of a struct.

@@ -2,7 +2,7 @@
 //! and the impls sit in an anonymous const, so they cannot collide with user names.
 
 use proc_macro2::TokenStream;
-use quote::quote;
+use quote::{quote, quote_spanned};
 
 use crate::model::Model;
 
@@ -11,20 +11,28 @@ pub fn expand(m: &Model<'_>) -> TokenStream {
     let (impl_generics, ty_generics, where_clause) = m.input.generics.split_for_impl();
     let model_name = &m.model_name;
     let fingerprint = &m.fingerprint;
-    let pk = &m.primary_key;
+    // Key parts are `ToString::to_string(&field)`, spanned at the field's type: a type without
+    // `Display` is reported on the field, not on `#[derive(Cached)]`.
+    let pk = m.primary_key.iter().map(|k| {
+        let field = k.spanned_field();
+        quote_spanned!(k.ty_span=> ::std::string::ToString::to_string(&self.#field))
+    });
     let fks = m.foreign_keys.iter().map(|fk| {
-        let field = &fk.field;
+        let field = fk.key.spanned_field();
         let parent = &fk.parent;
         let table = quote!(<#parent as ::caching_diesel::CachedModel>::TABLE);
         if fk.nullable {
+            let part = quote_spanned!(fk.key.ty_span=> ::std::string::ToString::to_string(v));
             quote! {
                 if let ::core::option::Option::Some(v) = &self.#field {
-                    out.push(::caching_diesel::ObjectKey::new(#table, &[::std::string::ToString::to_string(v)]));
+                    out.push(::caching_diesel::ObjectKey::new(#table, &[#part]));
                 }
             }
         } else {
+            let part =
+                quote_spanned!(fk.key.ty_span=> ::std::string::ToString::to_string(&self.#field));
             quote! {
-                out.push(::caching_diesel::ObjectKey::new(#table, &[::std::string::ToString::to_string(&self.#field)]));
+                out.push(::caching_diesel::ObjectKey::new(#table, &[#part]));
             }
         }
     });
@@ -37,7 +45,7 @@ pub fn expand(m: &Model<'_>) -> TokenStream {
                 fn object_key(&self) -> ::caching_diesel::ObjectKey {
                     ::caching_diesel::ObjectKey::new(
                         #model_name,
-                        &[#(::std::string::ToString::to_string(&self.#pk)),*],
+                        &[#(#pk),*],
                     )
                 }
 

@@ -15,10 +15,13 @@
 //!
 //! - `#[diesel(table_name = t)]`: the table (default: the struct name in snake case plus `s`,
 //!   as Diesel does).
-//! - `#[diesel(primary_key(a, b))]`: primary key fields (default `id`); composite keys work.
+//! - `#[diesel(primary_key(a, b))]`: primary key columns (default `id`); composite keys work.
 //! - `#[diesel(belongs_to(Parent))]`, `#[diesel(belongs_to(Parent, foreign_key = col))]`,
 //!   and the same under `#[cached(...)]`: foreign keys (default column `parent_id`). A field
 //!   of type `Option<_>` is a nullable foreign key: `None` points nowhere.
+//! - As in Diesel, primary and foreign keys name columns: a field renamed with
+//!   `#[diesel(column_name = col)]` is found by `col`.
+//! - Key parts are the fields' `Display` output (`ToString`).
 //! - `#[cached(model = "name")]`: the model name in keys (default: the table name).
 
 mod attrs;

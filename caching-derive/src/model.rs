@@ -2,12 +2,30 @@
 //! offending span.
 
 use proc_macro2::Span;
+use syn::ext::IdentExt;
+use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields, Ident, Path, Type};
 
-use crate::attrs::parse_struct_attrs;
+use crate::attrs::{parse_column_name, parse_struct_attrs};
+
+/// A field the generated code reads (a primary key part or a foreign key), with the span of
+/// its type, where a type error in the generated code (no `Display`) is reported.
+pub struct KeyField {
+    pub field: Ident,
+    pub ty_span: Span,
+}
+
+impl KeyField {
+    /// The field name, spanned at its type (so the whole generated read of the field is).
+    pub fn spanned_field(&self) -> Ident {
+        let mut field = self.field.clone();
+        field.set_span(self.ty_span);
+        field
+    }
+}
 
 pub struct ForeignKey {
-    pub field: Ident,
+    pub key: KeyField,
     pub parent: Path,
     pub nullable: bool,
 }
@@ -15,7 +33,7 @@ pub struct ForeignKey {
 pub struct Model<'a> {
     pub input: &'a DeriveInput,
     pub model_name: String,
-    pub primary_key: Vec<Ident>,
+    pub primary_key: Vec<KeyField>,
     pub foreign_keys: Vec<ForeignKey>,
     pub fingerprint: String,
 }
@@ -37,118 +55,216 @@ fn snake_case(name: &str) -> String {
 
 fn is_option(ty: &Type) -> bool {
     match ty {
-        Type::Path(p) => p
-            .path
-            .segments
-            .last()
-            .is_some_and(|s| s.ident == "Option" && matches!(s.arguments, syn::PathArguments::AngleBracketed(_))),
+        Type::Path(p) => p.path.segments.last().is_some_and(|s| {
+            s.ident == "Option" && matches!(s.arguments, syn::PathArguments::AngleBracketed(_))
+        }),
         _ => false,
     }
 }
 
+/// One named field: its identifier, the column it maps to (`#[diesel(column_name = ...)]`, else
+/// the field name) and its type.
+struct FieldInfo<'a> {
+    ident: &'a Ident,
+    column: String,
+    ty: &'a Type,
+}
+
+impl FieldInfo<'_> {
+    fn key_field(&self) -> KeyField {
+        KeyField {
+            field: self.ident.clone(),
+            ty_span: self.ty.span(),
+        }
+    }
+}
+
+/// The help line of an error about a missing column: `` the columns of `T` are `a`, `b` ``
+/// (a renamed field shows its name: `` `user_id` (field `uid`) ``).
+fn fields_help(name: &Ident, fields: &[FieldInfo<'_>]) -> String {
+    if fields.is_empty() {
+        return format!("`{name}` has no fields");
+    }
+    let list = fields
+        .iter()
+        .map(|f| {
+            let ident = f.ident.unraw().to_string();
+            if ident == f.column {
+                format!("`{ident}`")
+            } else {
+                format!("`{}` (field `{ident}`)", f.column)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("the columns of `{name}` are {list}")
+}
+
+fn path_text(path: &Path) -> String {
+    quote::quote!(#path).to_string().replace(' ', "")
+}
+
 impl<'a> Model<'a> {
     pub fn from_input(input: &'a DeriveInput) -> syn::Result<Self> {
-        let fields = match &input.data {
+        let name = &input.ident;
+        let named = match &input.data {
             Data::Struct(s) => match &s.fields {
                 Fields::Named(named) => &named.named,
-                Fields::Unnamed(_) | Fields::Unit => {
+                Fields::Unnamed(unnamed) => {
                     return Err(syn::Error::new(
-                        input.ident.span(),
-                        "#[derive(Cached)] needs a struct with named fields (a Diesel model)",
+                        unnamed.paren_token.span.join(),
+                        format!(
+                            "#[derive(Cached)] needs named fields, not a tuple struct\n\
+                             help: a cached model is a Diesel model with named fields: \
+                             `struct {name} {{ id: i32, ... }}`"
+                        ),
+                    ))
+                }
+                Fields::Unit => {
+                    return Err(syn::Error::new(
+                        name.span(),
+                        format!(
+                            "#[derive(Cached)] needs named fields, and the unit struct `{name}` has none\n\
+                             help: a cached model needs at least its primary key: \
+                             `struct {name} {{ id: i32, ... }}`"
+                        ),
                     ))
                 }
             },
             Data::Enum(e) => {
                 return Err(syn::Error::new(
                     e.enum_token.span,
-                    "#[derive(Cached)] supports structs only, not enums",
+                    "#[derive(Cached)] supports structs with named fields only, not enums",
                 ))
             }
             Data::Union(u) => {
                 return Err(syn::Error::new(
                     u.union_token.span,
-                    "#[derive(Cached)] supports structs only, not unions",
+                    "#[derive(Cached)] supports structs with named fields only, not unions",
                 ))
             }
         };
         let attrs = parse_struct_attrs(&input.attrs)?;
-        let find = |ident: &Ident| fields.iter().find(|f| f.ident.as_ref() == Some(ident));
+        let mut fields = Vec::new();
+        for f in named {
+            let ident = f.ident.as_ref().expect("named field");
+            let column = parse_column_name(&f.attrs)?.unwrap_or_else(|| ident.unraw().to_string());
+            fields.push(FieldInfo {
+                ident,
+                column,
+                ty: &f.ty,
+            });
+        }
+        // Diesel's primary_key and foreign_key name columns: a field renamed with
+        // `#[diesel(column_name = ...)]` is found by its column.
+        let find = |column: &Ident| {
+            let column = column.unraw().to_string();
+            fields.iter().find(|f| f.column == column)
+        };
 
         let table = match &attrs.table_name {
             Some(path) => path
                 .segments
                 .last()
-                .map(|s| s.ident.to_string())
+                .map(|s| s.ident.unraw().to_string())
                 .ok_or_else(|| syn::Error::new(Span::call_site(), "empty table_name"))?,
-            None => format!("{}s", snake_case(&input.ident.to_string())),
+            None => format!("{}s", snake_case(&name.unraw().to_string())),
         };
         let model_name = attrs.model.as_ref().map(|l| l.value()).unwrap_or(table);
 
         let primary_key = match attrs.primary_key {
-            Some(keys) => {
-                if keys.is_empty() {
-                    return Err(syn::Error::new(input.ident.span(), "primary_key() names no field"));
-                }
-                for k in &keys {
-                    if find(k).is_none() {
-                        return Err(syn::Error::new(
-                            k.span(),
-                            format!("primary key `{k}` is not a field of `{}`", input.ident),
-                        ));
-                    }
-                }
-                keys
-            }
-            None => {
-                let id = Ident::new("id", Span::call_site());
-                if find(&id).is_none() {
+            Some(pk) => {
+                if pk.columns.is_empty() {
                     return Err(syn::Error::new(
-                        input.ident.span(),
+                        pk.keyword.span(),
                         format!(
-                            "`{}` has no `id` field: name its primary key with #[diesel(primary_key(field, ...))]",
-                            input.ident
+                            "primary_key() names no column\nhelp: {}",
+                            fields_help(name, &fields)
                         ),
                     ));
                 }
-                vec![id]
+                let mut keys = Vec::new();
+                for k in &pk.columns {
+                    let Some(f) = find(k) else {
+                        return Err(syn::Error::new(
+                            k.span(),
+                            format!(
+                                "primary key `{}` is not a column of `{name}`\nhelp: {}",
+                                k.unraw(),
+                                fields_help(name, &fields)
+                            ),
+                        ));
+                    };
+                    keys.push(f.key_field());
+                }
+                keys
             }
+            None => match find(&Ident::new("id", Span::call_site())) {
+                Some(f) => vec![f.key_field()],
+                None => {
+                    return Err(syn::Error::new(
+                        name.span(),
+                        format!(
+                            "`{name}` has no `id` column and declares no primary key\n\
+                             help: name the primary key with #[diesel(primary_key(column, ...))]; {}",
+                            fields_help(name, &fields)
+                        ),
+                    ))
+                }
+            },
         };
 
-        let mut foreign_keys = Vec::new();
+        let mut foreign_keys: Vec<ForeignKey> = Vec::new();
         for b in attrs.belongs_to {
-            let field = match b.foreign_key {
-                Some(fk) => fk,
+            let parent_ident = &b
+                .parent
+                .segments
+                .last()
+                .expect("a path has a segment")
+                .ident;
+            let (column, explicit) = match b.foreign_key {
+                Some(fk) => (fk, true),
                 None => {
-                    let parent = b.parent.segments.last().map(|s| s.ident.to_string()).unwrap_or_default();
-                    Ident::new(&format!("{}_id", snake_case(&parent)), b.parent.segments.last().map(|s| s.ident.span()).unwrap_or_else(Span::call_site))
+                    let default = format!("{}_id", snake_case(&parent_ident.unraw().to_string()));
+                    (Ident::new(&default, parent_ident.span()), false)
                 }
             };
-            let Some(f) = find(&field) else {
-                let parent = &b.parent;
-                return Err(syn::Error::new(
-                    field.span(),
+            let Some(f) = find(&column) else {
+                let parent = path_text(&b.parent);
+                let column = column.unraw();
+                let message = if explicit {
                     format!(
-                        "foreign key `{field}` is not a field of `{}` (set it with belongs_to({}, foreign_key = column))",
-                        input.ident,
-                        quote::quote!(#parent).to_string().replace(' ', "")
-                    ),
-                ));
+                        "foreign key `{column}` of belongs_to({parent}) is not a column of `{name}`\nhelp: {}",
+                        fields_help(name, &fields)
+                    )
+                } else {
+                    format!(
+                        "belongs_to({parent}) has no foreign_key, and the default `{column}` is not a column \
+                         of `{name}`\n\
+                         help: name the column: belongs_to({parent}, foreign_key = column); {}",
+                        fields_help(name, &fields)
+                    )
+                };
+                return Err(syn::Error::new(column.span(), message));
             };
-            if foreign_keys.iter().any(|fk: &ForeignKey| fk.field == field) {
+            if foreign_keys.iter().any(|fk| fk.key.field == *f.ident) {
                 continue;
             }
             foreign_keys.push(ForeignKey {
-                nullable: is_option(&f.ty),
-                field,
+                nullable: is_option(f.ty),
+                key: f.key_field(),
                 parent: b.parent,
             });
         }
 
-        let mut fingerprint = format!("{}{{", input.ident);
-        for f in fields {
-            let name = f.ident.as_ref().map(|i| i.to_string()).unwrap_or_default();
-            let ty = &f.ty;
-            fingerprint.push_str(&format!("{name}:{};", quote::quote!(#ty).to_string().replace(' ', "")));
+        let mut fingerprint = format!("{name}{{");
+        for f in &fields {
+            let ty = f.ty;
+            fingerprint.push_str(&format!(
+                "{}:{};",
+                f.ident,
+                quote::quote!(#ty).to_string().replace(' ', "")
+            ));
         }
         fingerprint.push('}');
 

@@ -51,7 +51,10 @@ impl CacheSet {
     pub fn get(&self, name: Option<&str>) -> Result<&Cache, Error> {
         match name {
             None => Ok(&self.default),
-            Some(n) => self.named.get(n).ok_or_else(|| Error::UnknownCache(n.to_string())),
+            Some(n) => self
+                .named
+                .get(n)
+                .ok_or_else(|| Error::UnknownCache(n.to_string())),
         }
     }
 

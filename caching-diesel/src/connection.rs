@@ -96,7 +96,11 @@ impl<C: CacheConnection> CachedConnection<C> {
     /// holds one instrumentation; the cached connection installs its own observer and forwards
     /// every event to `instrumentation`). Replacing the instrumentation later through the
     /// wrapped connection disables detection of transactions begun behind the cache's back.
-    pub fn with_instrumentation(conn: C, caches: CacheSet, instrumentation: impl Instrumentation) -> Self {
+    pub fn with_instrumentation(
+        conn: C,
+        caches: CacheSet,
+        instrumentation: impl Instrumentation,
+    ) -> Self {
         Self::build(conn, caches, Some(Box::new(instrumentation)))
     }
 

@@ -44,8 +44,8 @@ mod write;
 
 pub use caches::{install, process_caches, CacheSet};
 pub use caching_core::{
-    self as core, Cache, CacheBuilder, CacheConfig, InvalidateOnCreate, Invalidation, ObjectKey, StatsSnapshot,
-    Timeout,
+    self as core, Cache, CacheBuilder, CacheConfig, InvalidateOnCreate, Invalidation, ObjectKey,
+    StatsSnapshot, Timeout,
 };
 pub use caching_derive::Cached;
 pub use connection::CachedConnection;

@@ -53,7 +53,12 @@ pub trait CacheableRow: Serialize + DeserializeOwned {
 
 /// Implements [`CacheableRow`] for a [`CachedModel`]; used by the derive.
 #[doc(hidden)]
-pub fn register_model<M: CachedModel>(row: &M, keys: &KeySpace, key: &str, regs: &mut Registrations) {
+pub fn register_model<M: CachedModel>(
+    row: &M,
+    keys: &KeySpace,
+    key: &str,
+    regs: &mut Registrations,
+) {
     let me = row.object_key();
     regs.row(keys, &me, key);
     for parent in row.foreign_keys() {

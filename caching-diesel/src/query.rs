@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use caching_core::codec::{Codec, JsonCodec};
 use caching_core::{Cache, Registrations, Timeout};
+use diesel::dsl::{CountStar, Limit, Select};
 use diesel::query_builder::{AsQuery, QueryFragment};
 use diesel::query_dsl::methods::{LimitDsl, SelectDsl};
 use diesel::query_dsl::LoadQuery;
-use diesel::dsl::{CountStar, Limit, Select};
 use diesel::{QueryResult, RunQueryDsl};
 
 use crate::connection::CachedConnection;
@@ -65,7 +65,8 @@ impl<Q> CachedQuery<Q> {
     }
 
     /// Declares tables the query reads that are not among the loaded models (a subquery's):
-    /// writes to them then also invalidate this query's result at table level.
+    /// any write to them (through the write helpers, or `invalidate_all`) makes this
+    /// query's cached result miss, at table granularity.
     pub fn tables(mut self, tables: &[&'static str]) -> Self {
         self.options.tables.extend_from_slice(tables);
         self
@@ -159,11 +160,20 @@ impl<Q> CachedQuery<Q> {
             }
         };
         let timeout = self.options.timeout.unwrap_or_default();
-        read_through(conn, &cache, &key, &tables, timeout, false, |c| query.load(c), |rows: &Vec<U>, regs| {
-            for row in rows {
-                row.register(cache.keys(), &key, regs);
-            }
-        })
+        read_through(
+            conn,
+            &cache,
+            &key,
+            &tables,
+            timeout,
+            Guard::Tables(&self.options.tables),
+            |c| query.load(c),
+            |rows: &Vec<U>, regs| {
+                for row in rows {
+                    row.register(cache.keys(), &key, regs);
+                }
+            },
+        )
     }
 
     /// Same as [`load`](CachedQuery::load).
@@ -229,7 +239,8 @@ impl<Q> CachedQuery<Q> {
         M: CachedModel + CacheableRow,
         Q: SelectDsl<CountStar>,
         Select<Q, CountStar>: AsQuery,
-        <Select<Q, CountStar> as AsQuery>::Query: QueryFragment<C::Backend> + LoadQuery<'query, C, i64> + 'query,
+        <Select<Q, CountStar> as AsQuery>::Query:
+            QueryFragment<C::Backend> + LoadQuery<'query, C, i64> + 'query,
     {
         let cache = conn.caches.get(self.options.cache.as_deref())?.clone();
         let mut tables = self.tables_of::<M>();
@@ -252,11 +263,13 @@ impl<Q> CachedQuery<Q> {
             &key,
             &tables,
             Timeout::After(timeout),
-            true,
+            Guard::All,
             |c| query.get_result::<i64>(c).map(|n| vec![n]),
             |_: &Vec<i64>, _| {},
         )?;
-        rows.into_iter().next().ok_or(diesel::result::Error::NotFound)
+        rows.into_iter()
+            .next()
+            .ok_or(diesel::result::Error::NotFound)
     }
 }
 
@@ -277,6 +290,15 @@ where
     Ok(cache.keys().query_key(&builder))
 }
 
+/// Which tables' write generations an entry records (any write to them makes it miss).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Guard<'a> {
+    /// Every table read (counts: no flush list protects them).
+    All,
+    /// Only these (tables declared with `.tables()`, whose rows are not in the result).
+    Tables(&'a [&'static str]),
+}
+
 /// The shared read path: lookup, decode or read, fill.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn read_through<C, U, R, G>(
@@ -285,7 +307,7 @@ pub(crate) fn read_through<C, U, R, G>(
     key: &str,
     tables: &[&str],
     timeout: Timeout,
-    exact: bool,
+    guard: Guard<'_>,
     read: R,
     register: G,
 ) -> QueryResult<Vec<U>>
@@ -295,10 +317,9 @@ where
     R: FnOnce(&mut C) -> QueryResult<Vec<U>>,
     G: FnOnce(&Vec<U>, &mut Registrations),
 {
-    let looked = if exact {
-        cache.lookup_exact(key, tables)
-    } else {
-        cache.lookup(key, tables)
+    let looked = match guard {
+        Guard::All => cache.lookup_exact(key, tables),
+        Guard::Tables(guarded) => cache.lookup_guarded(key, tables, guarded),
     };
     let lookup = match looked {
         Ok(l) => Some(l),
@@ -341,7 +362,9 @@ where
     register(&rows, &mut regs);
     let mut expiry = cache.expiry(timeout);
     if conn.is_replica() {
-        expiry = expiry.min(caching_core::Expiry::from_duration(cache.config().replica_timeout));
+        expiry = expiry.min(caching_core::Expiry::from_duration(
+            cache.config().replica_timeout,
+        ));
     }
     if let Err(e) = cache.fill(&lookup.token, &payload, &regs, expiry) {
         cache.record_backend_error("fill", &e);

@@ -129,7 +129,9 @@ impl<C: CacheConnection> CachedConnection<C> {
             Err(user_error) => {
                 self.tx.rollback();
                 match <C as Connection>::TransactionManager::rollback_transaction(&mut self.conn) {
-                    Ok(()) | Err(diesel::result::Error::BrokenTransactionManager) => Err(user_error),
+                    Ok(()) | Err(diesel::result::Error::BrokenTransactionManager) => {
+                        Err(user_error)
+                    }
                     Err(rollback_error) => Err(rollback_error.into()),
                 }
             }

@@ -25,7 +25,9 @@ use crate::key::CacheConnection;
 use crate::model::CachedModel;
 
 /// The invalidation of written rows: each row, its foreign-key targets, its table.
-pub fn rows_invalidation<'a, M: CachedModel + 'a>(rows: impl IntoIterator<Item = &'a M>) -> Invalidation {
+pub fn rows_invalidation<'a, M: CachedModel + 'a>(
+    rows: impl IntoIterator<Item = &'a M>,
+) -> Invalidation {
     let mut inv = Invalidation::new();
     inv.table_written(M::TABLE);
     for row in rows {

@@ -43,7 +43,18 @@ use schema::{addons, users};
 
 /// A user.
 #[derive(
-    Queryable, QueryableByName, Selectable, Identifiable, AsChangeset, Insertable, Cached, Serialize, Deserialize, Debug, Clone, PartialEq,
+    Queryable,
+    QueryableByName,
+    Selectable,
+    Identifiable,
+    AsChangeset,
+    Insertable,
+    Cached,
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
 )]
 #[diesel(table_name = users)]
 pub struct User {
@@ -138,7 +149,13 @@ fn run_all<C: Connection>(conn: &mut C, stmts: &[&str]) {
 pub fn unique_name(test: &str) -> String {
     let p = crate::unique_prefix(test);
     p.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .take(60)
         .collect()
 }
@@ -159,9 +176,16 @@ impl TestDb for diesel::PgConnection {
     const NAME: &'static str = "postgres";
     fn fresh(test: &str) -> Option<Self> {
         let url = crate::require_env("PG_DATABASE_URL", test)?;
-        let mut c = diesel::PgConnection::establish(&url).unwrap_or_else(|e| panic!("PG_DATABASE_URL: {e}"));
+        let mut c = diesel::PgConnection::establish(&url)
+            .unwrap_or_else(|e| panic!("PG_DATABASE_URL: {e}"));
         let schema = unique_name(test);
-        run_all(&mut c, &[&format!("CREATE SCHEMA {schema}"), &format!("SET search_path TO {schema}")]);
+        run_all(
+            &mut c,
+            &[
+                &format!("CREATE SCHEMA {schema}"),
+                &format!("SET search_path TO {schema}"),
+            ],
+        );
         run_all(&mut c, &DDL);
         run_all(&mut c, &FIXTURE);
         Some(c)
@@ -173,11 +197,13 @@ impl TestDb for diesel::MysqlConnection {
     const NAME: &'static str = "mysql";
     fn fresh(test: &str) -> Option<Self> {
         let url = crate::require_env("MYSQL_DATABASE_URL", test)?;
-        let mut c = diesel::MysqlConnection::establish(&url).unwrap_or_else(|e| panic!("MYSQL_DATABASE_URL: {e}"));
+        let mut c = diesel::MysqlConnection::establish(&url)
+            .unwrap_or_else(|e| panic!("MYSQL_DATABASE_URL: {e}"));
         let db = unique_name(test);
         run_all(&mut c, &[&format!("CREATE DATABASE {db}")]);
         let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&url);
-        let mut c = diesel::MysqlConnection::establish(&format!("{base}/{db}")).expect("per-test MySQL database");
+        let mut c = diesel::MysqlConnection::establish(&format!("{base}/{db}"))
+            .expect("per-test MySQL database");
         run_all(&mut c, &DDL);
         run_all(&mut c, &FIXTURE);
         Some(c)
@@ -185,7 +211,11 @@ impl TestDb for diesel::MysqlConnection {
 }
 
 /// A cache for a test: locmem, or memcached with a prefix unique to the test.
-pub fn test_cache(kind: BackendKind, test: &str, configure: impl FnOnce(CacheBuilder) -> CacheBuilder) -> Option<Cache> {
+pub fn test_cache(
+    kind: BackendKind,
+    test: &str,
+    configure: impl FnOnce(CacheBuilder) -> CacheBuilder,
+) -> Option<Cache> {
     let builder = match kind {
         BackendKind::LocMem => Cache::builder().locmem(),
         BackendKind::Memcached => {
@@ -221,11 +251,19 @@ impl<C: TestDb> Env<C> {
     }
 
     /// A fresh world with a configured cache.
-    pub fn configured(test: &str, kind: BackendKind, configure: impl FnOnce(CacheBuilder) -> CacheBuilder) -> Option<Self> {
+    pub fn configured(
+        test: &str,
+        kind: BackendKind,
+        configure: impl FnOnce(CacheBuilder) -> CacheBuilder,
+    ) -> Option<Self> {
         let cache = test_cache(kind, test, configure)?;
         let raw = C::fresh(test)?;
         let statements = StatementCounter::default();
-        let conn = CachedConnection::with_instrumentation(raw, CacheSet::new(cache.clone()), statements.clone());
+        let conn = CachedConnection::with_instrumentation(
+            raw,
+            CacheSet::new(cache.clone()),
+            statements.clone(),
+        );
         statements.take();
         Some(Env {
             conn,
@@ -259,22 +297,31 @@ macro_rules! returning_writes {
     ($conn:ty, $ph:expr) => {
         impl Writes for $conn {
             fn create_addon(conn: &mut CachedConnection<Self>, a: &Addon) -> QueryResult<()> {
-                let rows: Vec<Addon> = conn.insert(diesel::insert_into(addons::table).values(a.clone()))?;
+                let rows: Vec<Addon> =
+                    conn.insert(diesel::insert_into(addons::table).values(a.clone()))?;
                 assert_eq!(rows.len(), 1);
                 Ok(())
             }
             fn create_user(conn: &mut CachedConnection<Self>, u: &User) -> QueryResult<()> {
-                let rows: Vec<User> = conn.insert(diesel::insert_into(users::table).values(u.clone()))?;
+                let rows: Vec<User> =
+                    conn.insert(diesel::insert_into(users::table).values(u.clone()))?;
                 assert_eq!(rows.len(), 1);
                 Ok(())
             }
-            fn bulk_set_val(conn: &mut CachedConnection<Self>, from: i32, to: i32) -> QueryResult<usize> {
-                let rows: Vec<Addon> =
-                    conn.update(diesel::update(addons::table.filter(addons::val.eq(from))).set(addons::val.eq(to)))?;
+            fn bulk_set_val(
+                conn: &mut CachedConnection<Self>,
+                from: i32,
+                to: i32,
+            ) -> QueryResult<usize> {
+                let rows: Vec<Addon> = conn.update(
+                    diesel::update(addons::table.filter(addons::val.eq(from)))
+                        .set(addons::val.eq(to)),
+                )?;
                 Ok(rows.len())
             }
             fn bulk_delete_val(conn: &mut CachedConnection<Self>, v: i32) -> QueryResult<usize> {
-                let rows: Vec<Addon> = conn.delete(diesel::delete(addons::table.filter(addons::val.eq(v))))?;
+                let rows: Vec<Addon> =
+                    conn.delete(diesel::delete(addons::table.filter(addons::val.eq(v))))?;
                 Ok(rows.len())
             }
             fn placeholder(n: usize) -> String {
@@ -293,20 +340,123 @@ returning_writes!(diesel::PgConnection, |n: usize| format!("${n}"));
 #[cfg(feature = "mysql")]
 impl Writes for diesel::MysqlConnection {
     fn create_addon(conn: &mut CachedConnection<Self>, a: &Addon) -> QueryResult<()> {
-        conn.insert_for(std::slice::from_ref(a), diesel::insert_into(addons::table).values(a.clone()))
-            .map(|_| ())
+        conn.insert_for(
+            std::slice::from_ref(a),
+            diesel::insert_into(addons::table).values(a.clone()),
+        )
+        .map(|_| ())
     }
     fn create_user(conn: &mut CachedConnection<Self>, u: &User) -> QueryResult<()> {
-        conn.insert_for(std::slice::from_ref(u), diesel::insert_into(users::table).values(u.clone()))
-            .map(|_| ())
+        conn.insert_for(
+            std::slice::from_ref(u),
+            diesel::insert_into(users::table).values(u.clone()),
+        )
+        .map(|_| ())
     }
     fn bulk_set_val(conn: &mut CachedConnection<Self>, from: i32, to: i32) -> QueryResult<usize> {
-        conn.execute_bulk::<Addon, _>(diesel::update(addons::table.filter(addons::val.eq(from))).set(addons::val.eq(to)))
+        conn.execute_bulk::<Addon, _>(
+            diesel::update(addons::table.filter(addons::val.eq(from))).set(addons::val.eq(to)),
+        )
     }
     fn bulk_delete_val(conn: &mut CachedConnection<Self>, v: i32) -> QueryResult<usize> {
         conn.execute_bulk::<Addon, _>(diesel::delete(addons::table.filter(addons::val.eq(v))))
     }
     fn placeholder(_n: usize) -> String {
         "?".to_string()
+    }
+}
+
+/// A database that a second connection can join: another connection to the same isolated
+/// database as `conn` (PostgreSQL: the same schema; MySQL: the same database), for tests in
+/// which two connections (a reader and a writer, two caches) must see each other's commits.
+pub trait SameDatabase: TestDb {
+    /// Opens another connection to the database `conn` is on.
+    ///
+    /// # Panics
+    /// If the server cannot be reached.
+    fn another(conn: &mut Self) -> Self;
+}
+
+#[cfg(feature = "postgres")]
+impl SameDatabase for diesel::PgConnection {
+    fn another(conn: &mut Self) -> Self {
+        let schema: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+            "current_schema()",
+        ))
+        .get_result(conn)
+        .expect("current_schema()");
+        pg_connect_schema(&schema)
+    }
+}
+
+/// A connection to `PG_DATABASE_URL` whose `search_path` is `schema`.
+///
+/// # Panics
+/// If `PG_DATABASE_URL` is unset or the server cannot be reached.
+#[cfg(feature = "postgres")]
+pub fn pg_connect_schema(schema: &str) -> diesel::PgConnection {
+    let url = std::env::var("PG_DATABASE_URL").expect("PG_DATABASE_URL");
+    let mut c =
+        diesel::PgConnection::establish(&url).unwrap_or_else(|e| panic!("PG_DATABASE_URL: {e}"));
+    run_all(&mut c, &[&format!("SET search_path TO {schema}")]);
+    c
+}
+
+#[cfg(feature = "mysql")]
+impl SameDatabase for diesel::MysqlConnection {
+    fn another(conn: &mut Self) -> Self {
+        let db: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>("DATABASE()"))
+            .get_result(conn)
+            .expect("DATABASE()");
+        let url = std::env::var("MYSQL_DATABASE_URL").expect("MYSQL_DATABASE_URL");
+        let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&url);
+        diesel::MysqlConnection::establish(&format!("{base}/{db}"))
+            .expect("second MySQL connection")
+    }
+}
+
+/// An SQLite database in a temporary file holding the seed's fixture, removed when dropped:
+/// for tests in which several connections (readers and writers with different caches) must
+/// see one database, which an in-memory database cannot give.
+#[cfg(feature = "sqlite")]
+#[derive(Debug)]
+pub struct SqliteFile(std::path::PathBuf);
+
+#[cfg(feature = "sqlite")]
+impl SqliteFile {
+    /// A fresh database file for test `test`.
+    ///
+    /// # Panics
+    /// If the file cannot be created.
+    pub fn new(test: &str) -> SqliteFile {
+        let path = std::env::temp_dir().join(format!("{}.sqlite3", unique_name(test)));
+        let f = SqliteFile(path);
+        let mut c = f.connect();
+        run_all(&mut c, &DDL);
+        run_all(&mut c, &FIXTURE);
+        f
+    }
+
+    /// A new connection to the file (waits up to 5 s for another connection's lock).
+    ///
+    /// # Panics
+    /// If the file cannot be opened.
+    pub fn connect(&self) -> diesel::SqliteConnection {
+        let path = self.0.to_str().expect("temporary path is UTF-8");
+        let mut c = diesel::SqliteConnection::establish(path).expect("SQLite database file");
+        run_all(&mut c, &["PRAGMA busy_timeout = 5000"]);
+        c
+    }
+
+    /// A new connection to the file, cached by `cache`.
+    pub fn cached_conn(&self, cache: &Cache) -> CachedConnection<diesel::SqliteConnection> {
+        CachedConnection::with_caches(self.connect(), CacheSet::new(cache.clone()))
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl Drop for SqliteFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }

@@ -1,1 +1,591 @@
-//! placeholder
+//! Shared support for the integration suites of Cache Machine for Diesel.
+//!
+//! The suites talk to real servers. A test that needs a server it cannot find fails under
+//! `CI=true` and otherwise says that it skipped, on the real standard error (libtest captures
+//! `eprintln!`, so a passing test's skip notice would be invisible):
+//!
+//! - [`require_env`] / [`memcached_url`]: the skip-or-fail rule for environment variables
+//!   naming servers (`MEMCACHED_URL`, `PG_DATABASE_URL`, `MYSQL_DATABASE_URL`, ...).
+//! - [`unique_prefix`]: a key prefix unique per test and per run, so parallel tests (and
+//!   successive runs) on one memcached never see each other's keys.
+//! - [`each_backend`] / [`each_cache`]: run one test body against every available backend
+//!   (locmem always, memcached when `MEMCACHED_URL` is set).
+//! - [`MemcachedProcess`]: a private memcached on a free loopback port that a test can kill
+//!   and restart (the "server went away" cases).
+//! - [`RecordingBackend`]: a real backend wrapped to record every key it is sent.
+//! - [`memcached_ttl`]: asks memcached for the remaining lifetime of an item (meta protocol),
+//!   to check what expiry actually reached the server.
+//! - [`query_key`], [`fill_query`], [`is_hit`], [`QueryFlushTarget`]: the read path of a
+//!   query without a database, as `caching-diesel` drives it (look up, miss, fill with
+//!   flush-list registrations).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use caching_core::backend::locmem::LocMem;
+use caching_core::backend::memcached::{Memcached, MemcachedOptions};
+use caching_core::{
+    AppendOutcome, Backend, Cache, CacheBuilder, CasOutcome, Expiry, FillOutcome, FlushTarget,
+    Item, KeySpace, QueryKeyBuilder, Registrations,
+};
+
+/// Whether the suite runs under CI (`CI=true`, as set by GitHub Actions and most CI systems),
+/// where a missing server is a failure rather than a skip.
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// Writes a skip notice straight to the process's standard error, where a person sees it even
+/// when the test passes (libtest only captures `print!`/`eprint!`).
+pub fn report_skip(message: &str) {
+    let _ = writeln!(std::io::stderr(), "skipped: {message}");
+}
+
+/// The value of environment variable `var`, needed by test `test`.
+///
+/// Unset (or empty): under `CI=true` this panics ("`var` must be set under CI=true");
+/// otherwise it writes `skipped: set VAR to run TEST` to the real standard error and returns
+/// `None`, and the caller skips (or narrows) the test.
+pub fn require_env(var: &str, test: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => Some(v.trim().to_string()),
+        _ => {
+            if under_ci() {
+                panic!("{var} must be set under CI=true (needed by {test})");
+            }
+            report_skip(&format!("set {var} to run {test}"));
+            None
+        }
+    }
+}
+
+/// `MEMCACHED_URL` (for example `memcached://127.0.0.1:11211`), by the rule of
+/// [`require_env`]: panics under `CI=true` when unset, otherwise reports the skip of `test`
+/// and returns `None`.
+pub fn memcached_url(test: &str) -> Option<String> {
+    require_env("MEMCACHED_URL", test)
+}
+
+/// The `host:port` list of a `memcached://host:port,host:port?params` URL. Query
+/// parameters are ignored: the suites choose their own options.
+///
+/// # Panics
+/// If the URL is not a `memcached://` URL with at least one host.
+pub fn memcached_servers(url: &str) -> Vec<String> {
+    let rest = url
+        .strip_prefix("memcached://")
+        .unwrap_or_else(|| panic!("MEMCACHED_URL {url:?} must start with memcached://"));
+    let hosts = rest.split_once('?').map_or(rest, |(h, _)| h);
+    let servers: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    assert!(
+        !servers.is_empty(),
+        "MEMCACHED_URL {url:?} names no host:port"
+    );
+    servers
+}
+
+/// A key prefix unique to this test, this process and this call: the test name (reduced to
+/// `[A-Za-z0-9_.-]`), the process id, a process-wide counter and the current time. Valid for
+/// [`KeySpace`](caching_core::KeySpace) (at most 64 bytes of `[A-Za-z0-9_.:-]`), so tests
+/// running in parallel on one memcached, and successive runs, never share a key.
+///
+/// ```
+/// let a = caching_tests::unique_prefix("some test");
+/// let b = caching_tests::unique_prefix("some test");
+/// assert_ne!(a, b);
+/// assert!(caching_core::KeySpace::new(&a).is_ok());
+/// ```
+pub fn unique_prefix(name: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let tail = format!(
+        "-{}-{}-{}",
+        std::process::id(),
+        n,
+        base36(nanos % 36u128.pow(10))
+    );
+    let budget = caching_core::key::MAX_PREFIX_LEN - tail.len();
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(budget)
+        .collect();
+    format!("{name}{tail}")
+}
+
+fn base36(mut n: u128) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ascii digits")
+}
+
+/// Connection options for the suites' memcached backends: the defaults, except a short retry
+/// window so a test that stops a server does not wait long for it to be tried again.
+pub fn test_memcached_options() -> MemcachedOptions {
+    MemcachedOptions {
+        retry_after: Duration::from_millis(100),
+        ..MemcachedOptions::default()
+    }
+}
+
+/// Every backend available to test `test`, by name: a fresh `locmem` always, and `memcached`
+/// (a new client on the servers of `MEMCACHED_URL`) when that variable is set. When it is not
+/// set, the skip of the memcached half is reported (or, under `CI=true`, the test fails).
+///
+/// Backends on a shared server hold other tests' keys: combine with [`unique_prefix`].
+pub fn each_backend(test: &str) -> Vec<(&'static str, Arc<dyn Backend>)> {
+    let mut out: Vec<(&'static str, Arc<dyn Backend>)> = vec![("locmem", Arc::new(LocMem::new()))];
+    if let Some(url) = memcached_url(&format!("{test} on memcached")) {
+        let mc = Memcached::new(&memcached_servers(&url), test_memcached_options())
+            .unwrap_or_else(|e| panic!("MEMCACHED_URL {url:?}: {e}"));
+        out.push(("memcached", Arc::new(mc)));
+    }
+    out
+}
+
+/// One cache per backend of [`each_backend`], each with its own [`unique_prefix`], after
+/// `build` adjusted the builder (timeouts, flags; it may replace the prefix). Run the test
+/// body in a loop over the result, naming the backend in assertion messages.
+///
+/// # Panics
+/// If `build` leaves an invalid configuration.
+pub fn each_cache(
+    test: &str,
+    build: impl Fn(CacheBuilder) -> CacheBuilder,
+) -> Vec<(&'static str, Cache)> {
+    each_backend(test)
+        .into_iter()
+        .map(|(name, backend)| {
+            let builder = Cache::builder()
+                .shared_backend(backend)
+                .prefix(unique_prefix(test));
+            let cache = build(builder)
+                .build()
+                .unwrap_or_else(|e| panic!("{test} on {name}: {e}"));
+            (name, cache)
+        })
+        .collect()
+}
+
+/// The flush-list tokens stored under `flush_key` (empty if the list is missing or empty).
+///
+/// # Panics
+/// If the backend fails.
+pub fn list_tokens(cache: &Cache, flush_key: &str) -> Vec<String> {
+    cache
+        .backend()
+        .get(flush_key)
+        .unwrap_or_else(|e| panic!("reading flush list {flush_key}: {e}"))
+        .map(|item| {
+            String::from_utf8_lossy(&item.value)
+                .split(' ')
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The server (`host:port`) of the memcached at `url` that holds `key` (the client's own
+/// placement, which is deterministic).
+///
+/// # Panics
+/// If the URL is invalid.
+pub fn memcached_server_of(url: &str, key: &str) -> String {
+    let mc = Memcached::new(&memcached_servers(url), MemcachedOptions::default())
+        .unwrap_or_else(|e| panic!("MEMCACHED_URL {url:?}: {e}"));
+    mc.server_of(key).to_string()
+}
+
+/// A query key of `cache` for a query labelled `label` (distinct labels, distinct keys).
+pub fn query_key(cache: &Cache, label: &str) -> String {
+    let mut b = QueryKeyBuilder::new("query");
+    b.part("label", label.as_bytes());
+    cache.keys().query_key(&b)
+}
+
+/// The read path after a miss, as the adapter runs it: looks `key` up over `tables`
+/// (asserting a miss), then fills it with `payload` and the flush-list registrations
+/// `regs`, forever. Returns what the fill did.
+///
+/// # Panics
+/// If the key is already cached or the backend fails.
+pub fn fill_query(
+    cache: &Cache,
+    key: &str,
+    tables: &[&str],
+    payload: &[u8],
+    regs: &Registrations,
+) -> FillOutcome {
+    let lookup = cache
+        .lookup(key, tables)
+        .unwrap_or_else(|e| panic!("lookup {key}: {e}"));
+    assert!(lookup.hit.is_none(), "{key} was already cached");
+    cache
+        .fill(&lookup.token, payload, regs, Expiry::Forever)
+        .unwrap_or_else(|e| panic!("fill {key}: {e}"))
+}
+
+/// The cached payload of `key` read over `tables`, if it is a hit.
+///
+/// # Panics
+/// If the backend fails.
+pub fn cached_payload(cache: &Cache, key: &str, tables: &[&str]) -> Option<Vec<u8>> {
+    cache
+        .lookup(key, tables)
+        .unwrap_or_else(|e| panic!("lookup {key}: {e}"))
+        .hit
+}
+
+/// Whether `key` read over `tables` is a hit.
+///
+/// # Panics
+/// If the backend fails.
+pub fn is_hit(cache: &Cache, key: &str, tables: &[&str]) -> bool {
+    cached_payload(cache, key, tables).is_some()
+}
+
+/// A query as a [`FlushTarget`]: values tied to it with
+/// [`Cache::cached_with`] go on the query's own flush list and die with the query's result
+/// (scenario 21: a `cached_with` on a query, a template fragment around it).
+#[derive(Debug, Clone)]
+pub struct QueryFlushTarget {
+    /// The query's key.
+    pub key: String,
+    /// The tables the query reads.
+    pub tables: Vec<String>,
+}
+
+impl QueryFlushTarget {
+    /// The query with key `key`, reading `tables`.
+    pub fn new(key: &str, tables: &[&str]) -> Self {
+        QueryFlushTarget {
+            key: key.to_string(),
+            tables: tables.iter().map(|t| t.to_string()).collect(),
+        }
+    }
+}
+
+impl FlushTarget for QueryFlushTarget {
+    fn flush_key(&self, keys: &KeySpace) -> Option<String> {
+        Some(keys.key_flush_key(&self.key))
+    }
+
+    fn tables(&self) -> Vec<String> {
+        self.tables.clone()
+    }
+}
+
+/// Asks the memcached server at `addr` (`host:port`) how long `key` still lives, with the
+/// meta protocol's `mg KEY t`: `Some(-1)` for no expiry, `Some(seconds)` otherwise, `None`
+/// when the key is missing. Needs memcached 1.6 or later.
+pub fn memcached_ttl(addr: &str, key: &str) -> std::io::Result<Option<i64>> {
+    let stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream);
+    reader
+        .get_mut()
+        .write_all(format!("mg {key} t\r\n").as_bytes())?;
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let line = line.trim_end();
+    if line == "EN" {
+        return Ok(None);
+    }
+    let ttl = line
+        .split(' ')
+        .find_map(|f| f.strip_prefix('t'))
+        .and_then(|t| t.parse::<i64>().ok());
+    match (line.starts_with("HD") || line.starts_with("OK"), ttl) {
+        (true, Some(t)) => Ok(Some(t)),
+        _ => Err(std::io::Error::other(format!(
+            "unexpected answer to mg {key} t: {line:?}"
+        ))),
+    }
+}
+
+/// A real backend that records every key it is sent (reads and writes), so a test can check
+/// what reached the server. Calls go straight through to the wrapped backend.
+#[derive(Debug)]
+pub struct RecordingBackend {
+    inner: Arc<dyn Backend>,
+    keys: Mutex<Vec<String>>,
+}
+
+impl RecordingBackend {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn Backend>) -> Self {
+        RecordingBackend {
+            inner,
+            keys: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Every key sent so far, in order (with repeats).
+    pub fn keys(&self) -> Vec<String> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        self.lock().extend(keys.into_iter().map(str::to_string));
+    }
+}
+
+impl Backend for RecordingBackend {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn max_item_size(&self) -> usize {
+        self.inner.max_item_size()
+    }
+
+    fn get_multi(&self, keys: &[&str]) -> caching_core::Result<HashMap<String, Item>> {
+        self.record(keys.iter().copied());
+        self.inner.get_multi(keys)
+    }
+
+    fn add_multi(
+        &self,
+        items: &[(&str, &[u8])],
+        expiry: Expiry,
+    ) -> caching_core::Result<Vec<bool>> {
+        self.record(items.iter().map(|i| i.0));
+        self.inner.add_multi(items, expiry)
+    }
+
+    fn set_multi(&self, items: &[(&str, &[u8])], expiry: Expiry) -> caching_core::Result<()> {
+        self.record(items.iter().map(|i| i.0));
+        self.inner.set_multi(items, expiry)
+    }
+
+    fn append_multi(&self, items: &[(&str, &[u8])]) -> caching_core::Result<Vec<AppendOutcome>> {
+        self.record(items.iter().map(|i| i.0));
+        self.inner.append_multi(items)
+    }
+
+    fn cas(
+        &self,
+        key: &str,
+        value: &[u8],
+        expiry: Expiry,
+        cas: u64,
+    ) -> caching_core::Result<CasOutcome> {
+        self.record([key]);
+        self.inner.cas(key, value, expiry, cas)
+    }
+
+    fn delete_multi(&self, keys: &[&str]) -> caching_core::Result<()> {
+        self.record(keys.iter().copied());
+        self.inner.delete_multi(keys)
+    }
+
+    fn incr(&self, key: &str, delta: u64) -> caching_core::Result<Option<u64>> {
+        self.record([key]);
+        self.inner.incr(key, delta)
+    }
+}
+
+/// Finds an executable named `name` on `PATH`, as `which` does.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+}
+
+#[cfg(unix)]
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(not(unix))]
+fn is_executable(p: &Path) -> bool {
+    p.is_file()
+}
+
+/// A private memcached server on a free loopback port, for tests that stop and restart the
+/// server. Started as `memcached -u root -l 127.0.0.1 -p PORT -U 0 -m 64` (`-u root` lets it
+/// run when the tests run as root; it is ignored otherwise). Killed when dropped.
+#[derive(Debug)]
+pub struct MemcachedProcess {
+    binary: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl MemcachedProcess {
+    /// How long a starting server may take to accept connections.
+    const START_WAIT: Duration = Duration::from_secs(10);
+
+    /// Starts a server for test `test` and waits until it accepts connections. Without a
+    /// `memcached` binary on `PATH`: panics under `CI=true`, otherwise reports the skip and
+    /// returns `None`.
+    ///
+    /// # Panics
+    /// If the server does not start.
+    pub fn start(test: &str) -> Option<Self> {
+        let Some(binary) = find_on_path("memcached") else {
+            if under_ci() {
+                panic!("a memcached binary must be on PATH under CI=true (needed by {test})");
+            }
+            report_skip(&format!("install memcached (on PATH) to run {test}"));
+            return None;
+        };
+        let mut p = MemcachedProcess {
+            binary,
+            port: 0,
+            child: None,
+        };
+        // The free port may be taken between our probe and memcached's bind: try another.
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            p.port = free_port();
+            match p.spawn() {
+                Ok(()) => return Some(p),
+                Err(e) => failures.push(e),
+            }
+        }
+        panic!("memcached did not start: {failures:?}");
+    }
+
+    /// The port the server listens on (the same across restarts).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `memcached://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("memcached://{}", self.addr())
+    }
+
+    /// Whether the server process is running (started and not killed).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit; its port then refuses connections.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server if it runs, then starts a fresh one (empty) on the same port and waits
+    /// until it accepts connections.
+    ///
+    /// # Panics
+    /// If the server does not start again.
+    pub fn restart(&mut self) {
+        self.kill();
+        if let Err(e) = self.spawn() {
+            panic!("{e}");
+        }
+    }
+
+    /// Starts the server on `self.port` and waits until it accepts connections.
+    fn spawn(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Self::START_WAIT;
+        let port = self.port.to_string();
+        let mut child = Command::new(&self.binary)
+            .args([
+                "-u",
+                "root",
+                "-l",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "0",
+                "-m",
+                "64",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", self.binary.display()))?;
+        loop {
+            if TcpStream::connect(self.addr()).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut s) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut s, &mut err);
+                }
+                return Err(format!(
+                    "memcached on port {port} exited with {status}: {err}"
+                ));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "memcached on port {port} did not accept connections within {:?}",
+                    Self::START_WAIT
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+}
+
+impl Drop for MemcachedProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A loopback port that was free a moment ago (bound to port 0, then released).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+    listener.local_addr().expect("local address").port()
+}
+
+pub mod db;

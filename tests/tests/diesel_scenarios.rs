@@ -20,7 +20,10 @@ macro_rules! suite {
             Env::new(&format!("{}_{}", <Db as TestDb>::NAME, test), KIND)
         }
 
-        fn env_with(test: &str, f: impl FnOnce(caching_diesel::CacheBuilder) -> caching_diesel::CacheBuilder) -> Option<Env<Db>> {
+        fn env_with(
+            test: &str,
+            f: impl FnOnce(caching_diesel::CacheBuilder) -> caching_diesel::CacheBuilder,
+        ) -> Option<Env<Db>> {
             Env::configured(&format!("{}_{}", <Db as TestDb>::NAME, test), KIND, f)
         }
 
@@ -29,11 +32,20 @@ macro_rules! suite {
         }
 
         fn all_users(e: &mut Env<Db>) -> Vec<User> {
-            users::table.order(users::id).cached().load(&mut e.conn).unwrap()
+            users::table
+                .order(users::id)
+                .cached()
+                .load(&mut e.conn)
+                .unwrap()
         }
 
         fn addons_of(e: &mut Env<Db>, user: i32) -> Vec<Addon> {
-            addons::table.filter(addons::author1_id.eq(user)).order(addons::id).cached().load(&mut e.conn).unwrap()
+            addons::table
+                .filter(addons::author1_id.eq(user))
+                .order(addons::id)
+                .cached()
+                .load(&mut e.conn)
+                .unwrap()
         }
 
         #[test]
@@ -67,8 +79,15 @@ macro_rules! suite {
         }
 
         fn raw_addon(e: &mut Env<Db>, id: i32) -> Vec<Addon> {
-            let sql = format!("SELECT id, val, author1_id, author2_id FROM addons WHERE id = {}", <Db as Writes>::placeholder(1));
-            diesel::sql_query(sql).bind::<Integer, _>(id).cached().load(&mut e.conn).unwrap()
+            let sql = format!(
+                "SELECT id, val, author1_id, author2_id FROM addons WHERE id = {}",
+                <Db as Writes>::placeholder(1)
+            );
+            diesel::sql_query(sql)
+                .bind::<Integer, _>(id)
+                .cached()
+                .load(&mut e.conn)
+                .unwrap()
         }
 
         #[test]
@@ -82,7 +101,9 @@ macro_rules! suite {
             assert_eq!(e.queries(), 0);
         }
 
-        #[derive(diesel::QueryableByName, serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        #[derive(
+            diesel::QueryableByName, serde::Serialize, serde::Deserialize, Debug, PartialEq,
+        )]
         struct Named {
             #[diesel(sql_type = Text)]
             name: String,
@@ -93,23 +114,65 @@ macro_rules! suite {
             fn fingerprint(k: &mut caching_diesel::core::QueryKeyBuilder) {
                 k.part("named", b"name:String");
             }
-            fn register(&self, _: &caching_diesel::core::KeySpace, _: &str, _: &mut caching_diesel::core::Registrations) {}
+            fn register(
+                &self,
+                _: &caching_diesel::core::KeySpace,
+                _: &str,
+                _: &mut caching_diesel::core::Registrations,
+            ) {
+            }
         }
 
         #[test]
         fn scenario_04_bind_types_are_part_of_the_key() {
             let Some(mut e) = env("s04") else { return };
-            let sql = format!("SELECT name FROM users WHERE CAST(id AS CHAR(10)) = CAST({} AS CHAR(10))", <Db as Writes>::placeholder(1));
-            let k_int = diesel::sql_query(sql.clone()).bind::<Integer, _>(1).cached().key::<Named, _>(&mut e.conn).unwrap();
-            let k_text = diesel::sql_query(sql.clone()).bind::<Text, _>("1").cached().key::<Named, _>(&mut e.conn).unwrap();
+            let sql = format!(
+                "SELECT name FROM users WHERE CAST(id AS CHAR(10)) = CAST({} AS CHAR(10))",
+                <Db as Writes>::placeholder(1)
+            );
+            let k_int = diesel::sql_query(sql.clone())
+                .bind::<Integer, _>(1)
+                .cached()
+                .key::<Named, _>(&mut e.conn)
+                .unwrap();
+            let k_text = diesel::sql_query(sql.clone())
+                .bind::<Text, _>("1")
+                .cached()
+                .key::<Named, _>(&mut e.conn)
+                .unwrap();
             assert_ne!(k_int, k_text, "Integer 1 and Text '1' must not share a key");
             let ttl = Duration::from_secs(60);
-            let by_int: Vec<Named> = diesel::sql_query(sql.clone()).bind::<Integer, _>(1).cached().cached_for(ttl).load(&mut e.conn).unwrap();
-            let by_text: Vec<Named> = diesel::sql_query(sql.clone()).bind::<Text, _>("2").cached().cached_for(ttl).load(&mut e.conn).unwrap();
-            assert_eq!(by_int, vec![Named { name: "fliggy".into() }]);
-            assert_eq!(by_text, vec![Named { name: "clouseroo".into() }]);
+            let by_int: Vec<Named> = diesel::sql_query(sql.clone())
+                .bind::<Integer, _>(1)
+                .cached()
+                .cached_for(ttl)
+                .load(&mut e.conn)
+                .unwrap();
+            let by_text: Vec<Named> = diesel::sql_query(sql.clone())
+                .bind::<Text, _>("2")
+                .cached()
+                .cached_for(ttl)
+                .load(&mut e.conn)
+                .unwrap();
+            assert_eq!(
+                by_int,
+                vec![Named {
+                    name: "fliggy".into()
+                }]
+            );
+            assert_eq!(
+                by_text,
+                vec![Named {
+                    name: "clouseroo".into()
+                }]
+            );
             e.queries();
-            let again: Vec<Named> = diesel::sql_query(sql).bind::<Text, _>("2").cached().cached_for(ttl).load(&mut e.conn).unwrap();
+            let again: Vec<Named> = diesel::sql_query(sql)
+                .bind::<Text, _>("2")
+                .cached()
+                .cached_for(ttl)
+                .load(&mut e.conn)
+                .unwrap();
             assert_eq!(e.queries(), 0);
             assert_eq!(again, by_text);
         }
@@ -118,7 +181,11 @@ macro_rules! suite {
         fn scenario_05_raw_sql_matches_query_builder() {
             let Some(mut e) = env("s05") else { return };
             let raw = raw_addon(&mut e, 1);
-            let built: Vec<Addon> = addons::table.filter(addons::id.eq(1)).cached().load(&mut e.conn).unwrap();
+            let built: Vec<Addon> = addons::table
+                .filter(addons::id.eq(1))
+                .cached()
+                .load(&mut e.conn)
+                .unwrap();
             assert_eq!(raw, built);
             e.queries();
             assert_eq!(raw_addon(&mut e, 1), built);
@@ -130,7 +197,12 @@ macro_rules! suite {
             let Some(mut e) = env("s06") else { return };
             for _ in 0..2 {
                 let _: Addon = addons::table.find(1).first(&mut *e.conn).unwrap();
-                let _: Addon = addons::table.find(1).cached().enabled(false).first(&mut e.conn).unwrap();
+                let _: Addon = addons::table
+                    .find(1)
+                    .cached()
+                    .enabled(false)
+                    .first(&mut e.conn)
+                    .unwrap();
             }
             assert_eq!(e.queries(), 4);
             assert_eq!(e.cache.stats(), Default::default());
@@ -139,7 +211,13 @@ macro_rules! suite {
         #[test]
         fn scenario_07_per_query_timeout_last_setting_sticks() {
             let Some(mut e) = env("s07") else { return };
-            let q = || addons::table.find(1).cached().timeout(Timeout::Forever).cached_for(Duration::from_secs(1));
+            let q = || {
+                addons::table
+                    .find(1)
+                    .cached()
+                    .timeout(Timeout::Forever)
+                    .cached_for(Duration::from_secs(1))
+            };
             let _: Addon = q().first(&mut e.conn).unwrap();
             let _: Addon = q().first(&mut e.conn).unwrap();
             assert!(e.queries() > 0);
@@ -148,7 +226,13 @@ macro_rules! suite {
             let _: Addon = q().first(&mut e.conn).unwrap();
             assert!(e.queries() > 0, "a 1-second entry must have expired");
             // And the other order: forever set last sticks.
-            let q2 = || addons::table.find(2).cached().cached_for(Duration::from_secs(1)).timeout(Timeout::Forever);
+            let q2 = || {
+                addons::table
+                    .find(2)
+                    .cached()
+                    .cached_for(Duration::from_secs(1))
+                    .timeout(Timeout::Forever)
+            };
             let _: Addon = q2().first(&mut e.conn).unwrap();
             std::thread::sleep(Duration::from_millis(2100));
             e.queries();
@@ -160,14 +244,28 @@ macro_rules! suite {
         fn scenario_08_scalar_selections_need_an_explicit_timeout() {
             let Some(mut e) = env("s08") else { return };
             for _ in 0..2 {
-                let _: Vec<String> = users::table.select(users::name).cached().load(&mut e.conn).unwrap();
+                let _: Vec<String> = users::table
+                    .select(users::name)
+                    .cached()
+                    .load(&mut e.conn)
+                    .unwrap();
             }
             assert_eq!(e.queries(), 2);
             for _ in 0..2 {
-                let _: Vec<(i32, String)> = users::table.select((users::id, users::name)).cached().load(&mut e.conn).unwrap();
+                let _: Vec<(i32, String)> = users::table
+                    .select((users::id, users::name))
+                    .cached()
+                    .load(&mut e.conn)
+                    .unwrap();
             }
             assert_eq!(e.queries(), 2);
-            let q = || users::table.select(users::name).order(users::id).cached().cached_for(Duration::from_secs(60));
+            let q = || {
+                users::table
+                    .select(users::name)
+                    .order(users::id)
+                    .cached()
+                    .cached_for(Duration::from_secs(60))
+            };
             let a: Vec<String> = q().load(&mut e.conn).unwrap();
             let b: Vec<String> = q().load(&mut e.conn).unwrap();
             assert_eq!(e.queries(), 1);
@@ -180,8 +278,17 @@ macro_rules! suite {
             let Some(mut e) = env("s09") else { return };
             let nasty = "ünïcødé 名前 x\r\nflush_all\r\nset a 0 0 1\r\n";
             let sentinel = caching_diesel::ObjectKey::new("sentinel", &["1"]);
-            let _: u32 = e.cache.cached_with(&sentinel, "alive", Timeout::Forever, || 7);
-            <Db as Writes>::create_user(&mut e.conn, &User { id: 3, name: nasty.into() }).unwrap();
+            let _: u32 = e
+                .cache
+                .cached_with(&sentinel, "alive", Timeout::Forever, || 7);
+            <Db as Writes>::create_user(
+                &mut e.conn,
+                &User {
+                    id: 3,
+                    name: nasty.into(),
+                },
+            )
+            .unwrap();
             let q = || users::table.filter(users::name.eq(nasty)).cached();
             let a: Vec<User> = q().load(&mut e.conn).unwrap();
             e.queries();
@@ -189,26 +296,47 @@ macro_rules! suite {
             assert_eq!(e.queries(), 0);
             assert_eq!(a, b);
             assert_eq!(a[0].name, nasty);
-            let still: u32 = e.cache.cached_with(&sentinel, "alive", Timeout::Forever, || 0);
+            let still: u32 = e
+                .cache
+                .cached_with(&sentinel, "alive", Timeout::Forever, || 0);
             assert_eq!(still, 7, "nothing may have been flushed or injected");
         }
 
         #[test]
         fn scenario_10_empty_in_list() {
-            let Some(mut e) = env_with("s10", |b| b.count_timeout(Some(Duration::from_secs(60)))) else { return };
+            let Some(mut e) = env_with("s10", |b| b.count_timeout(Some(Duration::from_secs(60))))
+            else {
+                return;
+            };
             let none: Vec<i32> = Vec::new();
-            let rows: Vec<User> = users::table.filter(users::id.eq_any(none.clone())).cached().load(&mut e.conn).unwrap();
+            let rows: Vec<User> = users::table
+                .filter(users::id.eq_any(none.clone()))
+                .cached()
+                .load(&mut e.conn)
+                .unwrap();
             assert!(rows.is_empty());
-            let n = users::table.filter(users::id.eq_any(none)).cached().count::<User, _>(&mut e.conn).unwrap();
+            let n = users::table
+                .filter(users::id.eq_any(none))
+                .cached()
+                .count::<User, _>(&mut e.conn)
+                .unwrap();
             assert_eq!(n, 0);
-            assert_eq!(e.cache.stats().fills, 1, "only the count is cached, never the empty list");
+            assert_eq!(
+                e.cache.stats().fills,
+                1,
+                "only the count is cached, never the empty list"
+            );
         }
 
         #[test]
         fn scenario_11_empty_results_are_not_cached_by_default() {
             let Some(mut e) = env("s11") else { return };
             for _ in 0..2 {
-                let r: Vec<User> = users::table.filter(users::id.eq(99)).cached().load(&mut e.conn).unwrap();
+                let r: Vec<User> = users::table
+                    .filter(users::id.eq(99))
+                    .cached()
+                    .load(&mut e.conn)
+                    .unwrap();
                 assert!(r.is_empty());
             }
             assert_eq!(e.queries(), 2);
@@ -216,9 +344,15 @@ macro_rules! suite {
 
         #[test]
         fn scenario_12_empty_results_cached_when_configured() {
-            let Some(mut e) = env_with("s12", |b| b.cache_empty_results(true)) else { return };
+            let Some(mut e) = env_with("s12", |b| b.cache_empty_results(true)) else {
+                return;
+            };
             for _ in 0..2 {
-                let r: Vec<User> = users::table.filter(users::id.eq(99)).cached().load(&mut e.conn).unwrap();
+                let r: Vec<User> = users::table
+                    .filter(users::id.eq(99))
+                    .cached()
+                    .load(&mut e.conn)
+                    .unwrap();
                 assert!(r.is_empty());
             }
             assert_eq!(e.queries(), 1);
@@ -228,19 +362,66 @@ macro_rules! suite {
         fn scenario_13_cached_count() {
             let Some(mut e) = env("s13") else { return };
             for _ in 0..2 {
-                assert_eq!(addons::table.cached().count::<Addon, _>(&mut e.conn).unwrap(), 2);
+                assert_eq!(
+                    addons::table
+                        .cached()
+                        .count::<Addon, _>(&mut e.conn)
+                        .unwrap(),
+                    2
+                );
             }
-            assert_eq!(e.queries(), 2, "no count timeout: counts always ask the database");
-            let Some(mut e) = env_with("s13b", |b| b.count_timeout(Some(Duration::from_secs(1)))) else { return };
-            assert_eq!(addons::table.cached().count::<Addon, _>(&mut e.conn).unwrap(), 2);
-            assert_eq!(addons::table.cached().count::<Addon, _>(&mut e.conn).unwrap(), 2);
+            assert_eq!(
+                e.queries(),
+                2,
+                "no count timeout: counts always ask the database"
+            );
+            let Some(mut e) = env_with("s13b", |b| b.count_timeout(Some(Duration::from_secs(1))))
+            else {
+                return;
+            };
+            assert_eq!(
+                addons::table
+                    .cached()
+                    .count::<Addon, _>(&mut e.conn)
+                    .unwrap(),
+                2
+            );
+            assert_eq!(
+                addons::table
+                    .cached()
+                    .count::<Addon, _>(&mut e.conn)
+                    .unwrap(),
+                2
+            );
             assert_eq!(e.queries(), 1);
             std::thread::sleep(Duration::from_millis(2100));
-            assert_eq!(addons::table.cached().count::<Addon, _>(&mut e.conn).unwrap(), 2);
+            assert_eq!(
+                addons::table
+                    .cached()
+                    .count::<Addon, _>(&mut e.conn)
+                    .unwrap(),
+                2
+            );
             assert_eq!(e.queries(), 1, "the count lives at most the count timeout");
-            <Db as Writes>::create_addon(&mut e.conn, &Addon { id: 3, val: 1, author1_id: 2, author2_id: 2 }).unwrap();
+            <Db as Writes>::create_addon(
+                &mut e.conn,
+                &Addon {
+                    id: 3,
+                    val: 1,
+                    author1_id: 2,
+                    author2_id: 2,
+                },
+            )
+            .unwrap();
             e.queries();
-            assert_eq!(addons::table.cached().count::<Addon, _>(&mut e.conn).unwrap(), 3, "a write to the table makes the count miss");
+            assert_eq!(
+                addons::table
+                    .cached()
+                    .count::<Addon, _>(&mut e.conn)
+                    .unwrap(),
+                3,
+                "a write to the table makes the count miss"
+            );
         }
 
         #[test]
@@ -290,15 +471,30 @@ macro_rules! suite {
             };
             assert_eq!(join(&mut e)[0].1.name, "fliggy");
             let assoc_user: User = users::table.find(1).cached().first(&mut e.conn).unwrap();
-            let assoc: Vec<Addon> = Addon::belonging_to(&assoc_user).cached().load(&mut e.conn).unwrap();
+            let assoc: Vec<Addon> = Addon::belonging_to(&assoc_user)
+                .cached()
+                .load(&mut e.conn)
+                .unwrap();
             assert_eq!(assoc.len(), 2);
             e.queries();
-            let _: User = e.conn.save_changes(&User { id: 1, name: "renamed".into() }).unwrap();
+            let _: User = e
+                .conn
+                .save_changes(&User {
+                    id: 1,
+                    name: "renamed".into(),
+                })
+                .unwrap();
             e.queries();
             assert_eq!(join(&mut e)[0].1.name, "renamed");
             assert!(e.queries() > 0);
-            let _: Vec<Addon> = Addon::belonging_to(&assoc_user).cached().load(&mut e.conn).unwrap();
-            assert!(e.queries() > 0, "addons whose author changed are invalidated too (flush-list links)");
+            let _: Vec<Addon> = Addon::belonging_to(&assoc_user)
+                .cached()
+                .load(&mut e.conn)
+                .unwrap();
+            assert!(
+                e.queries() > 0,
+                "addons whose author changed are invalidated too (flush-list links)"
+            );
         }
 
         #[test]
@@ -306,7 +502,16 @@ macro_rules! suite {
             let Some(mut e) = env("s17") else { return };
             assert_eq!(addons_of(&mut e, 1).len(), 2);
             e.queries();
-            <Db as Writes>::create_addon(&mut e.conn, &Addon { id: 3, val: 5, author1_id: 1, author2_id: 2 }).unwrap();
+            <Db as Writes>::create_addon(
+                &mut e.conn,
+                &Addon {
+                    id: 3,
+                    val: 5,
+                    author1_id: 1,
+                    author2_id: 2,
+                },
+            )
+            .unwrap();
             e.queries();
             assert_eq!(addons_of(&mut e, 1).len(), 3);
             assert!(e.queries() > 0);
@@ -314,18 +519,44 @@ macro_rules! suite {
 
         #[test]
         fn scenario_18_invalidate_on_create_and_invalidate_all() {
-            let Some(mut e) = env_with("s18", |b| b.invalidate_on_create(InvalidateOnCreate::WholeModel)) else { return };
+            let Some(mut e) = env_with("s18", |b| {
+                b.invalidate_on_create(InvalidateOnCreate::WholeModel)
+            }) else {
+                return;
+            };
             assert_eq!(all_users(&mut e).len(), 2);
-            <Db as Writes>::create_user(&mut e.conn, &User { id: 3, name: "new".into() }).unwrap();
+            <Db as Writes>::create_user(
+                &mut e.conn,
+                &User {
+                    id: 3,
+                    name: "new".into(),
+                },
+            )
+            .unwrap();
             e.queries();
-            assert_eq!(all_users(&mut e).len(), 3, "whole-model: every user query is invalidated");
+            assert_eq!(
+                all_users(&mut e).len(),
+                3,
+                "whole-model: every user query is invalidated"
+            );
             assert!(e.queries() > 0);
 
             let Some(mut e) = env("s18b") else { return };
             assert_eq!(all_users(&mut e).len(), 2);
-            <Db as Writes>::create_user(&mut e.conn, &User { id: 3, name: "new".into() }).unwrap();
+            <Db as Writes>::create_user(
+                &mut e.conn,
+                &User {
+                    id: 3,
+                    name: "new".into(),
+                },
+            )
+            .unwrap();
             e.queries();
-            assert_eq!(all_users(&mut e).len(), 2, "off: the cached list is (documented) stale");
+            assert_eq!(
+                all_users(&mut e).len(),
+                2,
+                "off: the cached list is (documented) stale"
+            );
             assert_eq!(e.queries(), 0);
             e.conn.invalidate_all::<User>().unwrap();
             assert_eq!(all_users(&mut e).len(), 3);
@@ -337,7 +568,12 @@ macro_rules! suite {
             let Some(mut e) = env("s19") else { return };
             let a = find_addon(&mut e, 2);
             assert_eq!(addons_of(&mut e, 1).len(), 2);
-            e.conn.execute_for(std::slice::from_ref(&a), diesel::delete(addons::table.find(2))).unwrap();
+            e.conn
+                .execute_for(
+                    std::slice::from_ref(&a),
+                    diesel::delete(addons::table.find(2)),
+                )
+                .unwrap();
             e.queries();
             assert_eq!(addons_of(&mut e, 1).len(), 1);
             assert!(e.queries() > 0);
@@ -350,7 +586,10 @@ macro_rules! suite {
             let Some(mut e) = env("s20") else { return };
             assert_eq!(find_addon(&mut e, 1).val, 42);
             assert_eq!(addons_of(&mut e, 1).len(), 2);
-            assert_eq!(<Db as Writes>::bulk_set_val(&mut e.conn, 42, 43).unwrap(), 2);
+            assert_eq!(
+                <Db as Writes>::bulk_set_val(&mut e.conn, 42, 43).unwrap(),
+                2
+            );
             e.queries();
             assert_eq!(find_addon(&mut e, 1).val, 43);
             assert!(e.queries() > 0);
@@ -362,36 +601,61 @@ macro_rules! suite {
 
         fn second_db(e: &Env<Db>, test: &str, label: &str) -> Option<CachedConnection<Db>> {
             let raw = <Db as TestDb>::fresh(&format!("{}_{}", <Db as TestDb>::NAME, test))?;
-            Some(CachedConnection::with_caches(raw, CacheSet::new(e.cache.clone())).with_label(label))
+            Some(
+                CachedConnection::with_caches(raw, CacheSet::new(e.cache.clone()))
+                    .with_label(label),
+            )
         }
 
         #[test]
         fn scenario_26_two_databases_never_cross() {
             let Some(mut e) = env("s26") else { return };
-            let Some(mut other) = second_db(&e, "s26b", "other") else { return };
-            diesel::update(users::table.find(1)).set(users::name.eq("other-fliggy")).execute(&mut *other).unwrap();
+            let Some(mut other) = second_db(&e, "s26b", "other") else {
+                return;
+            };
+            diesel::update(users::table.find(1))
+                .set(users::name.eq("other-fliggy"))
+                .execute(&mut *other)
+                .unwrap();
             let here: User = users::table.find(1).cached().first(&mut e.conn).unwrap();
             let there: User = users::table.find(1).cached().first(&mut other).unwrap();
             assert_eq!(here.name, "fliggy");
             assert_eq!(there.name, "other-fliggy");
             let here2: User = users::table.find(1).cached().first(&mut e.conn).unwrap();
             let there2: User = users::table.find(1).cached().first(&mut other).unwrap();
-            assert_eq!((here2.name.as_str(), there2.name.as_str()), ("fliggy", "other-fliggy"));
+            assert_eq!(
+                (here2.name.as_str(), there2.name.as_str()),
+                ("fliggy", "other-fliggy")
+            );
             assert_eq!(e.cache.stats().hits, 2);
-            let ck = e.cache.cached_with(&here2, "label", Timeout::Forever, || here2.name.clone());
+            let ck = e
+                .cache
+                .cached_with(&here2, "label", Timeout::Forever, || here2.name.clone());
             assert_eq!(ck, "fliggy");
         }
 
         #[test]
         fn scenario_27_saving_on_one_database_invalidates_every_copy() {
             let Some(mut e) = env("s27") else { return };
-            let Some(mut replica) = second_db(&e, "s27b", "replica") else { return };
+            let Some(mut replica) = second_db(&e, "s27b", "replica") else {
+                return;
+            };
             let _: User = users::table.find(1).cached().first(&mut e.conn).unwrap();
             let _: User = users::table.find(1).cached().first(&mut replica).unwrap();
             let before = e.cache.stats().misses;
-            let _: User = e.conn.save_changes(&User { id: 1, name: "x".into() }).unwrap();
+            let _: User = e
+                .conn
+                .save_changes(&User {
+                    id: 1,
+                    name: "x".into(),
+                })
+                .unwrap();
             let _: User = users::table.find(1).cached().first(&mut replica).unwrap();
-            assert_eq!(e.cache.stats().misses, before + 1, "the replica's copy was invalidated by the primary's write");
+            assert_eq!(
+                e.cache.stats().misses,
+                before + 1,
+                "the replica's copy was invalidated by the primary's write"
+            );
         }
     };
 }

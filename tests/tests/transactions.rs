@@ -27,13 +27,18 @@ macro_rules! suite {
         /// there proves the entry was not invalidated.
         fn observer(e: &Env<Db>, test: &str) -> Option<CachedConnection<Db>> {
             let raw = <Db as TestDb>::fresh(&format!("{}_{}_obs", <Db as TestDb>::NAME, test))?;
-            Some(CachedConnection::with_caches(raw, CacheSet::new(e.cache.clone())))
+            Some(CachedConnection::with_caches(
+                raw,
+                CacheSet::new(e.cache.clone()),
+            ))
         }
 
         #[test]
         fn scenario_34_invalidation_waits_for_commit() {
             let Some(mut e) = env("t_commit") else { return };
-            let Some(mut other) = observer(&e, "t_commit") else { return };
+            let Some(mut other) = observer(&e, "t_commit") else {
+                return;
+            };
             let mut a = find(&mut e.conn, 1);
             let cache = e.cache.clone();
             e.conn
@@ -54,7 +59,9 @@ macro_rules! suite {
 
         #[test]
         fn scenario_34_rollback_invalidates_nothing() {
-            let Some(mut e) = env("t_rollback") else { return };
+            let Some(mut e) = env("t_rollback") else {
+                return;
+            };
             let mut a = find(&mut e.conn, 1);
             let r = e.conn.transaction::<(), diesel::result::Error, _>(|conn| {
                 a.val = 100;
@@ -69,7 +76,9 @@ macro_rules! suite {
 
         #[test]
         fn scenario_34_savepoint_rollback_drops_only_its_own() {
-            let Some(mut e) = env("t_savepoint") else { return };
+            let Some(mut e) = env("t_savepoint") else {
+                return;
+            };
             // Give addon 2 other authors, so invalidating addon 1 (and through its authors'
             // flush lists, their other add-ons) does not reach it.
             diesel::update(addons::table.find(2))
@@ -93,9 +102,16 @@ macro_rules! suite {
                 .unwrap();
             e.queries();
             assert_eq!(find(&mut e.conn, 2).val, 42);
-            assert_eq!(e.queries(), 0, "the savepoint's write was rolled back: addon 2 stays cached");
+            assert_eq!(
+                e.queries(),
+                0,
+                "the savepoint's write was rolled back: addon 2 stays cached"
+            );
             assert_eq!(find(&mut e.conn, 1).val, 101);
-            assert!(e.queries() > 0, "the outer write committed: addon 1 was invalidated");
+            assert!(
+                e.queries() > 0,
+                "the outer write committed: addon 1 was invalidated"
+            );
         }
 
         #[test]
@@ -116,23 +132,35 @@ macro_rules! suite {
                     Ok(())
                 })
                 .unwrap();
-            assert_eq!(cache.stats().fills, fills, "nothing filled inside the transaction");
+            assert_eq!(
+                cache.stats().fills,
+                fills,
+                "nothing filled inside the transaction"
+            );
             assert_eq!(find(&mut e.conn, 1).val, 7);
             assert_eq!(cache.stats().fills, fills + 1, "fills resume after COMMIT");
         }
 
         #[test]
         fn scenario_34_foreign_transactions_are_detected() {
-            let Some(mut e) = env("t_foreign") else { return };
+            let Some(mut e) = env("t_foreign") else {
+                return;
+            };
             let a = find(&mut e.conn, 1);
             (*e.conn).begin_test_transaction().unwrap();
             assert!(e.conn.in_transaction());
             let err = e.conn.save_changes::<Addon, _>(&a).unwrap_err();
-            assert!(err.to_string().contains("CachedConnection::transaction"), "{err}");
+            assert!(
+                err.to_string().contains("CachedConnection::transaction"),
+                "{err}"
+            );
             let stats = e.cache.stats();
             e.queries();
             let _ = find(&mut e.conn, 1);
-            assert!(e.queries() > 0, "reads inside a foreign transaction bypass the cache");
+            assert!(
+                e.queries() > 0,
+                "reads inside a foreign transaction bypass the cache"
+            );
             assert_eq!(e.cache.stats(), stats);
         }
     };
@@ -146,7 +174,9 @@ mod sqlite_locmem {
     fn scenario_34_failed_commit_invalidates_nothing() {
         // A deferred foreign-key violation makes SQLite refuse the COMMIT: the transaction,
         // and the write queued in it, never happened.
-        let Some(mut e) = env("t_failed_commit") else { return };
+        let Some(mut e) = env("t_failed_commit") else {
+            return;
+        };
         e.conn
             .batch_execute(
                 "PRAGMA foreign_keys = ON;
@@ -174,10 +204,14 @@ mod sqlite_locmem {
     #[test]
     fn scenario_34_pooled_connections_defer_too() {
         use caching_diesel::pool::CachedConnectionManager;
-        let dir = std::env::temp_dir().join(format!("{}.db", caching_tests::db::unique_name("pool")));
+        let dir =
+            std::env::temp_dir().join(format!("{}.db", caching_tests::db::unique_name("pool")));
         let url = dir.to_string_lossy().to_string();
         let cache = caching_diesel::Cache::locmem();
-        let manager = CachedConnectionManager::<diesel::SqliteConnection>::new(url.clone(), CacheSet::new(cache.clone()));
+        let manager = CachedConnectionManager::<diesel::SqliteConnection>::new(
+            url.clone(),
+            CacheSet::new(cache.clone()),
+        );
         let pool = r2d2::Pool::builder().max_size(2).build(manager).unwrap();
         let mut conn = pool.get().unwrap();
         conn.batch_execute("CREATE TABLE addons (id INTEGER PRIMARY KEY, val INTEGER NOT NULL, author1_id INTEGER NOT NULL, author2_id INTEGER NOT NULL); INSERT INTO addons VALUES (1, 42, 1, 2);").unwrap();

@@ -245,8 +245,11 @@ impl Backend for LocMem {
                 Some(e) if e.value.len() + v.len() > limit => AppendOutcome::TooLarge,
                 Some(e) => {
                     let mut value = std::mem::take(&mut e.value);
-                    value.extend_from_slice(v);
                     let expires = e.expires;
+                    // `take` left the entry empty, so `store` (which uncounts the entry it
+                    // replaces) would not uncount the old bytes: do it here.
+                    st.bytes -= value.len();
+                    value.extend_from_slice(v);
                     st.store(k, value, expires);
                     AppendOutcome::Appended
                 }
@@ -330,9 +333,20 @@ mod tests {
             ..Default::default()
         });
         for i in 0..10 {
-            b.set(&format!("k{i}"), &[0u8; 30], Expiry::Forever).unwrap();
+            b.set(&format!("k{i}"), &[0u8; 30], Expiry::Forever)
+                .unwrap();
         }
         assert!(b.bytes() <= 100);
         assert!(b.get("k9").unwrap().is_some());
+    }
+
+    #[test]
+    fn appends_keep_the_byte_count_exact() {
+        let b = LocMem::new();
+        b.set("list", b"ab", Expiry::Forever).unwrap();
+        for _ in 0..3 {
+            b.append_multi(&[("list", b"cd")]).unwrap();
+        }
+        assert_eq!(b.bytes(), "list".len() + "abcdcdcd".len());
     }
 }

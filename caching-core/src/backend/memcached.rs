@@ -202,8 +202,12 @@ impl Memcached {
         &self.servers[self.server_for(key)].name
     }
 
-    fn group<'k, T>(&self, items: impl IntoIterator<Item = (usize, &'k str, T)>) -> Vec<Vec<(usize, T)>> {
-        let mut groups: Vec<Vec<(usize, T)>> = (0..self.servers.len()).map(|_| Vec::new()).collect();
+    fn group<'k, T>(
+        &self,
+        items: impl IntoIterator<Item = (usize, &'k str, T)>,
+    ) -> Vec<Vec<(usize, T)>> {
+        let mut groups: Vec<Vec<(usize, T)>> =
+            (0..self.servers.len()).map(|_| Vec::new()).collect();
         for (i, key, t) in items {
             groups[self.server_for(key)].push((i, t));
         }
@@ -222,13 +226,14 @@ impl Memcached {
         if let Some(c) = lock(&s.idle).pop() {
             return Ok(c);
         }
-        let stream = TcpStream::connect_timeout(&s.addr, self.options.connect_timeout).map_err(|e| {
-            self.mark_down(s);
-            Error::Unavailable {
-                server: s.name.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+        let stream =
+            TcpStream::connect_timeout(&s.addr, self.options.connect_timeout).map_err(|e| {
+                self.mark_down(s);
+                Error::Unavailable {
+                    server: s.name.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
         let _ = stream.set_nodelay(true);
         stream
             .set_read_timeout(Some(self.options.io_timeout))
@@ -287,7 +292,9 @@ impl Memcached {
                 Ok(v)
             }
             Err(e) => {
-                if e.is_backend_failure() {
+                // The connection is in an unknown state: drop it. Only a failure to talk to
+                // the server marks it down; an error answer (CLIENT_ERROR ...) does not.
+                if matches!(e, Error::Io { .. } | Error::Unavailable { .. }) {
                     self.mark_down(s);
                 }
                 Err(e)
@@ -378,7 +385,12 @@ impl Memcached {
     ) -> Result<Vec<Reply>> {
         check_keys(items.iter().map(|i| i.0))?;
         let mut out: Vec<Option<Reply>> = (0..items.len()).map(|_| None).collect();
-        let groups = self.group(items.iter().enumerate().map(|(i, (k, v))| (i, *k, (*k, *v))));
+        let groups = self.group(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, (k, v))| (i, *k, (*k, *v))),
+        );
         for (server, group) in groups.iter().enumerate() {
             let mut cmds = Vec::new();
             let mut idx = Vec::new();
@@ -400,7 +412,10 @@ impl Memcached {
                 out[i] = Some(r);
             }
         }
-        Ok(out.into_iter().map(|r| r.unwrap_or(Reply::TooLarge)).collect())
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or(Reply::TooLarge))
+            .collect())
     }
 }
 
@@ -493,11 +508,37 @@ impl Backend for Memcached {
 
     fn append_multi(&self, items: &[(&str, &[u8])]) -> Result<Vec<AppendOutcome>> {
         let replies = self.store_multi("append", items, 0)?;
-        Ok(replies
-            .into_iter()
-            .map(|r| match r {
+        // memcached answers NOT_STORED both when the key is missing and when the appended
+        // item would exceed the item size. Tell them apart by reading the key (a missing key
+        // costs nothing to ask about; a full one is read again by the compaction that
+        // follows anyway), so a full flush list is compacted instead of looking missing. A
+        // key that exists but has room was created since the append: report it missing, and
+        // the caller's add fails and appends again.
+        let ambiguous: Vec<&str> = items
+            .iter()
+            .zip(&replies)
+            .filter(|(_, r)| **r == Reply::NotStored)
+            .map(|((k, _), _)| *k)
+            .collect();
+        let existing = if ambiguous.is_empty() {
+            HashMap::new()
+        } else {
+            self.get_multi(&ambiguous)?
+        };
+        let limit = self.item_limit();
+        Ok(items
+            .iter()
+            .zip(replies)
+            .map(|((k, v), r)| match r {
                 Reply::Stored => AppendOutcome::Appended,
                 Reply::TooLarge => AppendOutcome::TooLarge,
+                Reply::NotStored
+                    if existing
+                        .get(*k)
+                        .is_some_and(|i| i.value.len() + v.len() + k.len() + 64 > limit) =>
+                {
+                    AppendOutcome::TooLarge
+                }
                 _ => AppendOutcome::Missing,
             })
             .collect())
@@ -580,8 +621,8 @@ mod tests {
             MemcachedOptions::default(),
         )
         .unwrap();
-        let two = Memcached::new(&["127.0.0.1:1", "127.0.0.1:2"], MemcachedOptions::default())
-            .unwrap();
+        let two =
+            Memcached::new(&["127.0.0.1:1", "127.0.0.1:2"], MemcachedOptions::default()).unwrap();
         for i in 0..1000 {
             let k = format!("key{i}");
             let a = three.server_of(&k);

@@ -1,0 +1,9 @@
+use caching_diesel::Cached;
+use serde::{Deserialize, Serialize};
+
+#[derive(Cached, Serialize, Deserialize)]
+struct Tag {
+    name: String,
+}
+
+fn main() {}

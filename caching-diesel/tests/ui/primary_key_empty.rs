@@ -1,0 +1,12 @@
+use caching_diesel::Cached;
+use diesel::Queryable;
+use serde::{Deserialize, Serialize};
+
+#[derive(Queryable, Cached, Serialize, Deserialize)]
+#[diesel(primary_key())]
+struct Pair {
+    a: i32,
+    b: i32,
+}
+
+fn main() {}

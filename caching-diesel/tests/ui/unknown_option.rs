@@ -1,0 +1,10 @@
+use caching_diesel::Cached;
+use serde::{Deserialize, Serialize};
+
+#[derive(Cached, Serialize, Deserialize)]
+#[cached(bogus)]
+struct User {
+    id: i32,
+}
+
+fn main() {}

@@ -1,0 +1,777 @@
+//! Every `Backend` operation against locmem and a real memcached, through the trait and
+//! through `Cache`: multi-get, add-only stores, sets, appends, CAS, deletes, counters, expiry
+//! (forever, short TTLs, TTLs over memcached's 30-day relative limit), binary values,
+//! over-size values, keys that try to inject protocol commands, and a server that dies and
+//! comes back.
+//!
+//! memcached runs when `MEMCACHED_URL` is set (the dead-server test starts its own server);
+//! otherwise the memcached half reports that it skipped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use caching_core::backend::locmem::{LocMem, LocMemLimits};
+use caching_core::backend::memcached::Memcached;
+use caching_core::{
+    key, AppendOutcome, Backend, Cache, CasOutcome, Error, Expiry, FillOutcome, Invalidation,
+    ObjectKey, Registrations, Timeout,
+};
+use caching_tests::{
+    cached_payload, each_cache, fill_query, is_hit, memcached_server_of, memcached_ttl,
+    memcached_url, query_key, test_memcached_options, unique_prefix, MemcachedProcess,
+    QueryFlushTarget,
+};
+
+const MIB: usize = 1024 * 1024;
+const DAY: u64 = 24 * 3600;
+
+/// A raw key under the cache's prefix.
+fn k(cache: &Cache, name: &str) -> String {
+    format!("{}{name}", cache.keys().prefix())
+}
+
+fn value(b: &dyn Backend, key: &str) -> Option<Vec<u8>> {
+    b.get(key)
+        .unwrap_or_else(|e| panic!("get {key}: {e}"))
+        .map(|i| i.value)
+}
+
+#[test]
+fn get_multi_returns_present_keys_and_omits_missing_ones() {
+    for (name, cache) in each_cache(
+        "get_multi_returns_present_keys_and_omits_missing_ones",
+        |b| b,
+    ) {
+        let b = cache.backend();
+        let (a, c, missing) = (k(&cache, "a"), k(&cache, "c"), k(&cache, "missing"));
+        b.set(&a, b"1", Expiry::Forever).unwrap();
+        b.set(&c, b"3", Expiry::Forever).unwrap();
+        let got = b.get_multi(&[&a, &missing, &c]).unwrap();
+        assert_eq!(got.len(), 2, "{name}: {got:?}");
+        assert_eq!(got[&a].value, b"1", "{name}");
+        assert_eq!(got[&c].value, b"3", "{name}");
+        assert!(!got.contains_key(&missing), "{name}");
+        assert!(b.get_multi(&[&missing]).unwrap().is_empty(), "{name}");
+        assert!(b.get_multi(&[]).unwrap().is_empty(), "{name}");
+        assert_eq!(b.get(&missing).unwrap(), None, "{name}");
+
+        // More keys than one `gets` line carries, every other one present.
+        let keys: Vec<String> = (0..250).map(|i| k(&cache, &format!("many{i}"))).collect();
+        let present: Vec<(&str, Vec<u8>)> = keys
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 0)
+            .map(|(i, key)| (key.as_str(), format!("v{i}").into_bytes()))
+            .collect();
+        let items: Vec<(&str, &[u8])> = present.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+        b.set_multi(&items, Expiry::Forever).unwrap();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let got = b.get_multi(&refs).unwrap();
+        assert_eq!(got.len(), 125, "{name}");
+        for (i, key) in keys.iter().enumerate() {
+            match got.get(key) {
+                Some(item) => {
+                    assert_eq!(i % 2, 0, "{name}: {key} was never set");
+                    assert_eq!(item.value, format!("v{i}").into_bytes(), "{name}: {key}");
+                }
+                None => assert_eq!(i % 2, 1, "{name}: {key} is missing"),
+            }
+        }
+    }
+}
+
+#[test]
+fn add_stores_only_when_the_key_is_absent() {
+    for (name, cache) in each_cache("add_stores_only_when_the_key_is_absent", |b| b) {
+        let b = cache.backend();
+        let (key, fresh) = (k(&cache, "k"), k(&cache, "fresh"));
+        assert!(b.add(&key, b"first", Expiry::Forever).unwrap(), "{name}");
+        assert!(!b.add(&key, b"second", Expiry::Forever).unwrap(), "{name}");
+        assert_eq!(value(b, &key).unwrap(), b"first", "{name}");
+        let r = b
+            .add_multi(&[(&key, b"third"), (&fresh, b"new")], Expiry::Forever)
+            .unwrap();
+        assert_eq!(r, vec![false, true], "{name}");
+        assert_eq!(value(b, &key).unwrap(), b"first", "{name}");
+        assert_eq!(value(b, &fresh).unwrap(), b"new", "{name}");
+        // A deleted key can be added again.
+        b.delete(&key).unwrap();
+        assert!(b.add(&key, b"again", Expiry::Forever).unwrap(), "{name}");
+        assert_eq!(value(b, &key).unwrap(), b"again", "{name}");
+    }
+}
+
+#[test]
+fn set_and_set_multi_overwrite() {
+    for (name, cache) in each_cache("set_and_set_multi_overwrite", |b| b) {
+        let b = cache.backend();
+        let (k1, k2, k3) = (k(&cache, "1"), k(&cache, "2"), k(&cache, "3"));
+        b.set(&k1, b"one", Expiry::Forever).unwrap();
+        b.set(&k1, b"uno", Expiry::Forever).unwrap();
+        assert_eq!(value(b, &k1).unwrap(), b"uno", "{name}");
+        b.set_multi(
+            &[(&k1, b"eins"), (&k2, b"zwei"), (&k3, b"")],
+            Expiry::Forever,
+        )
+        .unwrap();
+        let got = b.get_multi(&[&k1, &k2, &k3]).unwrap();
+        assert_eq!(got[&k1].value, b"eins", "{name}");
+        assert_eq!(got[&k2].value, b"zwei", "{name}");
+        assert_eq!(got[&k3].value, b"", "{name}: an empty value is a value");
+        b.set_multi(&[], Expiry::Forever).unwrap();
+    }
+}
+
+#[test]
+fn append_extends_existing_values_and_reports_missing_ones() {
+    for (name, cache) in each_cache(
+        "append_extends_existing_values_and_reports_missing_ones",
+        |b| b,
+    ) {
+        let b = cache.backend();
+        let (key, missing) = (k(&cache, "list"), k(&cache, "missing"));
+        b.set(&key, b"ab", Expiry::Forever).unwrap();
+        let r = b.append_multi(&[(&key, b"cd"), (&missing, b"zz")]).unwrap();
+        assert_eq!(
+            r,
+            vec![AppendOutcome::Appended, AppendOutcome::Missing],
+            "{name}"
+        );
+        assert_eq!(value(b, &key).unwrap(), b"abcd", "{name}");
+        assert_eq!(
+            value(b, &missing),
+            None,
+            "{name}: append must not create a key"
+        );
+        let r = b.append_multi(&[(&key, b" e"), (&key, b" f")]).unwrap();
+        assert_eq!(r, vec![AppendOutcome::Appended; 2], "{name}");
+        assert_eq!(value(b, &key).unwrap(), b"abcd e f", "{name}");
+    }
+}
+
+#[test]
+fn append_past_the_item_size_is_too_large_not_missing() {
+    // memcached answers NOT_STORED both for a missing key and for an append that would make
+    // the item too large; a backend must still tell the two apart, or a full flush list
+    // looks missing, its re-creation fails, and every later fill on that row is dropped.
+    for (name, cache) in each_cache("append_past_the_item_size_is_too_large_not_missing", |b| b) {
+        let b = cache.backend();
+        let (key, missing) = (k(&cache, "full"), k(&cache, "missing"));
+        b.get(&key).unwrap(); // connects, so the backend knows the server's item size
+        let limit = b.max_item_size();
+        let base = vec![b'a'; limit - key.len() - 64 - 4096];
+        b.set(&key, &base, Expiry::Forever).unwrap();
+        assert_eq!(
+            value(b, &key).map(|v| v.len()),
+            Some(base.len()),
+            "{name}: the base value fits"
+        );
+        let chunk = vec![b'b'; 8192];
+        let r = b.append_multi(&[(&key, &chunk), (&missing, b"x")]).unwrap();
+        assert_eq!(
+            r,
+            vec![AppendOutcome::TooLarge, AppendOutcome::Missing],
+            "{name}"
+        );
+        assert_eq!(
+            value(b, &key).map(|v| v.len()),
+            Some(base.len()),
+            "{name}: unchanged"
+        );
+        assert_eq!(value(b, &missing), None, "{name}");
+        // A small append still fits.
+        assert_eq!(
+            b.append_multi(&[(&key, b"zz")]).unwrap(),
+            vec![AppendOutcome::Appended],
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn cas_stores_only_over_the_value_it_read() {
+    for (name, cache) in each_cache("cas_stores_only_over_the_value_it_read", |b| b) {
+        let b = cache.backend();
+        let (key, missing) = (k(&cache, "k"), k(&cache, "missing"));
+        b.set(&key, b"v1", Expiry::Forever).unwrap();
+        let first = b.get(&key).unwrap().unwrap();
+        assert_eq!(
+            b.cas(&key, b"v2", Expiry::Forever, first.cas).unwrap(),
+            CasOutcome::Stored,
+            "{name}"
+        );
+        let second = b.get(&key).unwrap().unwrap();
+        assert_eq!(second.value, b"v2", "{name}");
+        assert_ne!(second.cas, first.cas, "{name}: a store changes the token");
+        assert_eq!(
+            b.cas(&key, b"v3", Expiry::Forever, first.cas).unwrap(),
+            CasOutcome::Changed,
+            "{name}: a stale token"
+        );
+        assert_eq!(value(b, &key).unwrap(), b"v2", "{name}");
+        // Any write in between (here an append) makes the token stale.
+        b.append_multi(&[(&key, b"+")]).unwrap();
+        assert_eq!(
+            b.cas(&key, b"v4", Expiry::Forever, second.cas).unwrap(),
+            CasOutcome::Changed,
+            "{name}"
+        );
+        assert_eq!(value(b, &key).unwrap(), b"v2+", "{name}");
+        assert_eq!(
+            b.cas(&missing, b"x", Expiry::Forever, second.cas).unwrap(),
+            CasOutcome::Missing,
+            "{name}"
+        );
+        assert_eq!(value(b, &missing), None, "{name}");
+        b.delete(&key).unwrap();
+        assert_eq!(
+            b.cas(&key, b"v5", Expiry::Forever, second.cas).unwrap(),
+            CasOutcome::Missing,
+            "{name}: deleted since read"
+        );
+    }
+}
+
+#[test]
+fn delete_multi_removes_keys_and_ignores_missing_ones() {
+    for (name, cache) in each_cache("delete_multi_removes_keys_and_ignores_missing_ones", |b| b) {
+        let b = cache.backend();
+        let keys: Vec<String> = ["a", "b", "c", "d"].iter().map(|n| k(&cache, n)).collect();
+        for key in &keys[..3] {
+            b.set(key, b"x", Expiry::Forever).unwrap();
+        }
+        // keys[3] never existed.
+        b.delete_multi(&[&keys[0], &keys[1], &keys[3]]).unwrap();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let got = b.get_multi(&refs).unwrap();
+        assert_eq!(got.keys().collect::<Vec<_>>(), vec![&keys[2]], "{name}");
+        b.delete(&keys[2]).unwrap();
+        b.delete(&keys[2]).unwrap();
+        b.delete_multi(&[]).unwrap();
+        assert!(b.get_multi(&refs).unwrap().is_empty(), "{name}");
+    }
+}
+
+#[test]
+fn incr_counts_existing_counters_and_reports_missing_ones() {
+    for (name, cache) in each_cache(
+        "incr_counts_existing_counters_and_reports_missing_ones",
+        |b| b,
+    ) {
+        let b = cache.backend();
+        let (c, missing, top) = (k(&cache, "c"), k(&cache, "missing"), k(&cache, "top"));
+        b.set(&c, b"41", Expiry::Forever).unwrap();
+        assert_eq!(b.incr(&c, 1).unwrap(), Some(42), "{name}");
+        assert_eq!(b.incr(&c, 10).unwrap(), Some(52), "{name}");
+        assert_eq!(value(b, &c).unwrap(), b"52", "{name}");
+        assert_eq!(b.incr(&missing, 1).unwrap(), None, "{name}");
+        assert_eq!(
+            value(b, &missing),
+            None,
+            "{name}: incr must not create a key"
+        );
+        b.set(&top, u64::MAX.to_string().as_bytes(), Expiry::Forever)
+            .unwrap();
+        assert_eq!(b.incr(&top, 1).unwrap(), Some(0), "{name}: wraps at 2^64");
+        // memcached pads a shorter result with spaces in place; the number is what counts.
+        let stored = String::from_utf8(value(b, &top).unwrap()).unwrap();
+        assert_eq!(stored.trim(), "0", "{name}");
+        assert_eq!(b.incr(&top, 1).unwrap(), Some(1), "{name}");
+    }
+}
+
+#[test]
+fn forever_stays_and_a_one_second_ttl_expires() {
+    let caches = each_cache("forever_stays_and_a_one_second_ttl_expires", |b| b);
+    for (name, cache) in &caches {
+        let b = cache.backend();
+        b.set(&k(cache, "forever"), b"f", Expiry::Forever).unwrap();
+        b.set(&k(cache, "ttl"), b"t", Expiry::Seconds(1)).unwrap();
+        assert!(
+            b.add(&k(cache, "ttl-add"), b"t", Expiry::Seconds(1))
+                .unwrap(),
+            "{name}"
+        );
+        b.set(&k(cache, "cas"), b"c", Expiry::Forever).unwrap();
+        let item = b.get(&k(cache, "cas")).unwrap().unwrap();
+        assert_eq!(
+            b.cas(&k(cache, "cas"), b"c2", Expiry::Seconds(1), item.cas)
+                .unwrap(),
+            CasOutcome::Stored,
+            "{name}"
+        );
+        assert!(
+            value(b, &k(cache, "ttl")).is_some(),
+            "{name}: readable before it expires"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(2100));
+    for (name, cache) in &caches {
+        let b = cache.backend();
+        assert_eq!(value(b, &k(cache, "forever")).unwrap(), b"f", "{name}");
+        assert_eq!(value(b, &k(cache, "ttl")), None, "{name}: set with 1 s");
+        assert_eq!(value(b, &k(cache, "ttl-add")), None, "{name}: add with 1 s");
+        assert_eq!(value(b, &k(cache, "cas")), None, "{name}: cas with 1 s");
+    }
+}
+
+#[test]
+fn a_ttl_over_thirty_days_is_readable_right_after_the_set() {
+    // memcached reads an exptime over 30 days as a unix time: sent as relative seconds, a
+    // 40-day TTL would be a date in 1970 and the value would be gone at once.
+    let forty_days = Expiry::Seconds(40 * DAY);
+    for (name, cache) in each_cache(
+        "a_ttl_over_thirty_days_is_readable_right_after_the_set",
+        |b| b,
+    ) {
+        let b = cache.backend();
+        let (set, add, cas) = (k(&cache, "set"), k(&cache, "add"), k(&cache, "cas"));
+        b.set(&set, b"s", forty_days).unwrap();
+        assert!(b.add(&add, b"a", forty_days).unwrap(), "{name}");
+        b.set(&cas, b"c", Expiry::Forever).unwrap();
+        let item = b.get(&cas).unwrap().unwrap();
+        assert_eq!(
+            b.cas(&cas, b"c2", forty_days, item.cas).unwrap(),
+            CasOutcome::Stored,
+            "{name}"
+        );
+        let got = b.get_multi(&[&set, &add, &cas]).unwrap();
+        assert_eq!(got.len(), 3, "{name}: {got:?}");
+        assert_eq!(got[&cas].value, b"c2", "{name}");
+
+        if name == "memcached" {
+            let url = memcached_url("ttl probe").expect("memcached runs only with MEMCACHED_URL");
+            for key in [&set, &add, &cas] {
+                let ttl = memcached_ttl(&memcached_server_of(&url, key), key)
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("{key} is gone"));
+                let want = (40 * DAY) as i64;
+                assert!(
+                    (want - 120..=want + 1).contains(&ttl),
+                    "{key}: remaining lifetime {ttl} s, expected about 40 days"
+                );
+            }
+        }
+    }
+}
+
+/// Every byte value, then protocol-looking text with CR/LF, then every byte value backwards.
+fn binary_value() -> Vec<u8> {
+    let mut v: Vec<u8> = (0..=255u8).collect();
+    v.extend_from_slice(b"\r\nEND\r\nVALUE x 0 1 1\r\nSTORED\r\n\r\n");
+    v.extend((0..=255u8).rev());
+    v.extend_from_slice(b"\r\n");
+    v
+}
+
+#[test]
+fn values_are_binary_safe() {
+    let v = binary_value();
+    for (name, cache) in each_cache("values_are_binary_safe", |b| b) {
+        let b = cache.backend();
+        let (set, add, app, cas) = (
+            k(&cache, "set"),
+            k(&cache, "add"),
+            k(&cache, "app"),
+            k(&cache, "cas"),
+        );
+        b.set(&set, &v, Expiry::Forever).unwrap();
+        assert!(b.add(&add, &v, Expiry::Forever).unwrap(), "{name}");
+        b.set(&app, &v[..100], Expiry::Forever).unwrap();
+        assert_eq!(
+            b.append_multi(&[(&app, &v[100..])]).unwrap(),
+            vec![AppendOutcome::Appended],
+            "{name}"
+        );
+        b.set(&cas, b"x", Expiry::Forever).unwrap();
+        let item = b.get(&cas).unwrap().unwrap();
+        assert_eq!(
+            b.cas(&cas, &v, Expiry::Forever, item.cas).unwrap(),
+            CasOutcome::Stored,
+            "{name}"
+        );
+        let got = b.get_multi(&[&set, &add, &app, &cas]).unwrap();
+        for key in [&set, &add, &app, &cas] {
+            assert_eq!(got[key].value, v, "{name}: {key}");
+        }
+
+        // Through the cache: a payload stored by a fill comes back byte for byte.
+        let q = query_key(&cache, "binary");
+        assert_eq!(
+            fill_query(&cache, &q, &["t"], &v, &Registrations::new()),
+            FillOutcome::Stored,
+            "{name}"
+        );
+        assert_eq!(
+            cached_payload(&cache, &q, &["t"]),
+            Some(v.clone()),
+            "{name}"
+        );
+        // And through manual caching (a serde value holding every byte and CR/LF text).
+        let text = "line\r\nflush_all\r\nEND\r\n\u{0}\u{7f}é".to_string();
+        let mut calls = 0;
+        for _ in 0..2 {
+            let got: (Vec<u8>, String) = cache.cached("bytes", Timeout::Forever, || {
+                calls += 1;
+                (v.clone(), text.clone())
+            });
+            assert_eq!(got, (v.clone(), text.clone()), "{name}");
+        }
+        assert_eq!(calls, 1, "{name}: second call must come from the cache");
+    }
+}
+
+#[test]
+fn an_over_size_value_is_not_stored_and_is_not_an_error() {
+    let big = vec![b'x'; 2 * MIB];
+    for (name, cache) in each_cache(
+        "an_over_size_value_is_not_stored_and_is_not_an_error",
+        |b| b,
+    ) {
+        let b = cache.backend();
+        let (set, add, multi, small, app, cas) = (
+            k(&cache, "set"),
+            k(&cache, "add"),
+            k(&cache, "multi"),
+            k(&cache, "small"),
+            k(&cache, "app"),
+            k(&cache, "cas"),
+        );
+        b.set(&set, b"old", Expiry::Forever).unwrap();
+        b.set(&set, &big, Expiry::Forever).unwrap();
+        assert_eq!(
+            value(b, &set),
+            None,
+            "{name}: the big set is not stored, the old value is gone"
+        );
+        assert!(!b.add(&add, &big, Expiry::Forever).unwrap(), "{name}");
+        assert_eq!(value(b, &add), None, "{name}");
+        b.set_multi(&[(&small, b"s"), (&multi, &big)], Expiry::Forever)
+            .unwrap();
+        assert_eq!(value(b, &small).unwrap(), b"s", "{name}");
+        assert_eq!(value(b, &multi), None, "{name}");
+        b.set(&app, b"a", Expiry::Forever).unwrap();
+        assert_eq!(
+            b.append_multi(&[(&app, &big)]).unwrap(),
+            vec![AppendOutcome::TooLarge],
+            "{name}"
+        );
+        assert_eq!(value(b, &app).unwrap(), b"a", "{name}");
+        b.set(&cas, b"c", Expiry::Forever).unwrap();
+        let item = b.get(&cas).unwrap().unwrap();
+        assert_ne!(
+            b.cas(&cas, &big, Expiry::Forever, item.cas).unwrap(),
+            CasOutcome::Stored,
+            "{name}"
+        );
+        assert_eq!(value(b, &cas).unwrap(), b"c", "{name}");
+
+        // Through the cache: the fill reports it, the value is returned, nothing is cached.
+        let q = query_key(&cache, "big");
+        assert_eq!(
+            fill_query(&cache, &q, &["t"], &big, &Registrations::new()),
+            FillOutcome::TooLarge,
+            "{name}"
+        );
+        assert!(!is_hit(&cache, &q, &["t"]), "{name}");
+        let text = "y".repeat(2 * MIB);
+        let mut calls = 0;
+        for _ in 0..2 {
+            let got: String = cache.cached("big", Timeout::Forever, || {
+                calls += 1;
+                text.clone()
+            });
+            assert_eq!(got.len(), text.len(), "{name}");
+        }
+        assert_eq!(
+            calls, 2,
+            "{name}: an over-size value is never served from the cache"
+        );
+        assert_eq!(
+            cache.stats().backend_errors,
+            0,
+            "{name}: over-size is not an error"
+        );
+    }
+}
+
+const EVIL: &str = "x\r\nflush_all\r\n";
+
+#[test]
+fn keys_cannot_inject_protocol_commands() {
+    for (name, cache) in each_cache("keys_cannot_inject_protocol_commands", |b| b) {
+        let b = cache.backend();
+        let sentinel = k(&cache, "sentinel");
+        b.set(&sentinel, b"alive", Expiry::Forever).unwrap();
+
+        // Manual keys and primary keys are user input: they are hashed, never sent raw.
+        let nasty = [
+            EVIL,
+            "get x",
+            "a b\tc",
+            "",
+            "ünïcödé ключ",
+            "\u{0}\u{7f}",
+            &"long".repeat(100),
+        ];
+        for n in nasty {
+            let mut calls = 0;
+            for _ in 0..2 {
+                let v: String = cache.cached(n, Timeout::Forever, || {
+                    calls += 1;
+                    format!("value of {n:?}")
+                });
+                assert_eq!(v, format!("value of {n:?}"), "{name}");
+            }
+            assert_eq!(
+                calls, 1,
+                "{name}: manual key {n:?} must be cached like any other"
+            );
+
+            let obj = ObjectKey::new("users", &[n]);
+            let mut calls = 0;
+            for _ in 0..2 {
+                let _: u32 = cache.cached_with(&obj, n, Timeout::Forever, || {
+                    calls += 1;
+                    7
+                });
+            }
+            assert_eq!(calls, 1, "{name}: object {n:?}");
+            let mut inv = Invalidation::new();
+            inv.object("users", obj.clone());
+            cache.invalidate(&inv).unwrap();
+            let _: u32 = cache.cached_with(&obj, n, Timeout::Forever, || {
+                calls += 1;
+                7
+            });
+            assert_eq!(
+                calls, 2,
+                "{name}: invalidating object {n:?} must reach its value"
+            );
+        }
+        // A flush target whose key is not one the key space built still gets a valid list.
+        let target = QueryFlushTarget::new(EVIL, &["users"]);
+        let mut calls = 0;
+        for _ in 0..2 {
+            let _: u32 = cache.cached_with(&target, "fragment", Timeout::Forever, || {
+                calls += 1;
+                7
+            });
+        }
+        assert_eq!(calls, 1, "{name}: a value tied to query key {EVIL:?}");
+        assert!(
+            key::is_valid_key(&cache.keys().key_flush_key(EVIL)),
+            "{name}"
+        );
+        assert_eq!(cache.stats().backend_errors, 0, "{name}");
+
+        // Raw keys through the trait are refused, never sent.
+        let raw_bad = [
+            EVIL.to_string(),
+            "has space".to_string(),
+            String::new(),
+            "k".repeat(251),
+            "tab\tkey".to_string(),
+            "del\u{7f}".to_string(),
+        ];
+        for bad in &raw_bad {
+            let bad = bad.as_str();
+            let invalid = |r: caching_core::Result<()>, op: &str| match r {
+                Err(Error::InvalidKey(_)) => {}
+                other => panic!("{name}: {op} with key {bad:?} gave {other:?}, not InvalidKey"),
+            };
+            invalid(b.set(bad, b"v", Expiry::Forever), "set");
+            invalid(b.get(bad).map(|_| ()), "get");
+            invalid(b.get_multi(&[&sentinel, bad]).map(|_| ()), "get_multi");
+            invalid(b.add(bad, b"v", Expiry::Forever).map(|_| ()), "add");
+            invalid(
+                b.set_multi(&[(&sentinel, b"clobbered"), (bad, b"v")], Expiry::Forever),
+                "set_multi",
+            );
+            invalid(b.append_multi(&[(bad, b"v")]).map(|_| ()), "append_multi");
+            invalid(b.cas(bad, b"v", Expiry::Forever, 1).map(|_| ()), "cas");
+            invalid(b.delete(bad), "delete");
+            invalid(b.delete_multi(&[&sentinel, bad]), "delete_multi");
+            invalid(b.incr(bad, 1).map(|_| ()), "incr");
+        }
+
+        // Nothing reached the server as a command: the sentinel survived, untouched by the
+        // batches that carried a bad key.
+        assert_eq!(value(b, &sentinel).unwrap(), b"alive", "{name}");
+    }
+}
+
+#[test]
+fn cache_lookup_and_fill_through_the_backend() {
+    for (name, cache) in each_cache("cache_lookup_and_fill_through_the_backend", |b| b) {
+        let q = query_key(&cache, "q");
+        let lookup = cache.lookup(&q, &["users"]).unwrap();
+        assert_eq!(lookup.hit, None, "{name}");
+        assert_eq!(lookup.token.key(), q, "{name}");
+        let regs = Registrations::new();
+        assert_eq!(
+            cache
+                .fill(&lookup.token, b"rows", &regs, Expiry::Forever)
+                .unwrap(),
+            FillOutcome::Stored,
+            "{name}"
+        );
+        assert_eq!(
+            cached_payload(&cache, &q, &["users"]),
+            Some(b"rows".to_vec()),
+            "{name}"
+        );
+        // A second reader that missed at the same time loses the add: theirs is not stored.
+        assert_eq!(
+            cache
+                .fill(&lookup.token, b"other", &regs, Expiry::Forever)
+                .unwrap(),
+            FillOutcome::AlreadyCached,
+            "{name}"
+        );
+        assert_eq!(
+            cached_payload(&cache, &q, &["users"]),
+            Some(b"rows".to_vec()),
+            "{name}"
+        );
+
+        // A write committed between lookup and fill: the fill removes its entry.
+        let raced = query_key(&cache, "raced");
+        let lookup = cache.lookup(&raced, &["users"]).unwrap();
+        let mut inv = Invalidation::new();
+        inv.table_written("users");
+        cache.invalidate(&inv).unwrap();
+        assert_eq!(
+            cache
+                .fill(&lookup.token, b"old rows", &regs, Expiry::Forever)
+                .unwrap(),
+            FillOutcome::Raced,
+            "{name}"
+        );
+        assert_eq!(cache.backend().get(&raced).unwrap(), None, "{name}");
+
+        // Whole-table invalidation makes the stored entry miss.
+        cache.invalidate_table("users").unwrap();
+        assert!(!is_hit(&cache, &q, &["users"]), "{name}");
+
+        let s = cache.stats();
+        assert_eq!(
+            (s.fills, s.skipped_fills, s.backend_errors),
+            (1, 2, 0),
+            "{name}: {s:?}"
+        );
+    }
+}
+
+#[test]
+fn a_dead_server_fails_calls_and_recovers_after_the_retry_window() {
+    let test = "a_dead_server_fails_calls_and_recovers_after_the_retry_window";
+    let Some(mut server) = MemcachedProcess::start(test) else {
+        return;
+    };
+    let options = test_memcached_options();
+    let retry_after = options.retry_after;
+    assert_eq!(retry_after, Duration::from_millis(100));
+    let mc: Arc<dyn Backend> = Arc::new(Memcached::new(&[server.addr()], options).unwrap());
+    let cache = Cache::builder()
+        .shared_backend(mc.clone())
+        .prefix(unique_prefix(test))
+        .build()
+        .unwrap();
+    let b = cache.backend();
+    let key = k(&cache, "k");
+    b.set(&key, b"v", Expiry::Forever).unwrap();
+    assert_eq!(value(b, &key).unwrap(), b"v");
+    let mut calls = 0;
+    let mut manual = |n: u32| -> u32 {
+        cache.cached("manual", Timeout::Forever, || {
+            calls += 1;
+            n
+        })
+    };
+    assert_eq!(manual(1), 1);
+    assert_eq!(manual(2), 1, "cached while the server is up");
+
+    server.kill();
+    let errors: Vec<(&str, caching_core::Result<()>)> = vec![
+        ("get", b.get(&key).map(|_| ())),
+        ("get_multi", b.get_multi(&[&key]).map(|_| ())),
+        ("set", b.set(&key, b"w", Expiry::Forever)),
+        ("add", b.add(&key, b"w", Expiry::Forever).map(|_| ())),
+        ("append", b.append_multi(&[(&key, b"w")]).map(|_| ())),
+        ("cas", b.cas(&key, b"w", Expiry::Forever, 1).map(|_| ())),
+        ("delete", b.delete(&key)),
+        ("incr", b.incr(&key, 1).map(|_| ())),
+    ];
+    for (op, r) in errors {
+        match r {
+            Err(e) => assert!(e.is_backend_failure(), "{op}: {e}"),
+            Ok(()) => panic!("{op} succeeded against a dead server"),
+        }
+    }
+    // The cache answers with the function's value; reads and invalidations report errors.
+    assert_eq!(manual(3), 3);
+    assert_eq!(
+        manual(4),
+        4,
+        "nothing can be cached while the server is down"
+    );
+    let before = cache.stats();
+    assert!(cache.lookup(&key, &["t"]).is_err());
+    let mut inv = Invalidation::new();
+    inv.object("users", ObjectKey::new("users", &["1"]));
+    assert!(cache.invalidate(&inv).is_err());
+    let after = cache.stats();
+    assert!(before.backend_errors >= 2, "{before:?}");
+    assert_eq!(after.failed_invalidations, 1, "{after:?}");
+
+    server.restart();
+    std::thread::sleep(retry_after * 3);
+    b.set(&key, b"again", Expiry::Forever).unwrap();
+    assert_eq!(value(b, &key).unwrap(), b"again");
+    // The restarted server is empty: the function runs once more, then caching resumes.
+    assert_eq!(manual(5), 5);
+    assert_eq!(manual(6), 5, "caching resumed after the server came back");
+    assert_eq!(calls, 4);
+    assert!(cache.invalidate(&inv).is_ok());
+}
+
+#[test]
+fn memcached_url_is_parsed_into_servers() {
+    let servers = caching_tests::memcached_servers("memcached://a:1,b:2?prefix=x");
+    assert_eq!(servers, vec!["a:1".to_string(), "b:2".to_string()]);
+    assert_eq!(
+        caching_tests::memcached_servers("memcached://127.0.0.1:11211"),
+        vec!["127.0.0.1:11211".to_string()]
+    );
+}
+
+#[test]
+fn locmem_appends_keep_the_byte_count_exact() {
+    // The byte bound evicts least recently used entries; a byte count that drifts on append
+    // evicts live counters and flush lists long before the bound is really reached.
+    let limits = LocMemLimits {
+        max_bytes: 64 * 1024,
+        ..LocMemLimits::default()
+    };
+    let b = LocMem::with_limits(limits);
+    b.set("counter", b"1", Expiry::Forever).unwrap();
+    b.set("list", b"", Expiry::Forever).unwrap();
+    let chunk = [b'x'; 1024];
+    for _ in 0..50 {
+        assert_eq!(
+            b.append_multi(&[("list", &chunk)]).unwrap(),
+            vec![AppendOutcome::Appended]
+        );
+        assert_eq!(
+            b.incr("counter", 1).unwrap().map(|_| ()),
+            Some(()),
+            "counter evicted"
+        );
+    }
+    let list = b.get("list").unwrap().expect("list evicted").value.len();
+    let counter = b.get("counter").unwrap().unwrap().value.len();
+    assert_eq!(list, 50 * 1024);
+    assert_eq!(b.bytes(), "list".len() + list + "counter".len() + counter);
+    assert_eq!(b.len(), 2);
+}
