@@ -14,7 +14,7 @@ test-all:
 
 # Start memcached on 127.0.0.1:11211 (as root it needs -u root).
 services:
-    (exec 3<>/dev/tcp/127.0.0.1/11211) 2>/dev/null || memcached -u root -d -l 127.0.0.1 -p 11211 -m 256
+    (exec 3<>/dev/tcp/127.0.0.1/11211) 2>/dev/null || memcached -u root -d -l 127.0.0.1 -p 11211 -m 1024
 
 # What CI runs.
 ci:

@@ -1,0 +1,518 @@
+//! Exhaustive interleavings of the real read and write paths (issue 4, PROTOCOL.md).
+//!
+//! Every backend operation and every database statement of the actors is a scheduling point:
+//! the backend is wrapped so each call first waits for the scheduler's grant, and the
+//! adapter's `read` / `write` steps (test hooks, feature `test-hooks`) do the same. A
+//! depth-first search runs the real code (`.cached().first()` readers, `save_changes`
+//! writers on SQLite + locmem) under every schedule, replaying prefixes from a fresh state.
+//! Schedules that reach a state already explored (same database row, same backend contents
+//! with CAS tokens, same step counts, and the same history of global states seen by each
+//! actor at each of its steps: a sound over-approximation of the actor's local state) are
+//! not expanded again. After every schedule, the cache must not serve a row older than the
+//! committed one.
+#![cfg(all(feature = "test-hooks", feature = "sqlite"))]
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use caching_core::backend::locmem::LocMem;
+use caching_core::{AppendOutcome, Backend, Cache, CasOutcome, Expiry, Item, StepHook};
+use caching_diesel::prelude::*;
+use caching_diesel::{CacheSet, CachedConnection};
+use caching_tests::db::schema::users;
+use caching_tests::db::User;
+
+thread_local! {
+    static ACTOR: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+#[derive(Default)]
+struct St {
+    /// Waiting actors and whether their next step is a database statement.
+    waiting: BTreeMap<usize, bool>,
+    /// Per actor: a hash of every result it has received so far (its local state).
+    obs: Vec<u64>,
+    running: Option<usize>,
+    granted: Option<usize>,
+    finished: BTreeSet<usize>,
+}
+
+#[derive(Default)]
+struct Sched {
+    st: Mutex<St>,
+    cv: Condvar,
+}
+
+impl Sched {
+    fn lock(&self) -> MutexGuard<'_, St> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Called by an actor before each shared operation: wait for the grant.
+    fn point(&self, db: bool) {
+        let Some(me) = ACTOR.with(Cell::get) else {
+            return;
+        };
+        let mut st = self.lock();
+        st.running = None;
+        st.waiting.insert(me, db);
+        self.cv.notify_all();
+        while st.granted != Some(me) {
+            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.granted = None;
+        st.waiting.remove(&me);
+        st.running = Some(me);
+    }
+
+    fn finish(&self, me: usize) {
+        let mut st = self.lock();
+        st.running = None;
+        st.finished.insert(me);
+        self.cv.notify_all();
+    }
+
+    /// Folds the result of an operation into the calling actor's observations.
+    fn observe(&self, result: impl Hash) {
+        let Some(me) = ACTOR.with(Cell::get) else {
+            return;
+        };
+        let mut st = self.lock();
+        if st.obs.len() <= me {
+            st.obs.resize(me + 1, 0);
+        }
+        st.obs[me] = fold(st.obs[me], result);
+    }
+
+    fn observe_for(&self, actor: usize, result: impl Hash) {
+        let mut st = self.lock();
+        if st.obs.len() <= actor {
+            st.obs.resize(actor + 1, 0);
+        }
+        st.obs[actor] = fold(st.obs[actor], result);
+    }
+
+    fn observations(&self) -> Vec<u64> {
+        self.lock().obs.clone()
+    }
+
+    /// Waits until no actor runs; returns the actors waiting for a grant (and whether each
+    /// waits to run a database statement).
+    fn quiescent(&self, n: usize) -> Vec<(usize, bool)> {
+        let mut st = self.lock();
+        while !(st.running.is_none()
+            && st.granted.is_none()
+            && st.waiting.len() + st.finished.len() == n)
+        {
+            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.waiting.iter().map(|(a, d)| (*a, *d)).collect()
+    }
+
+    fn grant(&self, actor: usize) {
+        let mut st = self.lock();
+        st.granted = Some(actor);
+        self.cv.notify_all();
+    }
+}
+
+impl StepHook for Sched {
+    fn step(&self, name: &'static str) {
+        // Engine steps are covered by the backend wrapper; database steps are points here.
+        if name == "read" || name == "write" {
+            self.point(true);
+        }
+    }
+}
+
+/// LocMem whose every operation is a scheduling point, remembering the keys it saw.
+#[derive(Debug)]
+struct Scheduled {
+    inner: LocMem,
+    cas_ids: Mutex<HashMap<String, Vec<u64>>>,
+    keys: Mutex<BTreeSet<String>>,
+    sched: SchedRef,
+}
+
+#[derive(Clone)]
+struct SchedRef(Arc<Sched>);
+impl std::fmt::Debug for SchedRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sched")
+    }
+}
+
+impl Scheduled {
+    fn enter<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        self.sched.0.point(false);
+        let mut k = self.keys.lock().unwrap();
+        for key in keys {
+            k.insert(key.to_string());
+        }
+    }
+
+    /// A per-key version number for a raw CAS token: the n-th value a key has held gets n,
+    /// whatever else happened in between.
+    fn canonical_cas(&self, key: &str, cas: u64) -> u32 {
+        let mut m = self.cas_ids.lock().unwrap();
+        let versions = m.entry(key.to_string()).or_default();
+        match versions.iter().position(|c| *c == cas) {
+            Some(i) => i as u32,
+            None => {
+                versions.push(cas);
+                (versions.len() - 1) as u32
+            }
+        }
+    }
+
+    /// The backend's contents (value and canonical CAS of every key ever used), unscheduled.
+    fn dump(&self) -> Vec<(String, Vec<u8>, u32)> {
+        self.raw_dump()
+            .into_iter()
+            .map(|(k, i)| {
+                let c = self.canonical_cas(&k, i.cas);
+                (k, i.value, c)
+            })
+            .collect()
+    }
+
+    fn raw_dump(&self) -> Vec<(String, Item)> {
+        let keys: Vec<String> = self.keys.lock().unwrap().iter().cloned().collect();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let got = self.inner.get_multi(&refs).unwrap();
+        let mut out: Vec<(String, Item)> = got.into_iter().collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+impl Backend for Scheduled {
+    fn name(&self) -> &'static str {
+        "scheduled-locmem"
+    }
+    fn max_item_size(&self) -> usize {
+        self.inner.max_item_size()
+    }
+    fn get_multi(&self, keys: &[&str]) -> caching_core::Result<HashMap<String, Item>> {
+        self.enter(keys.iter().copied());
+        let r = self.inner.get_multi(keys);
+        if let Ok(items) = &r {
+            // Sorted, with canonical CAS tokens: HashMap order and the backend's global CAS
+            // counter would otherwise make equal states look different.
+            let mut seen: Vec<(String, Vec<u8>, u32)> = items
+                .iter()
+                .map(|(k, i)| (k.clone(), i.value.clone(), self.canonical_cas(k, i.cas)))
+                .collect();
+            seen.sort();
+            self.sched.0.observe(seen);
+        }
+        r
+    }
+    fn add_multi(&self, items: &[(&str, &[u8])], e: Expiry) -> caching_core::Result<Vec<bool>> {
+        self.enter(items.iter().map(|i| i.0));
+        let r = self.inner.add_multi(items, e);
+        self.sched.0.observe(format!("{r:?}"));
+        r
+    }
+    fn set_multi(&self, items: &[(&str, &[u8])], e: Expiry) -> caching_core::Result<()> {
+        self.enter(items.iter().map(|i| i.0));
+        let r = self.inner.set_multi(items, e);
+        self.sched.0.observe(format!("{r:?}"));
+        r
+    }
+    fn append_multi(&self, items: &[(&str, &[u8])]) -> caching_core::Result<Vec<AppendOutcome>> {
+        self.enter(items.iter().map(|i| i.0));
+        let r = self.inner.append_multi(items);
+        self.sched.0.observe(format!("{r:?}"));
+        r
+    }
+    fn cas(
+        &self,
+        key: &str,
+        value: &[u8],
+        e: Expiry,
+        cas: u64,
+    ) -> caching_core::Result<CasOutcome> {
+        self.enter([key]);
+        let r = self.inner.cas(key, value, e, cas);
+        self.sched.0.observe(format!("{r:?}"));
+        r
+    }
+    fn delete_multi(&self, keys: &[&str]) -> caching_core::Result<()> {
+        self.enter(keys.iter().copied());
+        let r = self.inner.delete_multi(keys);
+        self.sched.0.observe(format!("{r:?}"));
+        r
+    }
+    fn incr(&self, key: &str, delta: u64) -> caching_core::Result<Option<u64>> {
+        self.enter([key]);
+        let r = self.inner.incr(key, delta);
+        self.sched.0.observe(format!("{r:?}"));
+        r
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Actor {
+    /// `users.find(1).cached().first()`.
+    Reader,
+    /// `save_changes` of user 1 with a new name, through the write helpers.
+    Writer,
+    /// cache-machine's writer: commit, read the list, delete what it names, delete the list;
+    /// no write generation. Used to show the search finds stale outcomes when they exist.
+    NaiveWriter,
+}
+
+struct World {
+    dir: std::path::PathBuf,
+}
+
+impl World {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{}.db", caching_tests::db::unique_name(name)));
+        let mut c = SqliteConnection::establish(dir.to_str().unwrap()).unwrap();
+        diesel::sql_query(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, name VARCHAR(200) NOT NULL)",
+        )
+        .execute(&mut c)
+        .unwrap();
+        diesel::sql_query("INSERT INTO users VALUES (1, 'v0')")
+            .execute(&mut c)
+            .unwrap();
+        World { dir }
+    }
+
+    fn connect(&self) -> SqliteConnection {
+        use diesel::connection::SimpleConnection;
+        let mut c = SqliteConnection::establish(self.dir.to_str().unwrap()).unwrap();
+        // Durability is irrelevant here; every schedule runs dozens of statements.
+        c.batch_execute("PRAGMA synchronous = OFF; PRAGMA journal_mode = MEMORY;")
+            .unwrap();
+        c
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.dir);
+    }
+}
+
+fn fold(h: u64, x: impl Hash) -> u64 {
+    let mut s = std::collections::hash_map::DefaultHasher::new();
+    h.hash(&mut s);
+    x.hash(&mut s);
+    s.finish()
+}
+
+#[derive(Debug, Default)]
+struct Outcome {
+    schedules: usize,
+    states: usize,
+    stale: usize,
+}
+
+/// Runs every schedule of `actors` (up to state pruning) and counts stale final states.
+fn explore(name: &str, actors: &[Actor]) -> Outcome {
+    let world = World::new(name);
+    let mut coord = world.connect();
+    let n = actors.len();
+    let mut visited: HashSet<u64> = HashSet::new();
+    let mut stack: Vec<Vec<usize>> = vec![Vec::new()];
+    // Connections are reused across schedules (opening one per actor per schedule dominated).
+    let mut pool: Vec<SqliteConnection> = (0..n).map(|_| world.connect()).collect();
+    let mut out = Outcome::default();
+    while let Some(prefix) = stack.pop() {
+        out.schedules += 1;
+        // Fresh state.
+        diesel::update(users::table.find(1))
+            .set(users::name.eq("v0"))
+            .execute(&mut coord)
+            .unwrap();
+        let sched = Arc::new(Sched::default());
+        let backend = Arc::new(Scheduled {
+            inner: LocMem::new(),
+            cas_ids: Mutex::new(HashMap::new()),
+            keys: Mutex::new(BTreeSet::new()),
+            sched: SchedRef(sched.clone()),
+        });
+        let plain = Cache::builder()
+            .shared_backend(backend.clone())
+            .prefix("il")
+            .build()
+            .unwrap();
+        for k in ["il:gen:users", "il:ver:users", "il:ns"] {
+            backend.inner.set(k, b"100", Expiry::Forever).unwrap();
+            backend.keys.lock().unwrap().insert(k.to_string());
+        }
+        let hooked = plain.with_step_hook(sched.clone());
+        let handles: Vec<_> = actors
+            .iter()
+            .enumerate()
+            .zip(pool.drain(..))
+            .map(|((i, &actor), conn)| {
+                let cache = hooked.clone();
+                let sched = sched.clone();
+                let backend = backend.clone();
+                std::thread::spawn(move || {
+                    ACTOR.with(|a| a.set(Some(i)));
+                    let mut conn = CachedConnection::with_caches(conn, CacheSet::new(cache));
+                    match actor {
+                        Actor::Reader => {
+                            let _: User = users::table.find(1).cached().first(&mut conn).unwrap();
+                        }
+                        Actor::Writer => {
+                            let _: User = conn
+                                .save_changes(&User {
+                                    id: 1,
+                                    name: format!("w{i}"),
+                                })
+                                .unwrap();
+                        }
+                        Actor::NaiveWriter => {
+                            sched.point(true);
+                            diesel::update(users::table.find(1))
+                                .set(users::name.eq(format!("w{i}")))
+                                .execute(&mut *conn)
+                                .unwrap();
+                            let list = "il:f:o:users:1";
+                            if let Some(item) = backend.get(list).unwrap() {
+                                let text = String::from_utf8(item.value).unwrap();
+                                let keys: Vec<&str> =
+                                    text.split(' ').filter(|k| !k.is_empty()).collect();
+                                backend.delete_multi(&keys).unwrap();
+                            }
+                            backend.delete(list).unwrap();
+                        }
+                    }
+                    sched.finish(i);
+                    conn.into_inner()
+                })
+            })
+            .collect();
+        // Drive the schedule: replay the prefix, then take the first enabled actor and push
+        // the alternatives of every state not seen before.
+        let mut steps = vec![0u32; n];
+        let mut path: Vec<usize> = Vec::new();
+        let mut pruned = false;
+        loop {
+            let waiting = sched.quiescent(n);
+            if waiting.is_empty() {
+                break;
+            }
+            let enabled: Vec<usize> = waiting.iter().map(|w| w.0).collect();
+            let db: String = users::table
+                .find(1)
+                .select(users::name)
+                .first(&mut coord)
+                .unwrap();
+            let contents = backend.dump();
+            let depth = path.len();
+            let choice = if depth < prefix.len() {
+                prefix[depth]
+            } else {
+                let key = fold(0, (&db, &contents, sched.observations(), &steps, &waiting));
+                if !pruned && visited.insert(key) {
+                    for &other in &enabled[1..] {
+                        let mut alt = path.clone();
+                        alt.push(other);
+                        stack.push(alt);
+                    }
+                } else {
+                    pruned = true;
+                }
+                enabled[0]
+            };
+            let Some(&(_, is_db)) = waiting.iter().find(|w| w.0 == choice) else {
+                panic!("replay diverged: {prefix:?} at {depth}");
+            };
+            if is_db {
+                // A database step's result is the row as it is now.
+                sched.observe_for(choice, &db);
+            }
+            steps[choice] += 1;
+            path.push(choice);
+            sched.grant(choice);
+        }
+        assert!(
+            out.schedules < 2_000_000,
+            "state space larger than expected"
+        );
+        if out.schedules % 20_000 == 0 {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "  {name}: {} schedules, {} states so far",
+                out.schedules,
+                visited.len()
+            );
+        }
+        for h in handles {
+            pool.push(h.join().unwrap());
+        }
+        // The cache must not serve anything older than the committed row.
+        let committed: User = users::table.find(1).first(&mut coord).unwrap();
+        let mut reader = CachedConnection::with_caches(coord, CacheSet::new(plain.clone()));
+        let key = users::table
+            .find(1)
+            .cached()
+            .key::<User, _>(&mut reader)
+            .unwrap();
+        coord = reader.into_inner();
+        let lookup = plain.lookup(&key, &["users"]).unwrap();
+        if let Some(bytes) = lookup.hit {
+            let cached: Vec<User> = serde_json::from_slice(&bytes).unwrap();
+            if cached != vec![committed.clone()] {
+                out.stale += 1;
+            }
+        }
+    }
+    out.states = visited.len();
+    out
+}
+
+fn report(name: &str, o: &Outcome) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "interleavings {name}: schedules={} states={} stale={}",
+        o.schedules,
+        o.states,
+        o.stale
+    );
+}
+
+#[test]
+fn reader_writer() {
+    let o = explore("il_rw", &[Actor::Reader, Actor::Writer]);
+    report("R,W", &o);
+    assert_eq!(o.stale, 0);
+    assert!(o.schedules > 10);
+}
+
+#[test]
+#[ignore = "exhaustive: run in release (.ci/run does): cargo test --release -p caching-tests --features test-hooks --test interleavings -- --ignored"]
+fn reader_writer_writer() {
+    let o = explore("il_rww", &[Actor::Reader, Actor::Writer, Actor::Writer]);
+    report("R,W,W", &o);
+    assert_eq!(o.stale, 0);
+}
+
+#[test]
+#[ignore = "exhaustive: run in release (.ci/run does): cargo test --release -p caching-tests --features test-hooks --test interleavings -- --ignored"]
+fn reader_reader_writer() {
+    let o = explore("il_rrw", &[Actor::Reader, Actor::Reader, Actor::Writer]);
+    report("R,R,W", &o);
+    assert_eq!(o.stale, 0);
+}
+
+#[test]
+fn the_search_finds_stale_outcomes_of_a_naive_writer() {
+    // cache-machine's writer (no write generation, list deleted after reading it) against
+    // our reader: the flush-list race must show up, or the search is not looking.
+    let o = explore("il_naive", &[Actor::Reader, Actor::NaiveWriter]);
+    report("R,naive W", &o);
+    assert!(o.stale > 0, "{o:?}");
+}
