@@ -10,6 +10,10 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// memcached reads an expiry above 30 days as an absolute unix time.
 pub const MEMCACHED_RELATIVE_LIMIT: u64 = 30 * 24 * 3600;
 
+/// memcached parses `exptime` as a signed 32-bit number: an absolute time past it (January
+/// 2038) wraps negative, and the item is expired on arrival.
+const MEMCACHED_MAX_EXPTIME: u64 = i32::MAX as u64;
+
 /// How long a value may live, as requested by a caller.
 ///
 /// ```
@@ -67,7 +71,7 @@ impl Expiry {
     /// Expiry of a duration: rounded up to whole seconds, at least one second (a zero would
     /// mean "forever" to memcached).
     pub fn from_duration(d: Duration) -> Self {
-        let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        let secs = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
         Expiry::Seconds(secs.max(1))
     }
 
@@ -76,7 +80,9 @@ impl Expiry {
         match self {
             Expiry::Forever => 0,
             Expiry::Seconds(s) if s <= MEMCACHED_RELATIVE_LIMIT => s,
-            Expiry::Seconds(s) => unix_now() + s,
+            Expiry::Seconds(s) => unix_now()
+                .saturating_add(s.min(MAX_TIMEOUT.as_secs()))
+                .min(MEMCACHED_MAX_EXPTIME),
         }
     }
 
