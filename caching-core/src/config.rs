@@ -26,7 +26,7 @@ use crate::backend::locmem::{LocMem, LocMemLimits};
 use crate::backend::Backend;
 use crate::error::ConfigError;
 use crate::key::KeySpace;
-use crate::timeout::Timeout;
+use crate::timeout::{Timeout, MAX_TIMEOUT};
 use crate::Cache;
 
 /// What creating a row invalidates (the seed's `CACHE_INVALIDATE_ON_CREATE`).
@@ -210,7 +210,15 @@ fn parse_secs(name: &'static str, v: &str) -> Result<Duration, ConfigError> {
         .parse()
         .map_err(|_| param_err(name, v, "expected a whole number of seconds"))?;
     let d = Duration::from_secs(n);
-    Timeout::After(d).validate()?;
+    // Name the parameter: "timeout 0ns is out of range" alone does not say which one.
+    Timeout::After(d).validate().map_err(|_| {
+        let max = MAX_TIMEOUT.as_secs();
+        param_err(
+            name,
+            v,
+            &format!("out of range (1 to {max} seconds, ten years)"),
+        )
+    })?;
     Ok(d)
 }
 

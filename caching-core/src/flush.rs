@@ -282,10 +282,15 @@ pub(crate) fn invalidate(
         // Clear with CAS: a list that changed since we read it holds registrations we have not
         // seen; read it again rather than lose them.
         hooks.step("clear");
-        for (list, cas) in read {
-            if backend.cas(&list, b"", Expiry::Forever, cas)? == CasOutcome::Changed {
-                visited.remove(&list);
-                level.push(list);
+        let clears: Vec<(&str, &[u8], u64)> = read
+            .iter()
+            .map(|(list, cas)| (list.as_str(), &b""[..], *cas))
+            .collect();
+        let outcomes = backend.cas_multi(&clears, Expiry::Forever)?;
+        for ((list, _), outcome) in read.iter().zip(outcomes) {
+            if outcome == CasOutcome::Changed {
+                visited.remove(list);
+                level.push(list.clone());
             }
         }
         if level.is_empty() {

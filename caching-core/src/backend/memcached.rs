@@ -564,6 +564,37 @@ impl Backend for Memcached {
         })
     }
 
+    fn cas_multi(&self, items: &[(&str, &[u8], u64)], expiry: Expiry) -> Result<Vec<CasOutcome>> {
+        check_keys(items.iter().map(|i| i.0))?;
+        let exptime = expiry.memcached_exptime();
+        let mut out = vec![CasOutcome::Changed; items.len()];
+        let groups = self.group(items.iter().enumerate().map(|(i, it)| (i, it.0, *it)));
+        for (server, group) in groups.iter().enumerate() {
+            let mut cmds = Vec::new();
+            let mut idx = Vec::new();
+            for (i, (key, value, cas)) in group {
+                if self.fits(key, value) {
+                    cmds.push(Cmd::Store {
+                        verb: "cas",
+                        key,
+                        value,
+                        exptime,
+                        cas: Some(*cas),
+                    });
+                    idx.push(*i);
+                }
+            }
+            for (i, r) in idx.into_iter().zip(self.pipeline(server, &cmds)?) {
+                out[i] = match r {
+                    Reply::Stored => CasOutcome::Stored,
+                    Reply::NotFound => CasOutcome::Missing,
+                    _ => CasOutcome::Changed,
+                };
+            }
+        }
+        Ok(out)
+    }
+
     fn delete_multi(&self, keys: &[&str]) -> Result<()> {
         check_keys(keys.iter().copied())?;
         let groups = self.group(keys.iter().enumerate().map(|(i, k)| (i, *k, *k)));

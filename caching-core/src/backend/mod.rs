@@ -74,6 +74,15 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// Replaces a value only if it is unchanged since it was read with token `cas`.
     fn cas(&self, key: &str, value: &[u8], expiry: Expiry, cas: u64) -> Result<CasOutcome>;
 
+    /// Several compare-and-swap stores at once (one round trip per server where the backend
+    /// can pipeline); outcomes in input order.
+    fn cas_multi(&self, items: &[(&str, &[u8], u64)], expiry: Expiry) -> Result<Vec<CasOutcome>> {
+        items
+            .iter()
+            .map(|(k, v, cas)| self.cas(k, v, expiry, *cas))
+            .collect()
+    }
+
     /// Deletes keys; missing keys are not an error.
     fn delete_multi(&self, keys: &[&str]) -> Result<()>;
 
