@@ -111,6 +111,7 @@ pub enum FillOutcome {
 }
 
 const ENVELOPE_MAGIC: &[u8; 2] = b"C1";
+const GUARDED_MAGIC: &[u8; 2] = b"C2";
 /// A fill in progress: stored by `add` before registration, replaced with CAS by the
 /// result once the generation check passed. Lookups read it as a miss.
 const PENDING_MAGIC: &[u8; 2] = b"P1";
@@ -126,20 +127,44 @@ fn pending_marker() -> Vec<u8> {
     out
 }
 
-fn envelope(versions: &[u64], payload: &[u8]) -> Vec<u8> {
+/// Envelope of a published result: magic, the versions it was read under, in eviction-safe
+/// mode the flush lists it is registered on with their epochs, then the payload.
+fn envelope(versions: &[u64], guards: &[(String, u64)], payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(3 + versions.len() * 8 + payload.len());
-    out.extend_from_slice(ENVELOPE_MAGIC);
+    out.extend_from_slice(if guards.is_empty() {
+        ENVELOPE_MAGIC
+    } else {
+        GUARDED_MAGIC
+    });
     out.push(versions.len() as u8);
     for v in versions {
         out.extend_from_slice(&v.to_le_bytes());
+    }
+    if !guards.is_empty() {
+        out.extend_from_slice(&(guards.len() as u16).to_le_bytes());
+        for (list, epoch) in guards {
+            out.push(list.len() as u8);
+            out.extend_from_slice(list.as_bytes());
+            out.extend_from_slice(&epoch.to_le_bytes());
+        }
     }
     out.extend_from_slice(payload);
     out
 }
 
-/// Splits an envelope into its recorded versions and payload.
-fn open_envelope(bytes: &[u8]) -> Option<(Vec<u64>, &[u8])> {
-    let rest = bytes.strip_prefix(ENVELOPE_MAGIC)?;
+/// A decoded envelope.
+struct Opened<'a> {
+    versions: Vec<u64>,
+    guards: Vec<(String, u64)>,
+    payload: &'a [u8],
+}
+
+/// Splits an envelope into its recorded versions, guards and payload.
+fn open_envelope(bytes: &[u8]) -> Option<Opened<'_>> {
+    let (guarded, rest) = match bytes.strip_prefix(ENVELOPE_MAGIC) {
+        Some(rest) => (false, rest),
+        None => (true, bytes.strip_prefix(GUARDED_MAGIC)?),
+    };
     let (&n, mut rest) = rest.split_first()?;
     let mut versions = Vec::with_capacity(n as usize);
     for _ in 0..n {
@@ -147,7 +172,26 @@ fn open_envelope(bytes: &[u8]) -> Option<(Vec<u64>, &[u8])> {
         versions.push(u64::from_le_bytes(v.try_into().ok()?));
         rest = r;
     }
-    Some((versions, rest))
+    let mut guards = Vec::new();
+    if guarded {
+        let (count, r) = rest.split_at_checked(2)?;
+        rest = r;
+        for _ in 0..u16::from_le_bytes(count.try_into().ok()?) {
+            let (&len, r) = rest.split_first()?;
+            let (list, r) = r.split_at_checked(len as usize)?;
+            let (epoch, r) = r.split_at_checked(8)?;
+            guards.push((
+                String::from_utf8(list.to_vec()).ok()?,
+                u64::from_le_bytes(epoch.try_into().ok()?),
+            ));
+            rest = r;
+        }
+    }
+    Some(Opened {
+        versions,
+        guards,
+        payload: rest,
+    })
 }
 
 /// Tables touched by a write, and the rows whose flush lists must be walked.
@@ -459,7 +503,16 @@ impl Cache {
         let hit = got
             .remove(key)
             .and_then(|item| match open_envelope(&item.value) {
-                Some((recorded, payload)) if recorded == recorded_now => Some(payload.to_vec()),
+                Some(e) if e.versions == recorded_now => {
+                    if e.guards.is_empty() || self.guards_hold(&e.guards) {
+                        Some(e.payload.to_vec())
+                    } else {
+                        // A flush list it relies on was evicted (or evicted and re-created):
+                        // a write may have missed it.
+                        let _ = self.inner.backend.delete(key);
+                        None
+                    }
+                }
                 Some(_) => {
                     // Recorded under versions that have changed since: it can never hit again,
                     // and while it sits there the add-only fill after this miss cannot replace it.
@@ -483,6 +536,25 @@ impl Cache {
                 generations: generations.to_vec(),
             },
         })
+    }
+
+    /// Eviction-safe mode: whether every flush list an entry is registered on still exists
+    /// with the epoch recorded at fill time. One more round trip; a backend error reads as
+    /// "does not hold".
+    fn guards_hold(&self, guards: &[(String, u64)]) -> bool {
+        let keys: Vec<&str> = guards.iter().map(|(k, _)| k.as_str()).collect();
+        match self.inner.backend.get_multi(&keys) {
+            Ok(lists) => guards.iter().all(|(k, epoch)| {
+                lists
+                    .get(k)
+                    .and_then(|i| flush::epoch_of(&i.value))
+                    .is_some_and(|e| e == *epoch)
+            }),
+            Err(e) => {
+                self.record_backend_error("guard check", &e);
+                false
+            }
+        }
     }
 
     /// Counts a hit (callers call it once the payload decoded).
@@ -552,8 +624,22 @@ impl Cache {
             // More tables than the envelope records: not cacheable (never truncate a guard).
             return Ok(FillOutcome::TooLarge);
         }
-        let value = envelope(&token.versions, payload);
-        if value.len() + token.key.len() + 64 > backend.max_item_size() {
+        let safe = self.inner.config.eviction_safe;
+        // Guards are counted in a u16; a result on more rows than that is not cacheable in
+        // eviction-safe mode.
+        let guard_lists: Vec<&str> = if safe {
+            regs.lists_holding(&token.key).collect()
+        } else {
+            Vec::new()
+        };
+        // Size check before any backend work (guards add at most 256 + 9 bytes each).
+        if guard_lists.len() > usize::from(u16::MAX) {
+            return Ok(FillOutcome::TooLarge);
+        }
+        let guard_bytes: usize = guard_lists.iter().map(|l| l.len() + 9).sum::<usize>() + 2;
+        if token.versions.len() * 8 + guard_bytes + payload.len() + token.key.len() + 64
+            > backend.max_item_size()
+        {
             return Ok(FillOutcome::TooLarge);
         }
         // Readers must not see the result before the generation check: until then it may be
@@ -567,7 +653,7 @@ impl Cache {
             return Ok(FillOutcome::AlreadyCached);
         }
         self.step("register");
-        let reg = flush::register(backend, regs)?;
+        let reg = flush::register(backend, regs, safe)?;
         if reg.overflows > 0 {
             self.inner.stats.add(Counter::Overflows, reg.overflows);
         }
@@ -578,8 +664,10 @@ impl Cache {
         self.step("check");
         let mut refs: Vec<&str> = vec![&token.key];
         refs.extend(token.generation_keys.iter().map(String::as_str));
+        let gens_end = refs.len();
+        refs.extend(guard_lists.iter().copied());
         let now = backend.get_multi(&refs)?;
-        let unchanged = refs[1..]
+        let unchanged = refs[1..gens_end]
             .iter()
             .zip(&token.generations)
             .all(|(k, g0)| now.get(*k).and_then(|i| clock::parse(&i.value)) == Some(*g0));
@@ -596,6 +684,23 @@ impl Cache {
         else {
             return Ok(FillOutcome::Raced);
         };
+        // Eviction-safe mode: record each list's epoch, read after our registration and only
+        // if the list still holds it (a list evicted and re-created meanwhile does not).
+        let mut guards = Vec::with_capacity(guard_lists.len());
+        for list in &guard_lists {
+            let epoch = now
+                .get(*list)
+                .filter(|i| flush::holds(&i.value, &token.key))
+                .and_then(|i| flush::epoch_of(&i.value));
+            match epoch {
+                Some(e) => guards.push((list.to_string(), e)),
+                None => {
+                    backend.delete(&token.key)?;
+                    return Ok(FillOutcome::Unregistered);
+                }
+            }
+        }
+        let value = envelope(&token.versions, &guards, payload);
         self.step("publish");
         match backend.cas(&token.key, &value, expiry, cas)? {
             CasOutcome::Stored => Ok(FillOutcome::Stored),
@@ -776,10 +881,16 @@ mod tests {
 
     #[test]
     fn envelope_round_trips_and_rejects_garbage() {
-        let e = envelope(&[1, 2], b"payload");
-        let (v, p) = open_envelope(&e).unwrap();
-        assert_eq!((v, p), (vec![1, 2], &b"payload"[..]));
+        let e = envelope(&[1, 2], &[], b"payload");
+        let o = open_envelope(&e).unwrap();
+        assert_eq!((o.versions, o.payload), (vec![1, 2], &b"payload"[..]));
+        assert!(o.guards.is_empty());
+        let g = envelope(&[3], &[("p:f:o:t:1".to_string(), 9)], b"x");
+        let o = open_envelope(&g).unwrap();
+        assert_eq!(o.guards, vec![("p:f:o:t:1".to_string(), 9)]);
+        assert_eq!(o.payload, b"x");
         assert!(open_envelope(b"C1\x05short").is_none());
+        assert!(open_envelope(b"C2\x00\x05\x00").is_none());
         assert!(open_envelope(b"xx").is_none());
     }
 }

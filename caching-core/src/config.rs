@@ -18,6 +18,7 @@
 //! | `cache_empty_results` | `true`/`false` | `false` |
 //! | `invalidate_on_create` | `whole-model` or `off` | `off` |
 //! | `replica_timeout` | seconds a fill from a replica-labelled connection lives | `60` |
+//! | `eviction_safe` | `true`: a hit checks that its flush lists survived (one more round trip) | `false` |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +59,11 @@ pub struct CacheConfig {
     pub invalidate_on_create: InvalidateOnCreate,
     /// Timeout of fills read from a connection labelled as a replica (bounds replica lag).
     pub replica_timeout: Duration,
+    /// Eviction-safe mode: every flush list carries an epoch, entries record the epochs of
+    /// the lists they are registered on, and a hit first checks that those lists still exist
+    /// with the same epoch (a list evicted, or evicted and re-created, makes the entry miss).
+    /// Costs a second round trip per hit. Off by default.
+    pub eviction_safe: bool,
 }
 
 impl Default for CacheConfig {
@@ -70,6 +76,7 @@ impl Default for CacheConfig {
             cache_empty_results: false,
             invalidate_on_create: InvalidateOnCreate::Off,
             replica_timeout: Duration::from_secs(60),
+            eviction_safe: false,
         }
     }
 }
@@ -165,6 +172,12 @@ impl CacheBuilder {
     /// Sets the timeout of fills read from a replica.
     pub fn replica_timeout(mut self, t: Duration) -> Self {
         self.config.replica_timeout = t;
+        self
+    }
+
+    /// Turns the eviction-safe mode on or off (see [`CacheConfig::eviction_safe`]).
+    pub fn eviction_safe(mut self, yes: bool) -> Self {
+        self.config.eviction_safe = yes;
         self
     }
 
@@ -297,6 +310,7 @@ pub(crate) fn parse_url(url: &str) -> Result<CacheBuilder, crate::Error> {
                     }
                 })
             }
+            "eviction_safe" => b = b.eviction_safe(parse_bool("eviction_safe", v)?),
             "replica_timeout" => b = b.replica_timeout(parse_secs("replica_timeout", v)?),
             "max_entries" => {
                 locmem_params = true;

@@ -89,6 +89,14 @@ impl Registrations {
         }
     }
 
+    /// The lists on which `key` itself is registered (not through links).
+    pub(crate) fn lists_holding<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.lists
+            .iter()
+            .filter(move |(_, (_, toks))| toks.iter().any(|t| t == key))
+            .map(|(list, _)| list.as_str())
+    }
+
     /// Registers `key` directly on a flush list (an object's or a query's).
     pub fn on_list(&mut self, flush_key: String, version_key: String, key: &str) {
         let entry = self
@@ -117,6 +125,21 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The epoch token (`@n`) of a list created in eviction-safe mode.
+pub(crate) fn epoch_token(value: &[u8]) -> Option<&str> {
+    tokens(value).find(|t| t.starts_with('@'))
+}
+
+/// The epoch of a list, if it has one.
+pub(crate) fn epoch_of(value: &[u8]) -> Option<u64> {
+    epoch_token(value).and_then(|t| t[1..].parse().ok())
+}
+
+/// Whether a list holds `key`.
+pub(crate) fn holds(value: &[u8], key: &str) -> bool {
+    tokens(value).any(|t| t == key)
+}
+
 fn join(tokens: &[impl AsRef<str>]) -> Vec<u8> {
     let mut out = Vec::new();
     for t in tokens {
@@ -127,7 +150,11 @@ fn join(tokens: &[impl AsRef<str>]) -> Vec<u8> {
 }
 
 /// Appends every entry of `regs` to its list, atomically per list.
-pub(crate) fn register(backend: &dyn Backend, regs: &Registrations) -> Result<RegisterOutcome> {
+pub(crate) fn register(
+    backend: &dyn Backend,
+    regs: &Registrations,
+    epochs: bool,
+) -> Result<RegisterOutcome> {
     let mut outcome = RegisterOutcome {
         complete: true,
         overflows: 0,
@@ -159,8 +186,25 @@ pub(crate) fn register(backend: &dyn Backend, regs: &Registrations) -> Result<Re
             }
         }
         if !missing.is_empty() {
-            let items: Vec<(&str, &[u8])> =
-                missing.iter().map(|(k, _, d)| (*k, d.as_slice())).collect();
+            // A list created in eviction-safe mode starts with its epoch: a list evicted and
+            // re-created gets another one, which entries registered on the old list detect.
+            let created: Vec<Vec<u8>> = missing
+                .iter()
+                .map(|(_, _, d)| {
+                    if epochs {
+                        let mut v = format!(" @{}", crate::clock::random_start()).into_bytes();
+                        v.extend_from_slice(d);
+                        v
+                    } else {
+                        d.clone()
+                    }
+                })
+                .collect();
+            let items: Vec<(&str, &[u8])> = missing
+                .iter()
+                .zip(&created)
+                .map(|((k, _, _), d)| (*k, d.as_slice()))
+                .collect();
             let added = backend.add_multi(&items, Expiry::Forever)?;
             for (p, ok) in missing.into_iter().zip(added) {
                 if !ok {
@@ -197,7 +241,10 @@ fn compact(backend: &dyn Backend, list: &str, version_key: &str, extra: &[u8]) -
         compacted
     } else {
         tracing::debug!(list, "flush list overflowed: falling back to table version");
-        format!(" !{version_key}").into_bytes()
+        let epoch = epoch_token(&item.value)
+            .map(|e| format!(" {e}"))
+            .unwrap_or_default();
+        format!("{epoch} !{version_key}").into_bytes()
     };
     Ok(backend.cas(list, &value, Expiry::Forever, item.cas)? == CasOutcome::Stored)
 }
@@ -234,7 +281,8 @@ pub(crate) fn invalidate(
     let mut level = roots;
     for _round in 0..MAX_CLEAR_ROUNDS {
         // Breadth-first walk: one multi-get per level.
-        let mut read: Vec<(String, u64)> = Vec::new();
+        // (list, CAS token, what clearing leaves: the epoch, if the list has one)
+        let mut read: Vec<(String, u64, Vec<u8>)> = Vec::new();
         let mut doomed: Vec<String> = Vec::new();
         let mut versions: Vec<String> = Vec::new();
         hooks.step("read_lists");
@@ -246,9 +294,14 @@ pub(crate) fn invalidate(
             for list in &level {
                 let Some(item) = got.get(list) else { continue };
                 report.lists_read += 1;
-                read.push((list.clone(), item.cas));
+                let epoch = epoch_token(&item.value)
+                    .map(|e| format!(" {e}").into_bytes())
+                    .unwrap_or_default();
+                read.push((list.clone(), item.cas, epoch));
                 for t in tokens(&item.value) {
-                    if let Some(v) = t.strip_prefix('!') {
+                    if t.starts_with('@') {
+                        continue;
+                    } else if let Some(v) = t.strip_prefix('!') {
                         versions.push(v.to_string());
                     } else if ks.is_flush_key(t) {
                         if visited.insert(t.to_string()) {
@@ -284,10 +337,10 @@ pub(crate) fn invalidate(
         hooks.step("clear");
         let clears: Vec<(&str, &[u8], u64)> = read
             .iter()
-            .map(|(list, cas)| (list.as_str(), &b""[..], *cas))
+            .map(|(list, cas, epoch)| (list.as_str(), epoch.as_slice(), *cas))
             .collect();
         let outcomes = backend.cas_multi(&clears, Expiry::Forever)?;
-        for ((list, _), outcome) in read.iter().zip(outcomes) {
+        for ((list, _, _), outcome) in read.iter().zip(outcomes) {
             if outcome == CasOutcome::Changed {
                 visited.remove(list);
                 level.push(list.clone());

@@ -134,6 +134,7 @@ impl StepHook for Sched {
 #[derive(Debug)]
 struct Scheduled {
     inner: LocMem,
+    epochs: Mutex<Vec<u64>>,
     markers: Mutex<Vec<Vec<u8>>>,
     cas_ids: Mutex<HashMap<String, Vec<u64>>>,
     keys: Mutex<BTreeSet<String>>,
@@ -185,18 +186,45 @@ impl Scheduled {
     /// Fill markers are random per fill; number them by first appearance so equal states
     /// compare equal across schedules.
     fn canonical_value(&self, value: Vec<u8>) -> Vec<u8> {
-        if !value.starts_with(b"P1") {
-            return value;
+        if value.starts_with(b"P1") {
+            let mut m = self.markers.lock().unwrap();
+            let n = match m.iter().position(|v| *v == value) {
+                Some(i) => i,
+                None => {
+                    m.push(value);
+                    m.len() - 1
+                }
+            };
+            return format!("P1#{n}").into_bytes();
         }
-        let mut m = self.markers.lock().unwrap();
-        let n = match m.iter().position(|v| *v == value) {
-            Some(i) => i,
-            None => {
-                m.push(value);
-                m.len() - 1
+        // Flush-list epochs (eviction-safe mode) are random too: number them, both as the
+        // `@n` token of a list and as the little-endian bytes an entry records.
+        let epochs = self.epochs.lock().unwrap().clone();
+        let mut out = value;
+        for (i, e) in epochs.iter().enumerate() {
+            out = replace(
+                &out,
+                format!("@{e}").as_bytes(),
+                format!("@#{i}").as_bytes(),
+            );
+            out = replace(&out, &e.to_le_bytes(), format!("<epoch{i}>").as_bytes());
+        }
+        out
+    }
+
+    /// Learns the epochs of lists this actor creates.
+    fn learn_epochs(&self, items: &[(&str, &[u8])]) {
+        for (_, v) in items {
+            let text = String::from_utf8_lossy(v);
+            for t in text.split(' ') {
+                if let Some(n) = t.strip_prefix('@').and_then(|n| n.parse::<u64>().ok()) {
+                    let mut e = self.epochs.lock().unwrap();
+                    if !e.contains(&n) {
+                        e.push(n);
+                    }
+                }
             }
-        };
-        format!("P1#{n}").into_bytes()
+        }
     }
 
     fn raw_dump(&self) -> Vec<(String, Item)> {
@@ -239,6 +267,7 @@ impl Backend for Scheduled {
     }
     fn add_multi(&self, items: &[(&str, &[u8])], e: Expiry) -> caching_core::Result<Vec<bool>> {
         self.enter(items.iter().map(|i| i.0));
+        self.learn_epochs(items);
         let r = self.inner.add_multi(items, e);
         self.sched.0.observe(format!("{r:?}"));
         r
@@ -336,6 +365,22 @@ impl Drop for World {
     }
 }
 
+/// `haystack` with every occurrence of `from` replaced by `to`.
+fn replace(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut i = 0;
+    while i < haystack.len() {
+        if haystack[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+        } else {
+            out.push(haystack[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 fn fold(h: u64, x: impl Hash) -> u64 {
     let mut s = std::collections::hash_map::DefaultHasher::new();
     h.hash(&mut s);
@@ -355,6 +400,11 @@ struct Outcome {
 
 /// Runs every schedule of `actors` (up to state pruning) and counts stale final states.
 fn explore(name: &str, actors: &[Actor]) -> Outcome {
+    explore_with(name, actors, false)
+}
+
+/// [`explore`] with the cache's eviction-safe mode on or off.
+fn explore_with(name: &str, actors: &[Actor], eviction_safe: bool) -> Outcome {
     let world = World::new(name);
     let mut coord = world.connect();
     let n = actors.len();
@@ -373,6 +423,7 @@ fn explore(name: &str, actors: &[Actor]) -> Outcome {
         let sched = Arc::new(Sched::default());
         let backend = Arc::new(Scheduled {
             inner: LocMem::new(),
+            epochs: Mutex::new(Vec::new()),
             markers: Mutex::new(Vec::new()),
             cas_ids: Mutex::new(HashMap::new()),
             keys: Mutex::new(BTreeSet::new()),
@@ -381,6 +432,7 @@ fn explore(name: &str, actors: &[Actor]) -> Outcome {
         let plain = Cache::builder()
             .shared_backend(backend.clone())
             .prefix("il")
+            .eviction_safe(eviction_safe)
             .build()
             .unwrap();
         for k in ["il:gen:users", "il:ver:users", "il:ns"] {
@@ -585,5 +637,27 @@ fn reader_writer_late_reader() {
     // expose the old row to a reader that starts after the write finished.
     let o = explore("il_rwl", &[Actor::Reader, Actor::Writer, Actor::LateReader]);
     report("R,W,late R", &o);
+    assert_eq!((o.stale, o.stale_reads), (0, 0));
+}
+
+#[test]
+fn eviction_safe_mode_reader_writer_writer() {
+    let o = explore_with(
+        "il_rww_safe",
+        &[Actor::Reader, Actor::Writer, Actor::Writer],
+        true,
+    );
+    report("R,W,W (eviction-safe)", &o);
+    assert_eq!((o.stale, o.stale_reads), (0, 0));
+}
+
+#[test]
+fn eviction_safe_mode_reader_writer_late_reader() {
+    let o = explore_with(
+        "il_rwl_safe",
+        &[Actor::Reader, Actor::Writer, Actor::LateReader],
+        true,
+    );
+    report("R,W,late R (eviction-safe)", &o);
     assert_eq!((o.stale, o.stale_reads), (0, 0));
 }

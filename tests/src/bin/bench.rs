@@ -48,12 +48,27 @@ fn seed(conn: &mut impl SimpleConnection) {
 }
 
 fn caches() -> Vec<(&'static str, Cache)> {
-    let mut out = vec![("locmem", Cache::locmem())];
+    let mut out = vec![
+        ("locmem", Cache::locmem()),
+        (
+            "lm+safe",
+            Cache::builder()
+                .locmem()
+                .eviction_safe(true)
+                .build()
+                .unwrap(),
+        ),
+    ];
     if let Ok(url) = std::env::var("MEMCACHED_URL") {
         let url = format!("{url}?prefix=bench{}", std::process::id());
         match Cache::from_url(&url) {
             Ok(c) => out.push(("memcached", c)),
             Err(e) => eprintln!("memcached skipped: {e}"),
+        }
+        // The eviction-safe mode's cost: a second round trip per hit.
+        match Cache::from_url(&format!("{url}safe&eviction_safe=true")) {
+            Ok(c) => out.push(("mc+safe", c)),
+            Err(e) => eprintln!("memcached (eviction-safe) skipped: {e}"),
         }
     }
     out

@@ -1,0 +1,123 @@
+//! Eviction of a flush list (DESIGN "Consistency" 5). By default an entry whose flush list was
+//! evicted is not found by the next write: it stays stale until it expires (the documented
+//! exposure, shown here). In eviction-safe mode every list carries an epoch, entries record the
+//! epochs of their lists, and a hit whose list vanished or was re-created misses instead.
+//! Eviction is simulated by deleting the list, which is what memcached's LRU does to it.
+
+use caching_diesel::prelude::*;
+use caching_diesel::ObjectKey;
+use caching_tests::db::schema::users;
+use caching_tests::db::{BackendKind, Env, User};
+
+fn env(test: &str, kind: BackendKind, safe: bool) -> Option<Env<SqliteConnection>> {
+    Env::configured(test, kind, |b| b.eviction_safe(safe))
+}
+
+fn find(e: &mut Env<SqliteConnection>) -> User {
+    users::table.find(1).cached().first(&mut e.conn).unwrap()
+}
+
+fn evict_user_list(e: &Env<SqliteConnection>) {
+    let list = e.cache.keys().flush_key(&ObjectKey::new("users", &["1"]));
+    assert!(
+        e.cache.backend().get(&list).unwrap().is_some(),
+        "the fill registered on {list}"
+    );
+    e.cache.backend().delete(&list).unwrap();
+}
+
+fn rename(e: &mut Env<SqliteConnection>, name: &str) {
+    let _: User = e
+        .conn
+        .save_changes(&User {
+            id: 1,
+            name: name.into(),
+        })
+        .unwrap();
+}
+
+fn each_kind(test: &str, body: impl Fn(&str, BackendKind)) {
+    body(&format!("{test}_locmem"), BackendKind::LocMem);
+    body(&format!("{test}_memcached"), BackendKind::Memcached);
+}
+
+#[test]
+fn default_mode_exposure_an_evicted_list_leaves_a_stale_entry() {
+    each_kind("evict_default", |test, kind| {
+        let Some(mut e) = env(test, kind, false) else {
+            return;
+        };
+        find(&mut e);
+        evict_user_list(&e);
+        rename(&mut e, "renamed");
+        e.queries();
+        assert_eq!(
+            find(&mut e).name,
+            "fliggy",
+            "documented exposure: the write could not find the entry"
+        );
+        assert_eq!(e.queries(), 0);
+    });
+}
+
+#[test]
+fn eviction_safe_mode_misses_when_a_list_was_evicted() {
+    each_kind("evict_safe", |test, kind| {
+        let Some(mut e) = env(test, kind, true) else {
+            return;
+        };
+        find(&mut e);
+        e.queries();
+        find(&mut e);
+        assert_eq!(e.queries(), 0, "hits still work in eviction-safe mode");
+        evict_user_list(&e);
+        rename(&mut e, "renamed");
+        e.queries();
+        assert_eq!(find(&mut e).name, "renamed");
+        assert!(e.queries() > 0, "the entry's list vanished: it must miss");
+    });
+}
+
+#[test]
+fn eviction_safe_mode_detects_a_re_created_list() {
+    each_kind("evict_recreated", |test, kind| {
+        let Some(mut e) = env(test, kind, true) else {
+            return;
+        };
+        find(&mut e);
+        evict_user_list(&e);
+        // Another query on the same row re-creates the list (with a new epoch).
+        let _: Vec<User> = users::table
+            .order(users::id)
+            .cached()
+            .load(&mut e.conn)
+            .unwrap();
+        rename(&mut e, "renamed");
+        e.queries();
+        assert_eq!(find(&mut e).name, "renamed");
+        assert!(e.queries() > 0);
+    });
+}
+
+#[test]
+fn eviction_safe_mode_survives_writes_that_clear_lists() {
+    each_kind("evict_clear", |test, kind| {
+        let Some(mut e) = env(test, kind, true) else {
+            return;
+        };
+        find(&mut e);
+        rename(&mut e, "one");
+        assert_eq!(find(&mut e).name, "one");
+        e.queries();
+        assert_eq!(find(&mut e).name, "one");
+        assert_eq!(
+            e.queries(),
+            0,
+            "a cleared list keeps its epoch, so refills hit"
+        );
+        rename(&mut e, "two");
+        e.queries();
+        assert_eq!(find(&mut e).name, "two");
+        assert!(e.queries() > 0);
+    });
+}
