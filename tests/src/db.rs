@@ -257,6 +257,11 @@ impl<C: TestDb> Env<C> {
         configure: impl FnOnce(CacheBuilder) -> CacheBuilder,
     ) -> Option<Self> {
         let cache = test_cache(kind, test, configure)?;
+        Self::with_cache(test, cache)
+    }
+
+    /// A fresh world on an explicit cache, or `None` (skip) when a server is missing.
+    pub fn with_cache(test: &str, cache: Cache) -> Option<Self> {
         let raw = C::fresh(test)?;
         let statements = StatementCounter::default();
         let conn = CachedConnection::with_instrumentation(

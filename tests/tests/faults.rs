@@ -47,19 +47,7 @@ fn cache_on(mc: &MemcachedProcess, test: &str) -> Cache {
 
 /// A test world on a fresh database with an explicit cache.
 fn env_on<C: TestDb>(test: &str, cache: Cache) -> Option<Env<C>> {
-    let raw = C::fresh(test)?;
-    let statements = StatementCounter::default();
-    let conn = CachedConnection::with_instrumentation(
-        raw,
-        CacheSet::new(cache.clone()),
-        statements.clone(),
-    );
-    statements.take();
-    Some(Env {
-        conn,
-        cache,
-        statements,
-    })
+    Env::with_cache(test, cache)
 }
 
 macro_rules! suite {
