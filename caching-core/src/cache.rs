@@ -199,8 +199,8 @@ fn open_envelope(bytes: &[u8]) -> Option<Opened<'_>> {
 /// ```
 /// use caching_core::{Invalidation, ObjectKey};
 /// let mut inv = Invalidation::new();
-/// inv.object("addons", ObjectKey::new("addons", &["1"]));
-/// inv.object("users", ObjectKey::new("users", &["1"]));
+/// inv.object(ObjectKey::new("addons", &["1"]));
+/// inv.object(ObjectKey::new("users", &["1"]));
 /// inv.whole_table("users");
 /// assert_eq!(inv.tables().count(), 2);
 /// ```
@@ -218,10 +218,10 @@ impl Invalidation {
         Self::default()
     }
 
-    /// A row of `table` was written (or is a foreign-key target of a written row): its flush
-    /// list is walked, and `table`'s write generation bumped.
-    pub fn object(&mut self, table: &str, object: ObjectKey) -> &mut Self {
-        self.written.insert(table.to_string());
+    /// A row was written (or is a foreign-key target of a written row): its flush list is
+    /// walked, and its model's write generation bumped.
+    pub fn object(&mut self, object: ObjectKey) -> &mut Self {
+        self.written.insert(object.model().to_string());
         self.objects.insert(object);
         self
     }
@@ -850,7 +850,7 @@ impl Cache {
     /// let b: u32 = cache.cached_with(&user, "score", Timeout::Forever, || 2);
     /// assert_eq!((a, b), (1, 1));
     /// let mut inv = Invalidation::new();
-    /// inv.object("users", user.clone());
+    /// inv.object(user.clone());
     /// cache.invalidate(&inv).unwrap();
     /// let c: u32 = cache.cached_with(&user, "score", Timeout::Forever, || 3);
     /// assert_eq!(c, 3);

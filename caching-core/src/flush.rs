@@ -82,10 +82,9 @@ impl Registrations {
     /// Links a row's flush list into its foreign-key target's list: a write to `parent`
     /// invalidates what is registered on `child`.
     pub fn link(&mut self, ks: &KeySpace, child: &crate::ObjectKey, parent: &crate::ObjectKey) {
+        // A self-reference adds nothing but must not add a cycle either.
         if child != parent {
             self.push(ks, parent, ks.flush_key(child));
-        } else {
-            // A self-reference adds nothing but must not add a cycle either.
         }
     }
 

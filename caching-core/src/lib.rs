@@ -10,7 +10,7 @@
 //! let name: String = cache.cached_with(&user, "display-name", Timeout::Forever, || "fliggy".into());
 //! assert_eq!(name, "fliggy");
 //! let mut inv = Invalidation::new();
-//! inv.object("users", user.clone());
+//! inv.object(user.clone());
 //! cache.invalidate(&inv).unwrap();
 //! assert_eq!(cache.stats().invalidations, 1);
 //! ```

@@ -243,8 +243,7 @@ impl<Q> CachedQuery<Q> {
             QueryFragment<C::Backend> + LoadQuery<'query, C, i64> + 'query,
     {
         let cache = conn.caches.get(self.options.cache.as_deref())?.clone();
-        let mut tables = self.tables_of::<M>();
-        tables.dedup();
+        let tables = self.tables_of::<M>();
         let query = self.query.select(diesel::dsl::count_star()).as_query();
         let timeout = match (cache.config().count_timeout, self.options.disabled) {
             (Some(t), false) => t,

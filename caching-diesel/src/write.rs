@@ -31,9 +31,9 @@ pub fn rows_invalidation<'a, M: CachedModel + 'a>(
     let mut inv = Invalidation::new();
     inv.table_written(M::TABLE);
     for row in rows {
-        inv.object(M::TABLE, row.object_key());
+        inv.object(row.object_key());
         for parent in row.foreign_keys() {
-            inv.object(parent.model().to_string().as_str(), parent);
+            inv.object(parent);
         }
     }
     inv
@@ -52,14 +52,15 @@ impl<C: CacheConnection> CachedConnection<C> {
         self.invalidate_with(inv).map_err(Into::into)
     }
 
-    fn creation(&self, rows: &[impl CachedModel]) -> Invalidation {
+    fn creation<M: CachedModel>(&self, rows: &[M]) -> Invalidation {
         let mut inv = rows_invalidation(rows.iter());
-        if let Some(table) = rows.first().map(|_| table_of(rows)) {
-            for cache in self.caches.all() {
-                if cache.config().invalidate_on_create == InvalidateOnCreate::WholeModel {
-                    inv.whole_table(table);
-                }
-            }
+        let whole_model = self
+            .caches
+            .all()
+            .iter()
+            .any(|c| c.config().invalidate_on_create == InvalidateOnCreate::WholeModel);
+        if whole_model && !rows.is_empty() {
+            inv.whole_table(M::TABLE);
         }
         inv
     }
@@ -181,8 +182,4 @@ impl<C: CacheConnection> CachedConnection<C> {
         inv.whole_table(M::TABLE);
         self.after_write(inv)
     }
-}
-
-fn table_of<M: CachedModel>(_: &[M]) -> &'static str {
-    M::TABLE
 }

@@ -538,7 +538,7 @@ fn keys_cannot_inject_protocol_commands() {
             }
             assert_eq!(calls, 1, "{name}: object {n:?}");
             let mut inv = Invalidation::new();
-            inv.object("users", obj.clone());
+            inv.object(obj.clone());
             cache.invalidate(&inv).unwrap();
             let _: u32 = cache.cached_with(&obj, n, Timeout::Forever, || {
                 calls += 1;
@@ -719,7 +719,7 @@ fn a_dead_server_fails_calls_and_recovers_after_the_retry_window() {
     let before = cache.stats();
     assert!(cache.lookup(&key, &["t"]).is_err());
     let mut inv = Invalidation::new();
-    inv.object("users", ObjectKey::new("users", &["1"]));
+    inv.object(ObjectKey::new("users", &["1"]));
     assert!(cache.invalidate(&inv).is_err());
     let after = cache.stats();
     assert!(before.backend_errors >= 2, "{before:?}");

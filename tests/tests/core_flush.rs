@@ -36,7 +36,7 @@ fn row_of(table: &str, pk: &str) -> ObjectKey {
 fn inv_objects(objects: &[&ObjectKey]) -> Invalidation {
     let mut inv = Invalidation::new();
     for o in objects {
-        inv.object(o.model(), (*o).clone());
+        inv.object((*o).clone());
     }
     inv
 }
@@ -302,7 +302,7 @@ fn invalidation_removes_everything_reachable_and_nothing_else() {
 
         // Scenario 15: a write to addon 2 invalidates its FK targets' queries too.
         let mut inv = inv_objects(&[&a2]);
-        inv.object("users", u2.clone());
+        inv.object(u2.clone());
         invalidate_or_hang(&cache, inv);
         assert!(!is_hit(&cache, &q_a2, &["addons"]), "{name}");
         assert!(!is_hit(&cache, &q_u2, &["users"]), "{name}");

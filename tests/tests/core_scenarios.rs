@@ -20,7 +20,7 @@ const DAY: u64 = 24 * 3600;
 
 fn invalidate_object(cache: &Cache, object: &ObjectKey) {
     let mut inv = Invalidation::new();
-    inv.object(object.model(), object.clone());
+    inv.object(object.clone());
     cache.invalidate(&inv).unwrap();
 }
 
@@ -293,9 +293,7 @@ fn exercise(cache: &Cache) {
     let target = QueryFlushTarget::new(&q, &["addons"]);
     let _: String = cache.cached_with(&target, "fragment", Timeout::Forever, || "f".into());
     let mut inv = Invalidation::new();
-    inv.object("users", user)
-        .object("addons", addon)
-        .whole_table("addons");
+    inv.object(user).object(addon).whole_table("addons");
     cache.invalidate(&inv).unwrap();
     cache.invalidate_table("users").unwrap();
     cache.invalidate_everything().unwrap();
