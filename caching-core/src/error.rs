@@ -38,6 +38,14 @@ pub enum Error {
         /// The offending line (truncated).
         line: String,
     },
+    /// An increment found a counter that is not a decimal number (corrupted, or written by
+    /// something else). The engine repairs such counters; other callers may treat it as a
+    /// changed counter.
+    #[error("counter {key:?} holds a value that is not a number")]
+    NotANumber {
+        /// The counter's key.
+        key: String,
+    },
     /// A value is larger than the backend stores; it was not stored.
     #[error("value of {size} bytes exceeds the backend item limit of {limit} bytes")]
     TooLarge {

@@ -296,9 +296,8 @@ impl Backend for LocMem {
         let current: u64 = std::str::from_utf8(&e.value)
             .ok()
             .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| crate::Error::Protocol {
-                server: "locmem".into(),
-                line: "cannot increment or decrement non-numeric value".into(),
+            .ok_or_else(|| crate::Error::NotANumber {
+                key: key.to_string(),
             })?;
         let next = current.wrapping_add(delta);
         let expires = e.expires;

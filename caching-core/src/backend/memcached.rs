@@ -138,6 +138,8 @@ enum Reply {
     Deleted,
     TooLarge,
     Number(u64),
+    /// `CLIENT_ERROR cannot increment or decrement non-numeric value`.
+    NonNumeric,
 }
 
 impl Memcached {
@@ -223,6 +225,11 @@ impl Memcached {
                 });
             }
         }
+        self.connect(s)
+    }
+
+    /// A pooled connection, or a new one, whatever the fail-fast state.
+    fn connect(&self, s: &Server) -> Result<Conn> {
         if let Some(c) = lock(&s.idle).pop() {
             return Ok(c);
         }
@@ -365,6 +372,7 @@ impl Memcached {
                     {
                         Reply::TooLarge
                     }
+                    l if l.starts_with("CLIENT_ERROR cannot increment") => Reply::NonNumeric,
                     l => match l.parse::<u64>() {
                         Ok(n) => Reply::Number(n),
                         Err(_) => return Err(protocol_err(name, l)),
@@ -609,12 +617,43 @@ impl Backend for Memcached {
         Ok(())
     }
 
+    fn probe(&self) -> Result<()> {
+        let mut first_error = None;
+        for s in &self.servers {
+            let answered = self.connect(s).and_then(|mut conn| {
+                conn.reader
+                    .get_mut()
+                    .write_all(b"version\r\n")
+                    .map_err(|e| io_err(&s.name, e))?;
+                let line = conn.line(&s.name)?;
+                if !line.starts_with("VERSION") {
+                    return Err(protocol_err(&s.name, &line));
+                }
+                Ok(conn)
+            });
+            match answered {
+                Ok(conn) => {
+                    *lock(&s.down_until) = None;
+                    self.checkin(s, conn);
+                }
+                Err(e) => {
+                    self.mark_down(s);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     fn incr(&self, key: &str, delta: u64) -> Result<Option<u64>> {
         check_keys([key])?;
         let server = self.server_for(key);
         let reply = self.pipeline(server, &[Cmd::Incr(key, delta)])?;
         match reply.first() {
             Some(Reply::Number(n)) => Ok(Some(*n)),
+            Some(Reply::NonNumeric) => Err(Error::NotANumber {
+                key: key.to_string(),
+            }),
             Some(Reply::NotFound) => Ok(None),
             r => Err(protocol_err(&self.servers[server].name, &format!("{r:?}"))),
         }

@@ -87,7 +87,17 @@ pub trait Backend: Send + Sync + Debug + 'static {
     fn delete_multi(&self, keys: &[&str]) -> Result<()>;
 
     /// Increments a decimal counter (wrapping at 2^64); `None` if the key does not exist.
+    /// A value that is not a decimal number is [`Error::NotANumber`](crate::Error::NotANumber),
+    /// never a failure of the backend.
     fn incr(&self, key: &str, delta: u64) -> Result<Option<u64>>;
+
+    /// Tries to reach every server now, ignoring any fail-fast state ("marked down") left by
+    /// earlier failures, and clears that state for the servers that answer. `Ok` when all
+    /// answered. Retries of failed invalidations call it before trying again, so a fail-fast
+    /// window never delays their delivery. Backends without servers answer `Ok`.
+    fn probe(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// Reads one key.
     fn get(&self, key: &str) -> Result<Option<Item>> {
