@@ -36,7 +36,9 @@ pub(crate) fn random_start() -> u64 {
     u64::from_le_bytes(b) >> 8
 }
 
-/// Makes sure each counter exists and returns the current values, in order.
+/// Makes sure each counter exists and holds a number, and returns the current values, in
+/// order. A missing counter is created and one that is not a number is replaced, both with a
+/// fresh random value (as if it had been evicted: it reads as "changed" to every reader).
 pub(crate) fn ensure(backend: &dyn Backend, keys: &[&str]) -> Result<Vec<u64>> {
     let fresh: Vec<(String, Vec<u8>)> = keys
         .iter()
@@ -48,44 +50,66 @@ pub(crate) fn ensure(backend: &dyn Backend, keys: &[&str]) -> Result<Vec<u64>> {
         .collect();
     backend.add_multi(&items, Expiry::Forever)?;
     let got = backend.get_multi(keys)?;
-    keys.iter()
-        .map(|k| {
-            got.get(*k)
-                .and_then(|i| parse(&i.value))
-                .ok_or_else(|| crate::Error::Protocol {
+    let mut out = Vec::with_capacity(keys.len());
+    for (k, v) in keys.iter().zip(&fresh) {
+        match got.get(*k).map(|i| parse(&i.value)) {
+            Some(Some(n)) => out.push(n),
+            Some(None) => {
+                tracing::warn!(key = k, "counter is not a number; replacing it");
+                backend.set(k, &v.1, Expiry::Forever)?;
+                out.push(parse(&v.1).unwrap_or_default());
+            }
+            None => {
+                return Err(crate::Error::Protocol {
                     server: backend.name().into(),
                     line: format!("counter {k} vanished right after it was created"),
                 })
-        })
-        .collect()
-}
-
-/// Increments counters; a missing one is created with a random value (which differs from
-/// whatever a reader saw before, so it reads as changed).
-pub(crate) fn bump(backend: &dyn Backend, keys: &[String]) -> Result<()> {
-    let mut missing = Vec::new();
-    for k in keys {
-        if backend.incr(k, 1)?.is_none() {
-            missing.push(k.as_str());
-        }
-    }
-    if !missing.is_empty() {
-        let fresh: Vec<Vec<u8>> = missing
-            .iter()
-            .map(|_| random_start().to_string().into_bytes())
-            .collect();
-        let items: Vec<(&str, &[u8])> = missing
-            .iter()
-            .zip(&fresh)
-            .map(|(k, v)| (*k, v.as_slice()))
-            .collect();
-        let added = backend.add_multi(&items, Expiry::Forever)?;
-        // Lost the add race: someone created it meanwhile; increment theirs.
-        for (k, ok) in missing.iter().zip(added) {
-            if !ok {
-                backend.incr(k, 1)?;
             }
         }
     }
+    Ok(out)
+}
+
+/// Increments counters; a missing one is created with a random value, and one that is not a
+/// number is replaced by one (either differs from whatever a reader saw before, so it reads
+/// as changed). Every counter is attempted even if an earlier one failed; the first error is
+/// returned. Returns how many counters were repaired.
+pub(crate) fn bump(backend: &dyn Backend, keys: &[String]) -> Result<u64> {
+    let mut first_error = None;
+    let mut repaired = 0;
+    for k in keys {
+        if let Err(e) = bump_one(backend, k, &mut repaired) {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(repaired), Err)
+}
+
+fn bump_one(backend: &dyn Backend, key: &str, repaired: &mut u64) -> Result<()> {
+    let fresh = || random_start().to_string().into_bytes();
+    match backend.incr(key, 1) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => {
+            if backend.add(key, &fresh(), Expiry::Forever)? {
+                return Ok(());
+            }
+            // Lost the add race: someone created it meanwhile; increment theirs.
+            match backend.incr(key, 1) {
+                Ok(_) => Ok(()),
+                Err(crate::Error::NotANumber { .. }) => repair(backend, key, repaired),
+                Err(e) => Err(e),
+            }
+        }
+        Err(crate::Error::NotANumber { .. }) => repair(backend, key, repaired),
+        Err(e) => Err(e),
+    }
+}
+
+/// Replaces a counter that is not a number by a fresh random value: the same as an eviction
+/// and re-creation, so every reader sees it as changed.
+fn repair(backend: &dyn Backend, key: &str, repaired: &mut u64) -> Result<()> {
+    tracing::warn!(key, "counter is not a number; replacing it with a fresh value");
+    backend.set(key, random_start().to_string().as_bytes(), Expiry::Forever)?;
+    *repaired += 1;
     Ok(())
 }

@@ -14,8 +14,13 @@
 //! version, which invalidates every cached query over the table (each entry records the table
 //! versions it was read under). The row stays cacheable; its invalidation is just coarser
 //! until the next write clears the list.
+//!
+//! Lists are read defensively: a list holding anything this crate does not write (bytes that
+//! are not UTF-8, tokens that are not keys) is treated as overflowed, never as empty: its
+//! table's version is bumped (the namespace's, for a list that belongs to no table), and
+//! whatever valid keys it holds are still deleted.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use crate::backend::{AppendOutcome, Backend, CasOutcome};
 use crate::error::Result;
@@ -88,12 +93,15 @@ impl Registrations {
         }
     }
 
-    /// The lists on which `key` itself is registered (not through links).
-    pub(crate) fn lists_holding<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.lists
-            .iter()
-            .filter(move |(_, (_, toks))| toks.iter().any(|t| t == key))
-            .map(|(list, _)| list.as_str())
+    /// Every list this registration writes to (the rows' own lists and their foreign-key
+    /// targets' lists).
+    pub(crate) fn lists(&self) -> impl Iterator<Item = &str> {
+        self.lists.keys().map(String::as_str)
+    }
+
+    /// The tokens this registration appends to `list`.
+    pub(crate) fn tokens_of(&self, list: &str) -> &[String] {
+        self.lists.get(list).map_or(&[], |(_, toks)| toks.as_slice())
     }
 
     /// Registers `key` directly on a flush list (an object's or a query's).
@@ -117,16 +125,39 @@ pub(crate) struct RegisterOutcome {
     pub overflows: u64,
 }
 
-fn tokens(value: &[u8]) -> impl Iterator<Item = &str> {
-    std::str::from_utf8(value)
-        .unwrap_or("")
-        .split(' ')
+/// One space-separated token of a flush list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Token<'a> {
+    /// A key to delete, or another flush list to walk (`ks.is_flush_key`).
+    Key(&'a str),
+    /// The list's epoch (`@n`), eviction-safe mode.
+    Epoch(&'a str),
+    /// An overflow marker: the version key to bump instead (`!ver:t`).
+    Overflow(&'a str),
+    /// Anything else: not UTF-8, not a valid key. The list cannot be trusted.
+    Bad,
+}
+
+fn tokens(value: &[u8]) -> impl Iterator<Item = Token<'_>> {
+    value
+        .split(|b| *b == b' ')
         .filter(|t| !t.is_empty())
+        .map(|t| match std::str::from_utf8(t) {
+            Ok(t) if t.starts_with('@') && t[1..].parse::<u64>().is_ok() => Token::Epoch(t),
+            Ok(t) if t.starts_with('!') && crate::key::is_valid_key(&t[1..]) => {
+                Token::Overflow(&t[1..])
+            }
+            Ok(t) if crate::key::is_valid_key(t) => Token::Key(t),
+            _ => Token::Bad,
+        })
 }
 
 /// The epoch token (`@n`) of a list created in eviction-safe mode.
 pub(crate) fn epoch_token(value: &[u8]) -> Option<&str> {
-    tokens(value).find(|t| t.starts_with('@'))
+    tokens(value).find_map(|t| match t {
+        Token::Epoch(e) => Some(e),
+        _ => None,
+    })
 }
 
 /// The epoch of a list, if it has one.
@@ -134,9 +165,21 @@ pub(crate) fn epoch_of(value: &[u8]) -> Option<u64> {
     epoch_token(value).and_then(|t| t[1..].parse().ok())
 }
 
-/// Whether a list holds `key`.
-pub(crate) fn holds(value: &[u8], key: &str) -> bool {
-    tokens(value).any(|t| t == key)
+/// Whether a list still covers every token in `wanted`: each is on it, or the list overflowed
+/// (its overflow markers cover what compaction dropped).
+pub(crate) fn holds_all(value: &[u8], wanted: &[String]) -> bool {
+    let mut present = HashSet::new();
+    for t in tokens(value) {
+        match t {
+            Token::Key(k) => {
+                present.insert(k);
+            }
+            Token::Overflow(_) => return true,
+            Token::Bad => return false,
+            Token::Epoch(_) => {}
+        }
+    }
+    wanted.iter().all(|w| present.contains(w.as_str()))
 }
 
 fn join(tokens: &[impl AsRef<str>]) -> Vec<u8> {
@@ -151,6 +194,7 @@ fn join(tokens: &[impl AsRef<str>]) -> Vec<u8> {
 /// Appends every entry of `regs` to its list, atomically per list.
 pub(crate) fn register(
     backend: &dyn Backend,
+    ks: &KeySpace,
     regs: &Registrations,
     epochs: bool,
 ) -> Result<RegisterOutcome> {
@@ -178,7 +222,7 @@ pub(crate) fn register(
                 AppendOutcome::Missing => missing.push(p),
                 AppendOutcome::TooLarge => {
                     outcome.overflows += 1;
-                    if !compact(backend, p.0, p.1, &p.2)? {
+                    if !compact(backend, ks, p.0, p.1, &p.2)? {
                         retry.push(p);
                     }
                 }
@@ -218,32 +262,64 @@ pub(crate) fn register(
     Ok(outcome)
 }
 
-/// Makes room in a full list: drops duplicates, or replaces the list by an overflow marker.
+/// Makes room in a full list: drops duplicates, or replaces the list by overflow markers.
 /// Returns whether `extra` is now covered (`false`: the list changed meanwhile, retry).
-fn compact(backend: &dyn Backend, list: &str, version_key: &str, extra: &[u8]) -> Result<bool> {
+///
+/// The markers cover everything the dropped tokens protected: the list's own table version
+/// (queries over the row), and the version of each table whose rows' lists were linked here
+/// (a write to this row reached those queries through the links). A list that does not parse
+/// is never compacted into a shorter list: it overflows.
+fn compact(
+    backend: &dyn Backend,
+    ks: &KeySpace,
+    list: &str,
+    version_key: &str,
+    extra: &[u8],
+) -> Result<bool> {
     let Some(item) = backend.get(list)? else {
         return Ok(false);
     };
     let mut seen = HashSet::new();
     let mut kept: Vec<&str> = Vec::new();
+    let mut epoch = None;
+    let mut markers: BTreeSet<String> = BTreeSet::new();
     let mut overflowed = false;
     for t in tokens(&item.value).chain(tokens(extra)) {
-        if t.starts_with('!') {
-            overflowed = true;
-        } else if seen.insert(t) {
-            kept.push(t);
+        match t {
+            Token::Key(k) => {
+                if seen.insert(k) {
+                    kept.push(k);
+                }
+            }
+            Token::Epoch(e) => {
+                epoch.get_or_insert(e);
+            }
+            Token::Overflow(v) => {
+                overflowed = true;
+                markers.insert(v.to_string());
+            }
+            Token::Bad => overflowed = true,
         }
     }
     let compacted = join(&kept);
     let limit = backend.max_item_size();
     let value = if !overflowed && compacted.len() + list.len() + 64 <= limit / 2 {
-        compacted
+        let mut v = epoch.map(|e| format!(" {e}").into_bytes()).unwrap_or_default();
+        v.extend_from_slice(&compacted);
+        v
     } else {
-        tracing::debug!(list, "flush list overflowed: falling back to table version");
-        let epoch = epoch_token(&item.value)
-            .map(|e| format!(" {e}"))
-            .unwrap_or_default();
-        format!("{epoch} !{version_key}").into_bytes()
+        tracing::debug!(list, "flush list overflowed: falling back to table versions");
+        markers.insert(version_key.to_string());
+        // Links to other rows' lists: a write to this row reached the queries over those
+        // rows' tables through them. (A query's own list, `f:k:`, holds values tied to a
+        // query over this row's table: the row's table version covers them.)
+        markers.extend(kept.iter().filter_map(|k| ks.row_list_version_key(k)));
+        let mut v = epoch.map(|e| format!(" {e}")).unwrap_or_default();
+        for m in &markers {
+            v.push_str(" !");
+            v.push_str(m);
+        }
+        v.into_bytes()
     };
     Ok(backend.cas(list, &value, Expiry::Forever, item.cas)? == CasOutcome::Stored)
 }
@@ -261,6 +337,11 @@ pub struct InvalidationReport {
     pub overflow_versions: Vec<String>,
     /// Lists left uncleared because they kept changing (safe, costs space).
     pub uncleared: usize,
+    /// Lists that did not parse (treated as overflowed: their table version was bumped).
+    pub repaired: usize,
+    /// The backend could not take the invalidation: it was queued and is delivered in the
+    /// background (see `Cache::pending_invalidations`).
+    pub deferred: bool,
 }
 
 /// Hook points of the invalidation walk (for interleaving tests).
@@ -297,31 +378,40 @@ pub(crate) fn invalidate(
                     .map(|e| format!(" {e}").into_bytes())
                     .unwrap_or_default();
                 read.push((list.clone(), item.cas, epoch));
+                let mut corrupt = false;
                 for t in tokens(&item.value) {
-                    if t.starts_with('@') {
-                        continue;
-                    } else if let Some(v) = t.strip_prefix('!') {
-                        versions.push(v.to_string());
-                    } else if ks.is_flush_key(t) {
-                        if visited.insert(t.to_string()) {
-                            next.push(t.to_string());
+                    match t {
+                        Token::Epoch(_) => {}
+                        Token::Overflow(v) => versions.push(v.to_string()),
+                        Token::Key(k) if ks.is_flush_key(k) => {
+                            if visited.insert(k.to_string()) {
+                                next.push(k.to_string());
+                            }
                         }
-                    } else if crate::key::is_valid_key(t) {
-                        doomed.push(t.to_string());
-                    } else {
-                        // Never produced by this crate; a foreign token must not block the
-                        // invalidation of everything else on the list.
-                        tracing::warn!(list, token = t, "ignoring invalid token in flush list");
+                        Token::Key(k) => doomed.push(k.to_string()),
+                        Token::Bad => corrupt = true,
                     }
+                }
+                if corrupt {
+                    // Never written by this crate: the list may have lost registrations, so
+                    // what it protected is invalidated by version, like an overflowed list.
+                    tracing::warn!(list, "flush list does not parse; treating it as overflowed");
+                    report.repaired += 1;
+                    versions.push(ks.covering_version_key(list));
                 }
             }
             level = next;
         }
+        // A failed version bump must not stop the deletions, but the lists that asked for it
+        // must not be cleared either: the next attempt has to find their markers again.
+        let mut bump_failed = None;
         if !versions.is_empty() {
             versions.sort();
             versions.dedup();
-            crate::clock::bump(backend, &versions)?;
-            report.overflow_versions.extend(versions);
+            match crate::clock::bump(backend, &versions) {
+                Ok(_) => report.overflow_versions.extend(versions),
+                Err(e) => bump_failed = Some(e),
+            }
         }
         hooks.step("delete");
         doomed.sort();
@@ -330,6 +420,9 @@ pub(crate) fn invalidate(
             let refs: Vec<&str> = doomed.iter().map(String::as_str).collect();
             backend.delete_multi(&refs)?;
             report.deleted += doomed.len();
+        }
+        if let Some(e) = bump_failed {
+            return Err(e);
         }
         // Clear with CAS: a list that changed since we read it holds registrations we have not
         // seen; read it again rather than lose them.

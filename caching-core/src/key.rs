@@ -227,6 +227,24 @@ impl KeySpace {
         }
     }
 
+    /// The version key that covers everything a flush list can protect, for when the list
+    /// itself cannot be trusted (it does not parse): the version of its row's table for a
+    /// row's list, else the namespace version.
+    pub(crate) fn covering_version_key(&self, flush_key: &str) -> String {
+        self.row_list_version_key(flush_key)
+            .unwrap_or_else(|| self.namespace_key())
+    }
+
+    /// The version key of the table of the row whose flush list `flush_key` is (`None` for
+    /// other lists: a query's own list, or a key too long to carry its table).
+    pub(crate) fn row_list_version_key(&self, flush_key: &str) -> Option<String> {
+        strip(flush_key, &self.prefix)
+            .strip_prefix("f:o:")
+            .and_then(|rest| rest.split(':').next())
+            .filter(|m| !m.is_empty())
+            .map(|m| self.make("ver", m))
+    }
+
     /// Whether `key` names a flush list of this key space.
     pub fn is_flush_key(&self, key: &str) -> bool {
         key.strip_prefix(self.prefix.as_str())

@@ -43,9 +43,20 @@ stats! {
     skipped_fills,
     /// Invalidations run (one per write or `invalidate` call).
     invalidations,
-    /// Invalidations that failed even after retries (their keys may be stale until they
-    /// expire: see the docs on failure modes).
+    /// Invalidations the backend could not take when they were made: each was queued and is
+    /// retried in the background until delivered (see `Cache::pending_invalidations`).
     failed_invalidations,
+    /// Queued invalidations delivered later by the background thread.
+    retried_invalidations,
+    /// Times undelivered invalidations collapsed into a namespace bump (queue overflow, or
+    /// deliveries failing although the server answers).
+    coarse_invalidations,
+    /// Reads that skipped the cache: an invalidation of their tables was not delivered yet,
+    /// or the caller asked (inside a foreign transaction, over a table the transaction wrote).
+    bypassed_reads,
+    /// Corrupted cache metadata repaired by invalidation: non-numeric counters replaced,
+    /// flush lists that did not parse treated as overflowed.
+    repairs,
     /// Calls to the backend that failed (unreachable, timeout, protocol error).
     backend_errors,
     /// Cached values that did not decode (deleted and counted as misses).
@@ -62,6 +73,10 @@ pub(crate) enum Counter {
     SkippedFills,
     Invalidations,
     FailedInvalidations,
+    RetriedInvalidations,
+    CoarseInvalidations,
+    BypassedReads,
+    Repairs,
     BackendErrors,
     DecodeErrors,
     Overflows,
@@ -76,6 +91,10 @@ impl Stats {
             Counter::SkippedFills => &self.skipped_fills,
             Counter::Invalidations => &self.invalidations,
             Counter::FailedInvalidations => &self.failed_invalidations,
+            Counter::RetriedInvalidations => &self.retried_invalidations,
+            Counter::CoarseInvalidations => &self.coarse_invalidations,
+            Counter::BypassedReads => &self.bypassed_reads,
+            Counter::Repairs => &self.repairs,
             Counter::BackendErrors => &self.backend_errors,
             Counter::DecodeErrors => &self.decode_errors,
             Counter::Overflows => &self.overflows,

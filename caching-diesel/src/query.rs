@@ -9,8 +9,7 @@
 
 use std::time::Duration;
 
-use caching_core::codec::{Codec, JsonCodec};
-use caching_core::{Cache, Registrations, Timeout};
+use caching_core::{Cache, Expiry, ReadPlan, Registrations, Timeout};
 use diesel::dsl::{CountStar, Limit, Select};
 use diesel::query_builder::{AsQuery, QueryFragment};
 use diesel::query_dsl::methods::{LimitDsl, SelectDsl};
@@ -149,7 +148,7 @@ impl<Q> CachedQuery<Q> {
         let tables = self.tables_of::<U>();
         let query = self.query.as_query();
         let cacheable = !self.options.disabled && (U::MODEL || self.options.timeout.is_some());
-        if !cacheable || conn.must_bypass(&tables) {
+        if !cacheable {
             return query.load(&mut conn.conn);
         }
         let key = match key_of::<U, C, _>(conn, &cache, "query", &tables, &query) {
@@ -249,9 +248,6 @@ impl<Q> CachedQuery<Q> {
             (Some(t), false) => t,
             _ => return query.get_result(&mut conn.conn),
         };
-        if conn.must_bypass(&tables) {
-            return query.get_result(&mut conn.conn);
-        }
         let key = match key_of::<i64, C, _>(conn, &cache, "count", &tables, &query) {
             Ok(k) => k,
             Err(_) => return query.get_result(&mut conn.conn),
@@ -298,7 +294,9 @@ pub(crate) enum Guard<'a> {
     Tables(&'a [&'static str]),
 }
 
-/// The shared read path: lookup, decode or read, fill.
+/// The shared read path: the connection's part (bypass inside a foreign transaction or over
+/// a table this transaction wrote, no fills inside transactions, replica cap), then the
+/// engine's one read-through.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn read_through<C, U, R, G>(
     conn: &mut CachedConnection<C>,
@@ -316,57 +314,31 @@ where
     R: FnOnce(&mut C) -> QueryResult<Vec<U>>,
     G: FnOnce(&Vec<U>, &mut Registrations),
 {
-    let looked = match guard {
-        Guard::All => cache.lookup_exact(key, tables),
-        Guard::Tables(guarded) => cache.lookup_guarded(key, tables, guarded),
+    let mut plan = ReadPlan::new(key, tables).timeout(timeout);
+    plan = match guard {
+        Guard::All => plan.guard_all(),
+        Guard::Tables(t) => plan.guard(t),
     };
-    let lookup = match looked {
-        Ok(l) => Some(l),
-        Err(e) => {
-            cache.record_backend_error("lookup", &e);
-            None
-        }
-    };
-    if let Some(bytes) = lookup.as_ref().and_then(|l| l.hit.as_ref()) {
-        match JsonCodec::decode::<Vec<U>>(bytes) {
-            Ok(rows) => {
-                cache.record_hit(key);
-                return Ok(rows);
-            }
-            Err(e) => cache.record_decode_error(key, &e),
-        }
+    if conn.must_bypass(tables) {
+        plan = plan.bypass("transaction sees its own writes");
+    } else if conn.in_transaction() {
+        plan = plan.no_fill("inside a transaction");
     }
-    cache.record_miss(key);
-    cache.__step("read");
-    let rows = read(&mut conn.conn)?;
-    let Some(lookup) = lookup else {
-        return Ok(rows);
-    };
-    if rows.is_empty() && !cache.config().cache_empty_results {
-        cache.record_skipped_fill(key, "empty result");
-        return Ok(rows);
-    }
-    if conn.in_transaction() {
-        cache.record_skipped_fill(key, "inside a transaction");
-        return Ok(rows);
-    }
-    let payload = match JsonCodec::encode(&rows) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(key, error = %e, "result did not encode; not cached");
-            return Ok(rows);
-        }
-    };
-    let mut regs = Registrations::new();
-    register(&rows, &mut regs);
-    let mut expiry = cache.expiry(timeout);
     if conn.is_replica() {
-        expiry = expiry.min(caching_core::Expiry::from_duration(
-            cache.config().replica_timeout,
-        ));
+        plan = plan.cap(Expiry::from_duration(cache.config().replica_timeout));
     }
-    if let Err(e) = cache.fill(&lookup.token, &payload, &regs, expiry) {
-        cache.record_backend_error("fill", &e);
-    }
+    let cache_empty = cache.config().cache_empty_results;
+    let inner = &mut conn.conn;
+    let (rows, _) = cache.read_through(
+        &plan,
+        || read(inner),
+        |rows: &Vec<U>, regs: &mut Registrations| {
+            if rows.is_empty() && !cache_empty {
+                return Err("empty result");
+            }
+            register(rows, regs);
+            Ok(())
+        },
+    )?;
     Ok(rows)
 }

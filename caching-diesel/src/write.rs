@@ -44,7 +44,8 @@ impl<C: CacheConnection> CachedConnection<C> {
         if self.tx.depth() == 0 && self.in_foreign_transaction() {
             return Err(crate::Error::ForeignTransaction.into());
         }
-        self.cache().__step("write");
+        #[cfg(feature = "test-hooks")]
+        self.cache().hook_step("write");
         Ok(())
     }
 

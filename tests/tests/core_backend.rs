@@ -720,13 +720,21 @@ fn a_dead_server_fails_calls_and_recovers_after_the_retry_window() {
     assert!(cache.lookup(&key, &["t"]).is_err());
     let mut inv = Invalidation::new();
     inv.object(ObjectKey::new("users", &["1"]));
-    assert!(cache.invalidate(&inv).is_err());
+    // The invalidation is not lost: it is queued for delivery once the server is back.
+    let report = cache.invalidate(&inv).unwrap();
+    assert!(report.deferred, "{report:?}");
+    assert_eq!(cache.pending_invalidations(), 1);
     let after = cache.stats();
     assert!(before.backend_errors >= 2, "{before:?}");
     assert_eq!(after.failed_invalidations, 1, "{after:?}");
 
     server.restart();
     std::thread::sleep(retry_after * 3);
+    assert!(
+        cache.wait_for_delivery(Duration::from_secs(5)),
+        "the queued invalidation was delivered once the server came back"
+    );
+    assert_eq!(cache.stats().retried_invalidations, 1);
     b.set(&key, b"again", Expiry::Forever).unwrap();
     assert_eq!(value(b, &key).unwrap(), b"again");
     // The restarted server is empty: the function runs once more, then caching resumes.

@@ -1,0 +1,118 @@
+//! What a cache entry holds: the envelope of a published result (the versions it was read
+//! under, the flush lists it relies on in eviction-safe mode, then the payload), and the
+//! pending marker a fill stores before it may publish.
+
+use crate::clock;
+
+const ENVELOPE_MAGIC: &[u8; 2] = b"C1";
+const GUARDED_MAGIC: &[u8; 2] = b"C2";
+/// A fill in progress: stored by `add` before registration, replaced with CAS by the
+/// result once the generation check passed. Lookups read it as a miss.
+pub(crate) const PENDING_MAGIC: &[u8; 2] = b"P1";
+/// Lifetime of a pending marker: far longer than a fill takes, short enough that a filler
+/// that died (or failed to delete it) blocks the key only briefly.
+pub(crate) const PENDING_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A pending marker unique to one fill, so a filler never publishes over another's marker.
+pub(crate) fn pending_marker() -> Vec<u8> {
+    let mut out = PENDING_MAGIC.to_vec();
+    out.extend_from_slice(&clock::random_start().to_le_bytes());
+    out.extend_from_slice(&clock::random_start().to_le_bytes());
+    out
+}
+
+/// Envelope of a published result: magic, the versions it was read under, in eviction-safe
+/// mode the flush lists it is registered on with their epochs, then the payload.
+pub(crate) fn envelope(versions: &[u64], guards: &[(String, u64)], payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(3 + versions.len() * 8 + payload.len());
+    out.extend_from_slice(if guards.is_empty() {
+        ENVELOPE_MAGIC
+    } else {
+        GUARDED_MAGIC
+    });
+    out.push(versions.len() as u8);
+    for v in versions {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    if !guards.is_empty() {
+        out.extend_from_slice(&(guards.len() as u16).to_le_bytes());
+        for (list, epoch) in guards {
+            out.push(list.len() as u8);
+            out.extend_from_slice(list.as_bytes());
+            out.extend_from_slice(&epoch.to_le_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A decoded envelope.
+pub(crate) struct Opened<'a> {
+    pub(crate) versions: Vec<u64>,
+    pub(crate) guards: Vec<(String, u64)>,
+    pub(crate) payload: &'a [u8],
+}
+
+/// Splits an envelope into its recorded versions, guards and payload; `None` for anything
+/// that is not a well-formed envelope.
+pub(crate) fn open_envelope(bytes: &[u8]) -> Option<Opened<'_>> {
+    let (guarded, rest) = match bytes.strip_prefix(ENVELOPE_MAGIC) {
+        Some(rest) => (false, rest),
+        None => (true, bytes.strip_prefix(GUARDED_MAGIC)?),
+    };
+    let (&n, mut rest) = rest.split_first()?;
+    let mut versions = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let (v, r) = rest.split_at_checked(8)?;
+        versions.push(u64::from_le_bytes(v.try_into().ok()?));
+        rest = r;
+    }
+    let mut guards = Vec::new();
+    if guarded {
+        let (count, r) = rest.split_at_checked(2)?;
+        rest = r;
+        for _ in 0..u16::from_le_bytes(count.try_into().ok()?) {
+            let (&len, r) = rest.split_first()?;
+            let (list, r) = r.split_at_checked(len as usize)?;
+            let (epoch, r) = r.split_at_checked(8)?;
+            guards.push((
+                String::from_utf8(list.to_vec()).ok()?,
+                u64::from_le_bytes(epoch.try_into().ok()?),
+            ));
+            rest = r;
+        }
+    }
+    Some(Opened {
+        versions,
+        guards,
+        payload: rest,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trips_and_rejects_garbage() {
+        let e = envelope(&[1, 2], &[], b"payload");
+        let o = open_envelope(&e).unwrap();
+        assert_eq!((o.versions, o.payload), (vec![1, 2], &b"payload"[..]));
+        assert!(o.guards.is_empty());
+        let g = envelope(&[3], &[("p:f:o:t:1".to_string(), 9)], b"x");
+        let o = open_envelope(&g).unwrap();
+        assert_eq!(o.guards, vec![("p:f:o:t:1".to_string(), 9)]);
+        assert_eq!(o.payload, b"x");
+        assert!(open_envelope(b"C1\x05short").is_none());
+        assert!(open_envelope(b"C2\x00\x05\x00").is_none());
+        assert!(open_envelope(b"xx").is_none());
+    }
+
+    #[test]
+    fn pending_markers_are_unique_and_never_envelopes() {
+        let (a, b) = (pending_marker(), pending_marker());
+        assert_ne!(a, b);
+        assert!(a.starts_with(PENDING_MAGIC));
+        assert!(open_envelope(&a).is_none());
+    }
+}

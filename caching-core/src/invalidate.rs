@@ -1,0 +1,206 @@
+//! The write path: what a write invalidates ([`Invalidation`]) and how
+//! ([`Cache::invalidate`]): bump the written tables' write generations (and versions, for
+//! whole-table invalidation), then delete everything reachable from the written rows' flush
+//! lists and clear the lists with CAS.
+//!
+//! Nothing the cache holds can make an invalidation skip work: a counter that is not a number
+//! is repaired and counts as bumped, a flush list that does not parse is treated as
+//! overflowed (its table's version is bumped), and a failing step does not stop the steps
+//! after it. An invalidation the backend could not take is not lost: it is queued and
+//! delivered in the background (see [`Cache::pending_invalidations`]).
+
+use std::collections::BTreeSet;
+
+use crate::clock;
+use crate::error::Result;
+use crate::flush::{self, InvalidationReport};
+use crate::hooks::HookRef;
+use crate::key::ObjectKey;
+use crate::stats::Counter;
+use crate::Cache;
+
+/// Tables touched by a write, and the rows whose flush lists must be walked.
+///
+/// ```
+/// use caching_core::{Invalidation, ObjectKey};
+/// let mut inv = Invalidation::new();
+/// inv.object(ObjectKey::new("addons", &["1"]));
+/// inv.object(ObjectKey::new("users", &["1"]));
+/// inv.whole_table("users");
+/// assert_eq!(inv.tables().count(), 2);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Invalidation {
+    written: BTreeSet<String>,
+    whole: BTreeSet<String>,
+    objects: BTreeSet<ObjectKey>,
+    keys: BTreeSet<String>,
+}
+
+impl Invalidation {
+    /// Nothing to invalidate.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A row was written (or is a foreign-key target of a written row): its flush list is
+    /// walked, and its model's write generation bumped.
+    pub fn object(&mut self, object: ObjectKey) -> &mut Self {
+        self.written.insert(object.model().to_string());
+        self.objects.insert(object);
+        self
+    }
+
+    /// `table` was written by a statement whose rows are unknown: bump its write generation
+    /// and its version (every cached query over it misses).
+    pub fn whole_table(&mut self, table: &str) -> &mut Self {
+        self.written.insert(table.to_string());
+        self.whole.insert(table.to_string());
+        self
+    }
+
+    /// `table` was written (bump its generation) without naming rows: for inserts whose
+    /// invalidation is otherwise by foreign-key targets only.
+    pub fn table_written(&mut self, table: &str) -> &mut Self {
+        self.written.insert(table.to_string());
+        self
+    }
+
+    /// Also walk the flush list of `flush_key` (a query's or a value's own list).
+    pub fn flush_list(&mut self, flush_key: String) -> &mut Self {
+        self.keys.insert(flush_key);
+        self
+    }
+
+    /// Adds everything from `other`.
+    pub fn merge(&mut self, other: Invalidation) -> &mut Self {
+        self.written.extend(other.written);
+        self.whole.extend(other.whole);
+        self.objects.extend(other.objects);
+        self.keys.extend(other.keys);
+        self
+    }
+
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.written.is_empty() && self.objects.is_empty() && self.keys.is_empty()
+    }
+
+    /// Tables whose generation will be bumped.
+    pub fn tables(&self) -> impl Iterator<Item = &str> {
+        self.written.iter().map(String::as_str)
+    }
+
+    /// Rows whose flush lists will be walked.
+    pub fn objects(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.objects.iter()
+    }
+
+    /// Whether a read of `table` may depend on what this invalidation deletes. Flush lists
+    /// named without a table ([`flush_list`](Invalidation::flush_list)) may protect anything.
+    pub(crate) fn may_affect(&self, table: &str) -> bool {
+        !self.keys.is_empty() || self.written.contains(table)
+    }
+}
+
+impl Cache {
+    /// Runs an invalidation: bump write generations (and versions of whole tables), then
+    /// delete everything reachable from the rows' flush lists and clear the lists with CAS.
+    ///
+    /// If the backend cannot take it (down, stalled, answering garbage), the invalidation is
+    /// not lost: it is queued and retried in the background until it is delivered, and until
+    /// then this cache's reads of the affected tables bypass the cache. The report says so
+    /// ([`InvalidationReport::deferred`]); the failure is counted in `failed_invalidations`
+    /// and logged. Only a process that exits with undelivered invalidations leaves entries
+    /// stale, until they expire (bound them with `max_timeout`).
+    pub fn invalidate(&self, inv: &Invalidation) -> Result<InvalidationReport> {
+        if inv.is_empty() {
+            return Ok(InvalidationReport::default());
+        }
+        self.inner.stats.inc(Counter::Invalidations);
+        match self.invalidate_once(inv) {
+            Ok(r) => {
+                tracing::debug!(tables = ?inv.written, objects = inv.objects.len(), deleted = r.deleted, "invalidated");
+                Ok(r)
+            }
+            Err(e) => {
+                self.inner.stats.inc(Counter::BackendErrors);
+                self.inner.stats.inc(Counter::FailedInvalidations);
+                tracing::warn!(error = %e, tables = ?inv.written, "invalidation not delivered; queued for retry (reads of these tables bypass the cache until it is delivered)");
+                self.inner.delivery.defer(self, inv.clone());
+                Ok(InvalidationReport {
+                    deferred: true,
+                    ..InvalidationReport::default()
+                })
+            }
+        }
+    }
+
+    /// One attempt at an invalidation. Every step runs even if an earlier one failed (a
+    /// deletion that can happen should); the first error is returned, and the caller
+    /// delivers the whole invalidation again later (each step is idempotent).
+    pub(crate) fn invalidate_once(&self, inv: &Invalidation) -> Result<InvalidationReport> {
+        let ks = &self.inner.keys;
+        let backend = &*self.inner.backend;
+        self.step("bump");
+        let mut counters: Vec<String> = inv.written.iter().map(|t| ks.generation_key(t)).collect();
+        counters.extend(inv.whole.iter().map(|t| ks.version_key(t)));
+        let bumped = clock::bump(backend, &counters);
+        if let Ok(repaired) = &bumped {
+            self.inner.stats.add(Counter::Repairs, *repaired);
+        }
+        let mut roots: Vec<String> = inv.objects.iter().map(|o| ks.flush_key(o)).collect();
+        roots.extend(inv.keys.iter().cloned());
+        let walked = flush::invalidate(backend, ks, roots, &HookRef(&self.inner.hook));
+        if let Ok(r) = &walked {
+            if r.repaired > 0 {
+                self.inner.stats.add(Counter::Repairs, r.repaired as u64);
+            }
+        }
+        bumped.and(walked)
+    }
+
+    /// Invalidates every query over `table` (and values tied to it), for writes made outside
+    /// the library.
+    ///
+    /// ```
+    /// let cache = caching_core::Cache::locmem();
+    /// cache.invalidate_table("users").unwrap();
+    /// assert_eq!(cache.stats().invalidations, 1);
+    /// ```
+    pub fn invalidate_table(&self, table: &str) -> Result<()> {
+        let mut inv = Invalidation::new();
+        inv.whole_table(table);
+        self.invalidate(&inv).map(|_| ())
+    }
+
+    /// Invalidates every entry of this cache's key space (bumps the namespace version)
+    /// without `flush_all`, so other prefixes on the same server are untouched. If the
+    /// backend cannot take it now, it is queued like any invalidation (and every read of this
+    /// cache bypasses it until delivered).
+    ///
+    /// ```
+    /// use caching_core::{Cache, Timeout};
+    /// let cache = Cache::locmem();
+    /// let a: u32 = cache.cached("k", Timeout::Forever, || 1);
+    /// cache.invalidate_everything().unwrap();
+    /// let b: u32 = cache.cached("k", Timeout::Forever, || 2);
+    /// assert_eq!((a, b), (1, 2));
+    /// ```
+    pub fn invalidate_everything(&self) -> Result<()> {
+        self.inner.stats.inc(Counter::Invalidations);
+        if let Err(e) = self.bump_namespace() {
+            self.inner.stats.inc(Counter::BackendErrors);
+            self.inner.stats.inc(Counter::FailedInvalidations);
+            tracing::warn!(error = %e, "namespace bump not delivered; queued for retry");
+            self.inner.delivery.defer_everything(self);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn bump_namespace(&self) -> Result<()> {
+        let repaired = clock::bump(&*self.inner.backend, &[self.inner.keys.namespace_key()])?;
+        self.inner.stats.add(Counter::Repairs, repaired);
+        Ok(())
+    }
+}

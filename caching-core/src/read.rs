@@ -1,0 +1,599 @@
+//! The read path, in one place: [`Cache::read_through`] looks up, serves a hit, or loads and
+//! fills, and every cached read of the library (queries, counts, raw SQL, manual values) goes
+//! through it. `docs/src/protocol.md` states the steps and why they leave nothing stale:
+//!
+//! 1. **lookup**: one multi-get of the entry, the namespace and table versions, and the
+//!    tables' write generations. A hit is an envelope whose recorded versions equal the
+//!    current ones (in eviction-safe mode, whose flush lists also still carry the epochs
+//!    recorded at fill time).
+//! 2. **read**: on a miss the caller's loader reads the database.
+//! 3. **add** a pending marker (add-only), 4. **register** on the flush lists, 5. **check**
+//!    that no write generation moved, 6. **publish** the result over the marker with CAS.
+//!
+//! A read of a table with an invalidation this process could not deliver yet bypasses the
+//! cache (see [`Cache::pending_invalidations`]): a process always reads its own writes.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::backend::CasOutcome;
+use crate::clock;
+use crate::codec::{Codec, JsonCodec};
+use crate::envelope::{envelope, open_envelope, pending_marker, PENDING_MAGIC, PENDING_TTL};
+use crate::error::{Error, Result};
+use crate::flush::{self, Registrations};
+use crate::key::KeySpace;
+use crate::stats::Counter;
+use crate::timeout::{Expiry, Timeout};
+use crate::{Cache, ObjectKey};
+
+/// What a lookup found.
+#[derive(Debug)]
+pub struct Lookup {
+    /// The cached payload, on a hit.
+    pub hit: Option<Vec<u8>>,
+    /// What a fill after a miss must know about the state seen at lookup time.
+    pub token: FillToken,
+}
+
+/// State observed by a lookup, carried to the fill that follows a miss.
+#[derive(Debug, Clone)]
+pub struct FillToken {
+    key: String,
+    versions: Vec<u64>,
+    generation_keys: Vec<String>,
+    generations: Vec<u64>,
+}
+
+impl FillToken {
+    /// The entry key this token belongs to.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// What a fill did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillOutcome {
+    /// Stored and registered; it stays cached.
+    Stored,
+    /// Another reader stored the entry first; theirs stays.
+    AlreadyCached,
+    /// The value exceeds the backend's item size.
+    TooLarge,
+    /// A write to one of the tables committed during the fill (or deleted the pending
+    /// entry): nothing was published.
+    Raced,
+    /// A flush-list registration failed: the entry was deleted.
+    Unregistered,
+}
+
+/// Which tables' write generations an entry records: any write to them makes it miss, even
+/// when no flush list links the write to the entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Guarded<'a> {
+    /// None: flush lists protect the entry (results made of model rows).
+    #[default]
+    None,
+    /// Every table read (counts and aggregates: no row of theirs is in the result).
+    All,
+    /// These tables (read by a subquery, say, whose rows are not in the result).
+    Tables(&'a [&'a str]),
+}
+
+/// One cached read, as [`Cache::read_through`] runs it: the entry key, the tables it reads,
+/// which tables' writes it must miss after, its timeout, and whether it may be filled.
+///
+/// ```
+/// use caching_core::{Cache, ReadPlan, Timeout};
+/// let cache = Cache::locmem();
+/// let plan = ReadPlan::new("app:q:1", &["users"]).guard_all().timeout(Timeout::Forever);
+/// let (n, _) = cache
+///     .read_through(&plan, || Ok::<_, std::convert::Infallible>(3u32), |_, _| Ok(()))
+///     .unwrap();
+/// assert_eq!(n, 3);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ReadPlan<'a> {
+    key: &'a str,
+    tables: &'a [&'a str],
+    guarded: Guarded<'a>,
+    timeout: Timeout,
+    cap: Option<Expiry>,
+    no_fill: Option<&'static str>,
+    bypass: Option<&'static str>,
+}
+
+impl<'a> ReadPlan<'a> {
+    /// A read of entry `key` (built by the cache's [`KeySpace`]) over `tables`.
+    pub fn new(key: &'a str, tables: &'a [&'a str]) -> Self {
+        ReadPlan {
+            key,
+            tables,
+            guarded: Guarded::None,
+            timeout: Timeout::Default,
+            cap: None,
+            no_fill: None,
+            bypass: None,
+        }
+    }
+
+    /// Any write to any of the tables makes the entry miss (counts, aggregates).
+    pub fn guard_all(mut self) -> Self {
+        self.guarded = Guarded::All;
+        self
+    }
+
+    /// Any write to one of `tables` (a subset of the tables read) makes the entry miss.
+    pub fn guard(mut self, tables: &'a [&'a str]) -> Self {
+        self.guarded = Guarded::Tables(tables);
+        self
+    }
+
+    /// The entry's timeout (resolved against the cache's default and maximum).
+    pub fn timeout(mut self, timeout: Timeout) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// A further cap on the entry's lifetime (replica reads).
+    pub fn cap(mut self, cap: Expiry) -> Self {
+        self.cap = Some(cap);
+        self
+    }
+
+    /// Serve hits, but do not fill after a miss (`why` is logged and counted): reads inside
+    /// a transaction, whose snapshot the fill protocol cannot order against writes.
+    pub fn no_fill(mut self, why: &'static str) -> Self {
+        self.no_fill = Some(why);
+        self
+    }
+
+    /// Do not use the cache at all for this read (`why` is logged and counted).
+    pub fn bypass(mut self, why: &'static str) -> Self {
+        self.bypass = Some(why);
+        self
+    }
+
+    /// The entry key.
+    pub fn key(&self) -> &str {
+        self.key
+    }
+}
+
+/// How [`Cache::read_through`] answered a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// From the cache.
+    Hit,
+    /// From the loader, after a miss (the result was stored if it could be).
+    Miss,
+    /// From the loader without asking the cache, for the reason given.
+    Bypassed(&'static str),
+}
+
+/// Something values can be tied to with [`Cache::cached_with`]: an object, a query.
+pub trait FlushTarget {
+    /// The target's flush list in key space `keys`, or `None` if it has no cache key (then
+    /// `cached_with` just calls the function).
+    fn flush_key(&self, keys: &KeySpace) -> Option<String>;
+    /// The tables the target is read from (their write generations guard the fill).
+    fn tables(&self) -> Vec<String>;
+}
+
+impl FlushTarget for ObjectKey {
+    fn flush_key(&self, keys: &KeySpace) -> Option<String> {
+        Some(keys.flush_key(self))
+    }
+    fn tables(&self) -> Vec<String> {
+        vec![self.model().to_string()]
+    }
+}
+
+impl<T: FlushTarget + ?Sized> FlushTarget for &T {
+    fn flush_key(&self, keys: &KeySpace) -> Option<String> {
+        (**self).flush_key(keys)
+    }
+    fn tables(&self) -> Vec<String> {
+        (**self).tables()
+    }
+}
+
+impl<T: FlushTarget> FlushTarget for Option<T> {
+    fn flush_key(&self, keys: &KeySpace) -> Option<String> {
+        self.as_ref().and_then(|t| t.flush_key(keys))
+    }
+    fn tables(&self) -> Vec<String> {
+        self.as_ref().map(|t| t.tables()).unwrap_or_default()
+    }
+}
+
+impl Cache {
+    /// Reads through the cache: a hit is decoded and returned; on a miss `load` runs, then
+    /// `register` names the flush lists the result must be registered on (or refuses the
+    /// fill, with a reason), and the result is filled by the protocol of
+    /// `docs/src/protocol.md`. The cache failing only means `load` runs: errors are logged
+    /// and counted, never returned; `load`'s own error is returned as is.
+    ///
+    /// ```
+    /// use caching_core::{Cache, ObjectKey, ReadOutcome, ReadPlan, Registrations};
+    /// let cache = Cache::locmem();
+    /// let key = cache.keys().manual_key("users-page-1");
+    /// let user = ObjectKey::new("users", &["1"]);
+    /// let plan = ReadPlan::new(&key, &["users"]);
+    /// let register = |_: &Vec<String>, regs: &mut Registrations| {
+    ///     regs.row(cache.keys(), &user, &key);
+    ///     Ok(())
+    /// };
+    /// let load = || Ok::<_, std::io::Error>(vec!["fliggy".to_string()]);
+    /// let (_, first) = cache.read_through(&plan, load, register).unwrap();
+    /// let (rows, second) = cache.read_through(&plan, load, register).unwrap();
+    /// assert_eq!((first, second), (ReadOutcome::Miss, ReadOutcome::Hit));
+    /// assert_eq!(rows, vec!["fliggy".to_string()]);
+    /// ```
+    pub fn read_through<T, E, L, R>(
+        &self,
+        plan: &ReadPlan<'_>,
+        load: L,
+        register: R,
+    ) -> std::result::Result<(T, ReadOutcome), E>
+    where
+        T: Serialize + DeserializeOwned,
+        L: FnOnce() -> std::result::Result<T, E>,
+        R: FnOnce(&T, &mut Registrations) -> std::result::Result<(), &'static str>,
+    {
+        let key = plan.key;
+        let bypass = plan.bypass.or_else(|| {
+            self.inner
+                .delivery
+                .blocks(plan.tables)
+                .then_some("undelivered invalidation")
+        });
+        if let Some(why) = bypass {
+            self.inner.stats.inc(Counter::BypassedReads);
+            tracing::debug!(key, why, "cache bypassed");
+            return load().map(|v| (v, ReadOutcome::Bypassed(why)));
+        }
+        let guarded: &[&str] = match plan.guarded {
+            Guarded::None => &[],
+            Guarded::All => plan.tables,
+            Guarded::Tables(t) => t,
+        };
+        let lookup = match self.lookup_inner(key, plan.tables, guarded) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                self.record_backend_error("lookup", &e);
+                None
+            }
+        };
+        if let Some(bytes) = lookup.as_ref().and_then(|l| l.hit.as_deref()) {
+            match JsonCodec::decode::<T>(bytes) {
+                Ok(v) => {
+                    self.inner.stats.inc(Counter::Hits);
+                    tracing::debug!(key, "cache hit");
+                    return Ok((v, ReadOutcome::Hit));
+                }
+                Err(e) => self.record_decode_error(key, &e),
+            }
+        }
+        self.inner.stats.inc(Counter::Misses);
+        tracing::debug!(key, "cache miss");
+        self.step("read");
+        let value = load()?;
+        let Some(lookup) = lookup else {
+            return Ok((value, ReadOutcome::Miss));
+        };
+        let mut regs = Registrations::new();
+        let refused = plan.no_fill.map_or_else(|| register(&value, &mut regs), Err);
+        if let Err(why) = refused {
+            self.inner.stats.inc(Counter::SkippedFills);
+            tracing::debug!(key, why, "cache fill skipped");
+            return Ok((value, ReadOutcome::Miss));
+        }
+        let payload = match JsonCodec::encode(&value) {
+            Ok(p) => p,
+            Err(e) => {
+                self.inner.stats.inc(Counter::SkippedFills);
+                tracing::warn!(key, error = %e, "result did not encode; not cached");
+                return Ok((value, ReadOutcome::Miss));
+            }
+        };
+        let mut expiry = self.expiry(plan.timeout);
+        if let Some(cap) = plan.cap {
+            expiry = expiry.min(cap);
+        }
+        if let Err(e) = self.fill_counted(&lookup.token, &payload, &regs, expiry) {
+            self.record_backend_error("fill", &e);
+        }
+        Ok((value, ReadOutcome::Miss))
+    }
+
+    /// Counts a payload that failed to decode and deletes it; it is served as a miss.
+    fn record_decode_error(&self, key: &str, err: &Error) {
+        self.inner.stats.inc(Counter::DecodeErrors);
+        tracing::warn!(key, error = %err, "cached value did not decode; deleting it");
+        if let Err(e) = self.inner.backend.delete(key) {
+            self.record_backend_error("delete", &e);
+        }
+    }
+
+    pub(crate) fn lookup_inner(
+        &self,
+        key: &str,
+        tables: &[&str],
+        guarded: &[&str],
+    ) -> Result<Lookup> {
+        self.step("lookup");
+        let ks = &self.inner.keys;
+        let mut version_keys = vec![ks.namespace_key()];
+        version_keys.extend(tables.iter().map(|t| ks.version_key(t)));
+        let generation_keys: Vec<String> = tables.iter().map(|t| ks.generation_key(t)).collect();
+        let mut all: Vec<&str> = Vec::with_capacity(1 + version_keys.len() + generation_keys.len());
+        all.push(key);
+        all.extend(version_keys.iter().map(String::as_str));
+        all.extend(generation_keys.iter().map(String::as_str));
+        let mut got = self.inner.backend.get_multi(&all)?;
+        let counters: Vec<Option<u64>> = all[1..]
+            .iter()
+            .map(|k| got.get(*k).and_then(|i| clock::parse(&i.value)))
+            .collect();
+        let counters: Vec<u64> = if counters.iter().all(Option::is_some) {
+            counters.into_iter().flatten().collect()
+        } else {
+            clock::ensure(&*self.inner.backend, &all[1..])?
+        };
+        let (versions, generations) = counters.split_at(version_keys.len());
+        let mut recorded_now = versions.to_vec();
+        for (t, g) in tables.iter().zip(generations) {
+            if guarded.contains(t) {
+                recorded_now.push(*g);
+            }
+        }
+        let hit = got
+            .remove(key)
+            .and_then(|item| match open_envelope(&item.value) {
+                Some(e) if e.versions == recorded_now => {
+                    if e.guards.is_empty() || self.guards_hold(&e.guards) {
+                        Some(e.payload.to_vec())
+                    } else {
+                        // A flush list it relies on was evicted (or evicted and re-created):
+                        // a write may have missed it.
+                        let _ = self.inner.backend.delete(key);
+                        None
+                    }
+                }
+                Some(_) => {
+                    // Recorded under versions that have changed since: it can never hit again,
+                    // and while it sits there the add-only fill after this miss cannot replace it.
+                    let _ = self.inner.backend.delete(key);
+                    None
+                }
+                // Another reader's fill in progress: a miss, and not ours to delete.
+                None if item.value.starts_with(PENDING_MAGIC) => None,
+                None => {
+                    self.inner.stats.inc(Counter::DecodeErrors);
+                    let _ = self.inner.backend.delete(key);
+                    None
+                }
+            });
+        Ok(Lookup {
+            hit,
+            token: FillToken {
+                key: key.to_string(),
+                versions: recorded_now,
+                generation_keys,
+                generations: generations.to_vec(),
+            },
+        })
+    }
+
+    /// Eviction-safe mode: whether every flush list an entry is registered on still exists
+    /// with the epoch recorded at fill time. One more round trip; a backend error reads as
+    /// "does not hold".
+    fn guards_hold(&self, guards: &[(String, u64)]) -> bool {
+        let keys: Vec<&str> = guards.iter().map(|(k, _)| k.as_str()).collect();
+        match self.inner.backend.get_multi(&keys) {
+            Ok(lists) => guards.iter().all(|(k, epoch)| {
+                lists
+                    .get(k)
+                    .and_then(|i| flush::epoch_of(&i.value))
+                    .is_some_and(|e| e == *epoch)
+            }),
+            Err(e) => {
+                self.record_backend_error("guard check", &e);
+                false
+            }
+        }
+    }
+
+    /// Stores `payload` after a miss, counting the outcome; on an error, deletes whatever
+    /// the fill may have stored (an entry whose registration is unknown must not stay).
+    pub(crate) fn fill_counted(
+        &self,
+        token: &FillToken,
+        payload: &[u8],
+        regs: &Registrations,
+        expiry: Expiry,
+    ) -> Result<FillOutcome> {
+        let outcome = self.fill_inner(token, payload, regs, expiry);
+        let counter = match &outcome {
+            Ok(FillOutcome::Stored) => Counter::Fills,
+            _ => Counter::SkippedFills,
+        };
+        self.inner.stats.inc(counter);
+        tracing::debug!(key = token.key, outcome = ?outcome, "cache fill");
+        if outcome.is_err() {
+            let _ = self.inner.backend.delete(&token.key);
+        }
+        outcome
+    }
+
+    /// Add a pending marker (add-only), register on the flush lists, re-check the write
+    /// generations seen at lookup, then publish the result over the marker with CAS. On a
+    /// race or a failed registration the marker is deleted, so nothing stale or unregistered
+    /// stays, and no reader ever sees the result before the check passed.
+    fn fill_inner(
+        &self,
+        token: &FillToken,
+        payload: &[u8],
+        regs: &Registrations,
+        expiry: Expiry,
+    ) -> Result<FillOutcome> {
+        let backend = &*self.inner.backend;
+        if token.versions.len() > usize::from(u8::MAX) {
+            // More tables than the envelope records: not cacheable (never truncate a guard).
+            return Ok(FillOutcome::TooLarge);
+        }
+        // Eviction-safe mode guards every list the fill writes to: the rows' own lists and
+        // their foreign-key targets' lists, which hold the links through which a write to a
+        // parent (a child created or moved under it) reaches this entry.
+        let guard_lists: Vec<&str> = if self.inner.config.eviction_safe {
+            regs.lists().collect()
+        } else {
+            Vec::new()
+        };
+        if guard_lists.len() > usize::from(u16::MAX) {
+            return Ok(FillOutcome::TooLarge);
+        }
+        let guard_bytes: usize = guard_lists.iter().map(|l| l.len() + 9).sum::<usize>() + 2;
+        if token.versions.len() * 8 + guard_bytes + payload.len() + token.key.len() + 64
+            > backend.max_item_size()
+        {
+            return Ok(FillOutcome::TooLarge);
+        }
+        self.step("add");
+        let marker = pending_marker();
+        let pending = expiry.min(Expiry::from_duration(PENDING_TTL));
+        if !backend.add(&token.key, &marker, pending)? {
+            return Ok(FillOutcome::AlreadyCached);
+        }
+        self.step("register");
+        let reg = flush::register(backend, &self.inner.keys, regs, self.inner.config.eviction_safe)?;
+        if reg.overflows > 0 {
+            self.inner.stats.add(Counter::Overflows, reg.overflows);
+        }
+        if !reg.complete {
+            backend.delete(&token.key)?;
+            return Ok(FillOutcome::Unregistered);
+        }
+        self.step("check");
+        let mut refs: Vec<&str> = vec![&token.key];
+        refs.extend(token.generation_keys.iter().map(String::as_str));
+        let gens_end = refs.len();
+        refs.extend(guard_lists.iter().copied());
+        let now = backend.get_multi(&refs)?;
+        let unchanged = refs[1..gens_end]
+            .iter()
+            .zip(&token.generations)
+            .all(|(k, g0)| now.get(*k).and_then(|i| clock::parse(&i.value)) == Some(*g0));
+        if !unchanged {
+            backend.delete(&token.key)?;
+            return Ok(FillOutcome::Raced);
+        }
+        // Our marker must still be there: a writer that found the registration deletes it,
+        // and then this result must not be published.
+        let Some(cas) = now
+            .get(&token.key)
+            .filter(|i| i.value == marker)
+            .map(|i| i.cas)
+        else {
+            return Ok(FillOutcome::Raced);
+        };
+        // Eviction-safe mode: record each list's epoch, read after our registration and only
+        // if the list still holds what we registered on it (a list evicted and re-created
+        // meanwhile does not).
+        let mut guards = Vec::with_capacity(guard_lists.len());
+        for list in &guard_lists {
+            let epoch = now
+                .get(*list)
+                .filter(|i| flush::holds_all(&i.value, regs.tokens_of(list)))
+                .and_then(|i| flush::epoch_of(&i.value));
+            match epoch {
+                Some(e) => guards.push((list.to_string(), e)),
+                None => {
+                    backend.delete(&token.key)?;
+                    return Ok(FillOutcome::Unregistered);
+                }
+            }
+        }
+        let value = envelope(&token.versions, &guards, payload);
+        self.step("publish");
+        match backend.cas(&token.key, &value, expiry, cas)? {
+            CasOutcome::Stored => Ok(FillOutcome::Stored),
+            // Deleted (or replaced) by a writer since the check: its invalidation wins.
+            CasOutcome::Changed | CasOutcome::Missing => Ok(FillOutcome::Raced),
+        }
+    }
+
+    /// Manual caching: returns the value cached under `key`, or calls `f`, caches its result
+    /// for `timeout` and returns it. The cache being down only means `f` runs every time.
+    ///
+    /// ```
+    /// use caching_core::{Cache, Timeout};
+    /// let cache = Cache::locmem();
+    /// let v: String = cache.cached("greeting", Timeout::Default, || "hello".to_string());
+    /// assert_eq!(v, "hello");
+    /// ```
+    pub fn cached<T, F>(&self, key: &str, timeout: Timeout, f: F) -> T
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> T,
+    {
+        let k = self.keys().manual_key(key);
+        let plan = ReadPlan::new(&k, &[]).timeout(timeout);
+        let ok = |v| Ok::<T, std::convert::Infallible>(v);
+        match self.read_through(&plan, || ok(f()), |_, _| Ok(())) {
+            Ok((v, _)) => v,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Like [`cached`](Cache::cached), with the value tied to `target`'s flush list: a write
+    /// that invalidates the target (an object, a query) deletes the value. A target without a
+    /// flush key makes this a plain call of `f`.
+    ///
+    /// ```
+    /// use caching_core::{Cache, Invalidation, ObjectKey, Timeout};
+    /// let cache = Cache::locmem();
+    /// let user = ObjectKey::new("users", &["1"]);
+    /// let a: u32 = cache.cached_with(&user, "score", Timeout::Forever, || 1);
+    /// let b: u32 = cache.cached_with(&user, "score", Timeout::Forever, || 2);
+    /// assert_eq!((a, b), (1, 1));
+    /// let mut inv = Invalidation::new();
+    /// inv.object(user.clone());
+    /// cache.invalidate(&inv).unwrap();
+    /// let c: u32 = cache.cached_with(&user, "score", Timeout::Forever, || 3);
+    /// assert_eq!(c, 3);
+    /// ```
+    pub fn cached_with<T, F, X>(&self, target: &X, key: &str, timeout: Timeout, f: F) -> T
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> T,
+        X: FlushTarget + ?Sized,
+    {
+        let Some(flush_key) = target.flush_key(self.keys()) else {
+            return f();
+        };
+        let k = self.keys().manual_key(&format!("{key}@{flush_key}"));
+        let tables = target.tables();
+        let table_refs: Vec<&str> = tables.iter().map(String::as_str).collect();
+        let version_key = tables
+            .first()
+            .map(|t| self.keys().version_key(t))
+            .unwrap_or_else(|| self.keys().namespace_key());
+        let plan = ReadPlan::new(&k, &table_refs).timeout(timeout);
+        let register = |_: &T, regs: &mut Registrations| {
+            regs.on_list(flush_key.clone(), version_key, &k);
+            Ok(())
+        };
+        let ok = |v| Ok::<T, std::convert::Infallible>(v);
+        match self.read_through(&plan, || ok(f()), register) {
+            Ok((v, _)) => v,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Deletes a manual key (`cached`).
+    pub fn delete_manual(&self, key: &str) -> Result<()> {
+        self.inner.backend.delete(&self.keys().manual_key(key))
+    }
+}
