@@ -14,7 +14,9 @@
 //!   and restart (the "server went away" cases).
 //! - [`RecordingBackend`]: a real backend wrapped to record every key it is sent.
 //! - [`memcached_ttl`]: asks memcached for the remaining lifetime of an item (meta protocol),
-//!   to check what expiry actually reached the server.
+//!   to check what expiry actually reached the server; [`memcached_expiry`] reads it with the
+//!   server's clock, for expiries sent as unix times (memcached's clock may lag the wall
+//!   clock).
 //! - [`query_key`], [`fill_query`], [`is_hit`], [`QueryFlushTarget`]: the read path of a
 //!   query without a database, as `caching-diesel` drives it (look up, miss, fill with
 //!   flush-list registrations).
@@ -308,6 +310,12 @@ impl FlushTarget for QueryFlushTarget {
 /// Asks the memcached server at `addr` (`host:port`) how long `key` still lives, with the
 /// meta protocol's `mg KEY t`: `Some(-1)` for no expiry, `Some(seconds)` otherwise, `None`
 /// when the key is missing. Needs memcached 1.6 or later.
+///
+/// The answer is by the server's own clock. That is exact for relative expiries (up to 30
+/// days), which the server counts from its own now; an expiry over 30 days is sent as a unix
+/// time computed from the client's wall clock, and memcached's clock can lag the wall clock
+/// (by tens of seconds on a long-running, loaded server): check those with
+/// [`memcached_expiry`] instead.
 pub fn memcached_ttl(addr: &str, key: &str) -> std::io::Result<Option<i64>> {
     let stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -315,6 +323,11 @@ pub fn memcached_ttl(addr: &str, key: &str) -> std::io::Result<Option<i64>> {
     reader
         .get_mut()
         .write_all(format!("mg {key} t\r\n").as_bytes())?;
+    read_mg_ttl(&mut reader, key)
+}
+
+/// Reads the answer to `mg KEY t`.
+fn read_mg_ttl(reader: &mut impl BufRead, key: &str) -> std::io::Result<Option<i64>> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let line = line.trim_end();
@@ -331,6 +344,95 @@ pub fn memcached_ttl(addr: &str, key: &str) -> std::io::Result<Option<i64>> {
             "unexpected answer to mg {key} t: {line:?}"
         ))),
     }
+}
+
+/// An item's remaining lifetime read together with the clock it is counted on: see
+/// [`memcached_expiry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemcachedExpiry {
+    /// Remaining lifetime in seconds by the server's clock (`mg KEY t`), `-1` for no expiry.
+    pub ttl: i64,
+    /// The server's idea of now, in unix seconds (`stats` field `time`), in the same instant.
+    pub server_time: i64,
+    /// The wall clock (unix seconds) right after the server answered.
+    pub wall_time: i64,
+}
+
+impl MemcachedExpiry {
+    /// The unix time at which the item expires, `None` for no expiry. Clock skew cancels out:
+    /// for an expiry sent as a unix time (over 30 days), this is exactly the value the client
+    /// sent, however far the server's clock lags the wall clock.
+    pub fn expires_at(&self) -> Option<i64> {
+        (self.ttl >= 0).then_some(self.server_time + self.ttl)
+    }
+
+    /// How many seconds the server's clock is behind the wall clock (negative: ahead), to
+    /// within a second.
+    pub fn clock_lag(&self) -> i64 {
+        self.wall_time - self.server_time
+    }
+}
+
+/// Like [`memcached_ttl`], together with the server's clock: `mg KEY t` and `stats` are sent
+/// in one write and answered back to back, from the same reading of the server's clock (or
+/// one tick apart). `None` when the key is missing.
+///
+/// memcached counts lifetimes on its own clock, which can lag the wall clock by tens of
+/// seconds on a long-running, loaded server, while a client sends an expiry over 30 days as a
+/// unix time from its wall clock. A check of such an expiry compares
+/// [`expires_at`](MemcachedExpiry::expires_at) (the server's now plus the remaining
+/// lifetime: the skew cancels) with the wall clock at the store plus the timeout.
+///
+/// ```no_run
+/// # let (addr, key) = ("127.0.0.1:11211", "app:q:1");
+/// let stored = caching_tests::unix_time(); // just before storing with a 40-day timeout
+/// // ... store ...
+/// let stored_by = caching_tests::unix_time();
+/// let e = caching_tests::memcached_expiry(addr, key).unwrap().expect("still there");
+/// let want = 40 * 24 * 3600;
+/// assert!((stored + want..=stored_by + want + 1).contains(&e.expires_at().unwrap()));
+/// ```
+pub fn memcached_expiry(addr: &str, key: &str) -> std::io::Result<Option<MemcachedExpiry>> {
+    let stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream);
+    reader
+        .get_mut()
+        .write_all(format!("mg {key} t\r\nstats\r\n").as_bytes())?;
+    let ttl = read_mg_ttl(&mut reader, key)?;
+    let mut server_time = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::other("connection closed during stats"));
+        }
+        let line = line.trim_end();
+        if line == "END" {
+            break;
+        }
+        if let Some(t) = line.strip_prefix("STAT time ") {
+            server_time = t.parse::<i64>().ok();
+        } else if !line.starts_with("STAT ") {
+            return Err(std::io::Error::other(format!(
+                "unexpected answer to stats: {line:?}"
+            )));
+        }
+    }
+    let wall_time = unix_time();
+    let server_time = server_time.ok_or_else(|| std::io::Error::other("stats reported no time"))?;
+    Ok(ttl.map(|ttl| MemcachedExpiry {
+        ttl,
+        server_time,
+        wall_time,
+    }))
+}
+
+/// The wall clock in whole unix seconds (as a client computes an absolute expiry).
+pub fn unix_time() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// A real backend that records every key it is sent (reads and writes), so a test can check

@@ -17,8 +17,8 @@ use caching_core::{
     ObjectKey, Registrations, Timeout,
 };
 use caching_tests::{
-    cached_payload, each_cache, fill_query, is_hit, memcached_server_of, memcached_ttl,
-    memcached_url, query_key, test_memcached_options, unique_prefix, MemcachedProcess,
+    cached_payload, each_cache, fill_query, is_hit, memcached_expiry, memcached_server_of,
+    memcached_url, query_key, test_memcached_options, unique_prefix, unix_time, MemcachedProcess,
     QueryFlushTarget,
 };
 
@@ -326,6 +326,7 @@ fn a_ttl_over_thirty_days_is_readable_right_after_the_set() {
     ) {
         let b = cache.backend();
         let (set, add, cas) = (k(&cache, "set"), k(&cache, "add"), k(&cache, "cas"));
+        let stored = unix_time();
         b.set(&set, b"s", forty_days).unwrap();
         assert!(b.add(&add, b"a", forty_days).unwrap(), "{name}");
         b.set(&cas, b"c", Expiry::Forever).unwrap();
@@ -335,20 +336,32 @@ fn a_ttl_over_thirty_days_is_readable_right_after_the_set() {
             CasOutcome::Stored,
             "{name}"
         );
+        let stored_by = unix_time();
         let got = b.get_multi(&[&set, &add, &cas]).unwrap();
         assert_eq!(got.len(), 3, "{name}: {got:?}");
         assert_eq!(got[&cas].value, b"c2", "{name}");
 
         if name == "memcached" {
             let url = memcached_url("ttl probe").expect("memcached runs only with MEMCACHED_URL");
+            // The exptime is a unix time from our wall clock; memcached counts the remaining
+            // lifetime on its own clock, which may lag ours: compare the expiry instant
+            // (server's now + remaining lifetime, where the lag cancels) with the store's
+            // wall-clock time + 40 days. The server's two readings may be a tick apart.
+            let want = (40 * DAY) as i64;
             for key in [&set, &add, &cas] {
-                let ttl = memcached_ttl(&memcached_server_of(&url, key), key)
+                let e = memcached_expiry(&memcached_server_of(&url, key), key)
                     .unwrap()
                     .unwrap_or_else(|| panic!("{key} is gone"));
-                let want = (40 * DAY) as i64;
+                let at = e.expires_at();
                 assert!(
-                    (want - 120..=want + 1).contains(&ttl),
-                    "{key}: remaining lifetime {ttl} s, expected about 40 days"
+                    at.is_some_and(|at| (stored + want..=stored_by + want + 1).contains(&at)),
+                    "{key}: expires at {at:?} (remaining {} s by the server's clock, which is \
+                     {} s behind the wall clock); expected 40 days after the store, at \
+                     {}..={}",
+                    e.ttl,
+                    e.clock_lag(),
+                    stored + want,
+                    stored_by + want
                 );
             }
         }

@@ -11,9 +11,9 @@ use caching_core::{
     Registrations, Timeout,
 };
 use caching_tests::{
-    each_backend, each_cache, fill_query, is_hit, list_tokens, memcached_server_of,
-    memcached_servers, memcached_ttl, memcached_url, query_key, unique_prefix, QueryFlushTarget,
-    RecordingBackend,
+    each_backend, each_cache, fill_query, is_hit, list_tokens, memcached_expiry,
+    memcached_server_of, memcached_servers, memcached_ttl, memcached_url, query_key, unique_prefix,
+    unix_time, QueryFlushTarget, RecordingBackend,
 };
 
 const DAY: u64 = 24 * 3600;
@@ -445,10 +445,12 @@ fn scenario_29_forever_is_no_expiry_and_long_timeouts_work() {
             "{name}"
         );
         let mut calls = 0;
+        let stored = unix_time();
         for _ in 0..2 {
             cached_counting(&cache, "forever", Timeout::Forever, &mut calls, "f");
             cached_counting(&cache, "forty days", forty_days, &mut calls, "d");
         }
+        let stored_by = unix_time();
         assert_eq!(
             calls, 2,
             "{name}: both served from the cache on the second call"
@@ -460,12 +462,24 @@ fn scenario_29_forever_is_no_expiry_and_long_timeouts_work() {
                 Some(-1),
                 "exptime 0"
             );
-            let ttl =
-                memcached_remaining(&ks.manual_key("forty days")).expect("40-day value is gone");
+            // Sent as a unix time from our wall clock; memcached's clock may lag it, so
+            // compare the expiry instant (where the lag cancels) with the store's time + 40
+            // days. The server's two readings may be a tick apart.
+            let key = ks.manual_key("forty days");
+            let url = memcached_url("ttl probe").expect("memcached runs only with MEMCACHED_URL");
+            let e = memcached_expiry(&memcached_server_of(&url, &key), &key)
+                .unwrap()
+                .expect("40-day value is gone");
             let want = (40 * DAY) as i64;
+            let at = e.expires_at();
             assert!(
-                (want - 120..=want + 1).contains(&ttl),
-                "remaining {ttl} s, expected about 40 days"
+                at.is_some_and(|at| (stored + want..=stored_by + want + 1).contains(&at)),
+                "expires at {at:?} (remaining {} s by the server's clock, which is {} s behind \
+                 the wall clock); expected 40 days after the store, at {}..={}",
+                e.ttl,
+                e.clock_lag(),
+                stored + want,
+                stored_by + want
             );
         }
     }
