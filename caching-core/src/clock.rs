@@ -108,7 +108,10 @@ fn bump_one(backend: &dyn Backend, key: &str, repaired: &mut u64) -> Result<()> 
 /// Replaces a counter that is not a number by a fresh random value: the same as an eviction
 /// and re-creation, so every reader sees it as changed.
 fn repair(backend: &dyn Backend, key: &str, repaired: &mut u64) -> Result<()> {
-    tracing::warn!(key, "counter is not a number; replacing it with a fresh value");
+    tracing::warn!(
+        key,
+        "counter is not a number; replacing it with a fresh value"
+    );
     backend.set(key, random_start().to_string().as_bytes(), Expiry::Forever)?;
     *repaired += 1;
     Ok(())

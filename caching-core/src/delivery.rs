@@ -124,7 +124,9 @@ impl Delivery {
         match spawned {
             Ok(_) => st.worker = true,
             // The queue stays; the next deferred invalidation tries again.
-            Err(e) => tracing::error!(error = %e, "could not start the invalidation delivery thread"),
+            Err(e) => {
+                tracing::error!(error = %e, "could not start the invalidation delivery thread")
+            }
         }
     }
 }

@@ -101,7 +101,9 @@ impl Registrations {
 
     /// The tokens this registration appends to `list`.
     pub(crate) fn tokens_of(&self, list: &str) -> &[String] {
-        self.lists.get(list).map_or(&[], |(_, toks)| toks.as_slice())
+        self.lists
+            .get(list)
+            .map_or(&[], |(_, toks)| toks.as_slice())
     }
 
     /// Registers `key` directly on a flush list (an object's or a query's).
@@ -304,11 +306,16 @@ fn compact(
     let compacted = join(&kept);
     let limit = backend.max_item_size();
     let value = if !overflowed && compacted.len() + list.len() + 64 <= limit / 2 {
-        let mut v = epoch.map(|e| format!(" {e}").into_bytes()).unwrap_or_default();
+        let mut v = epoch
+            .map(|e| format!(" {e}").into_bytes())
+            .unwrap_or_default();
         v.extend_from_slice(&compacted);
         v
     } else {
-        tracing::debug!(list, "flush list overflowed: falling back to table versions");
+        tracing::debug!(
+            list,
+            "flush list overflowed: falling back to table versions"
+        );
         markers.insert(version_key.to_string());
         // Links to other rows' lists: a write to this row reached the queries over those
         // rows' tables through them. (A query's own list, `f:k:`, holds values tied to a

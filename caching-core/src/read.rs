@@ -283,7 +283,9 @@ impl Cache {
             return Ok((value, ReadOutcome::Miss));
         };
         let mut regs = Registrations::new();
-        let refused = plan.no_fill.map_or_else(|| register(&value, &mut regs), Err);
+        let refused = plan
+            .no_fill
+            .map_or_else(|| register(&value, &mut regs), Err);
         if let Err(why) = refused {
             self.inner.stats.inc(Counter::SkippedFills);
             tracing::debug!(key, why, "cache fill skipped");
@@ -467,7 +469,12 @@ impl Cache {
             return Ok(FillOutcome::AlreadyCached);
         }
         self.step("register");
-        let reg = flush::register(backend, &self.inner.keys, regs, self.inner.config.eviction_safe)?;
+        let reg = flush::register(
+            backend,
+            &self.inner.keys,
+            regs,
+            self.inner.config.eviction_safe,
+        )?;
         if reg.overflows > 0 {
             self.inner.stats.add(Counter::Overflows, reg.overflows);
         }

@@ -670,7 +670,10 @@ mod failed_invalidation {
         assert_eq!(saved.val, 43);
         let w = writers_cache.stats();
         assert_eq!(w.failed_invalidations, 1, "{w:?}");
-        assert!(w.backend_errors >= 1, "the failed attempt was counted: {w:?}");
+        assert!(
+            w.backend_errors >= 1,
+            "the failed attempt was counted: {w:?}"
+        );
         assert_eq!(writers_cache.pending_invalidations(), 1);
         // The writer reads its own write while the invalidation is undelivered.
         assert_eq!(find(&mut writer).val, 43);

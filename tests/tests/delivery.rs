@@ -1,0 +1,264 @@
+//! Undelivered invalidations (caching-core's delivery queue), on the in-process backend behind
+//! a switch that makes every call fail the way an unreachable server does: the queue keeps
+//! what failed, the writer's own reads bypass the cache meanwhile, a full queue collapses
+//! into a namespace bump, and nothing is lost when the last handle is dropped. The same
+//! machinery against real memcached faults (kill, restart, SIGSTOP) is in
+//! `fault_recovery.rs` and the stress harness's fault modes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use caching_core::backend::locmem::LocMem;
+use caching_core::{
+    AppendOutcome, Backend, Cache, CasOutcome, Error, Expiry, Invalidation, Item, ObjectKey,
+    Result, Timeout,
+};
+
+/// Real locmem behind two switches: `down` fails every call (and probes) like an
+/// unreachable server; `garbled` fails every call but answers probes, like a server that
+/// answers `version` and garbles everything else.
+#[derive(Debug, Default)]
+struct Switched {
+    inner: LocMem,
+    down: AtomicBool,
+    garbled: AtomicBool,
+    probes: AtomicU32,
+}
+
+impl Switched {
+    fn check(&self) -> Result<()> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Error::Unavailable {
+                server: "switched".into(),
+                reason: "switched off".into(),
+            });
+        }
+        if self.garbled.load(Ordering::SeqCst) {
+            return Err(Error::Protocol {
+                server: "switched".into(),
+                line: "garbage".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Backend for Switched {
+    fn name(&self) -> &'static str {
+        "switched-locmem"
+    }
+    fn max_item_size(&self) -> usize {
+        self.inner.max_item_size()
+    }
+    fn get_multi(&self, keys: &[&str]) -> Result<HashMap<String, Item>> {
+        self.check()?;
+        self.inner.get_multi(keys)
+    }
+    fn add_multi(&self, items: &[(&str, &[u8])], expiry: Expiry) -> Result<Vec<bool>> {
+        self.check()?;
+        self.inner.add_multi(items, expiry)
+    }
+    fn set_multi(&self, items: &[(&str, &[u8])], expiry: Expiry) -> Result<()> {
+        self.check()?;
+        self.inner.set_multi(items, expiry)
+    }
+    fn append_multi(&self, items: &[(&str, &[u8])]) -> Result<Vec<AppendOutcome>> {
+        self.check()?;
+        self.inner.append_multi(items)
+    }
+    fn cas(&self, key: &str, value: &[u8], expiry: Expiry, cas: u64) -> Result<CasOutcome> {
+        self.check()?;
+        self.inner.cas(key, value, expiry, cas)
+    }
+    fn delete_multi(&self, keys: &[&str]) -> Result<()> {
+        self.check()?;
+        self.inner.delete_multi(keys)
+    }
+    fn incr(&self, key: &str, delta: u64) -> Result<Option<u64>> {
+        self.check()?;
+        self.inner.incr(key, delta)
+    }
+    fn probe(&self) -> Result<()> {
+        self.probes.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Error::Unavailable {
+                server: "switched".into(),
+                reason: "switched off".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn cache_on(backend: &Arc<Switched>) -> Cache {
+    Cache::builder()
+        .shared_backend(backend.clone())
+        .prefix("delivery")
+        .build()
+        .unwrap()
+}
+
+fn user(id: i32) -> ObjectKey {
+    ObjectKey::new("users", &[id.to_string()])
+}
+
+fn write(id: i32) -> Invalidation {
+    let mut inv = Invalidation::new();
+    inv.object(user(id));
+    inv
+}
+
+/// A value tied to user `id`'s row, computed by `f` on a miss.
+fn score(cache: &Cache, id: i32, f: impl FnOnce() -> u32) -> u32 {
+    cache.cached_with(&user(id), "score", Timeout::Forever, f)
+}
+
+#[test]
+fn a_failed_invalidation_is_queued_delivered_later_and_bypasses_only_its_tables() {
+    let backend = Arc::new(Switched::default());
+    let cache = cache_on(&backend);
+    let other = cache_on(&backend); // another process: its own queue
+    assert_eq!(score(&cache, 1, || 1), 1);
+    assert_eq!(score(&cache, 1, || 0), 1, "cached");
+    let addon = ObjectKey::new("addons", &["1"]);
+    let a: u32 = cache.cached_with(&addon, "n", Timeout::Forever, || 10);
+    assert_eq!(a, 10);
+
+    backend.down.store(true, Ordering::SeqCst);
+    let report = cache.invalidate(&write(1)).unwrap();
+    assert!(report.deferred);
+    assert_eq!(cache.pending_invalidations(), 1);
+    assert_eq!(cache.stats().failed_invalidations, 1);
+    // Until the retry lands the writer reads its own write for `users`, without even asking
+    // the cache (no lookup, so no backend error)...
+    let before = cache.stats();
+    assert_eq!(score(&cache, 1, || 2), 2);
+    let after = cache.stats();
+    assert_eq!(after.bypassed_reads, before.bypassed_reads + 1, "{after:?}");
+    assert_eq!(after.backend_errors, before.backend_errors, "{after:?}");
+    // ...while reads of other tables still ask the cache (and fail over to the loader).
+    let c: u32 = cache.cached_with(&addon, "n", Timeout::Forever, || 12);
+    assert_eq!(c, 12);
+    assert_eq!(cache.stats().bypassed_reads, after.bypassed_reads);
+    assert!(cache.stats().backend_errors > after.backend_errors);
+    backend.down.store(false, Ordering::SeqCst);
+    assert!(cache.wait_for_delivery(Duration::from_secs(5)));
+    assert_eq!(cache.stats().retried_invalidations, 1);
+    assert!(
+        backend.probes.load(Ordering::SeqCst) >= 1,
+        "retries probe first"
+    );
+    // ...and once delivered, every process sees the invalidation.
+    assert_eq!(score(&other, 1, || 3), 3);
+    // Other tables were never bypassed: the add-on value is still a hit.
+    let b: u32 = cache.cached_with(&addon, "n", Timeout::Forever, || 11);
+    assert_eq!(b, 10);
+}
+
+#[test]
+fn reads_bypass_until_delivery_even_when_the_server_answers_probes() {
+    let backend = Arc::new(Switched::default());
+    let cache = cache_on(&backend);
+    assert_eq!(score(&cache, 1, || 1), 1);
+    // A server that answers `version` but garbles everything else: the retries reach it,
+    // the deliveries fail, the invalidation stays queued, and the writer keeps reading its
+    // own write instead of the cached old value.
+    backend.garbled.store(true, Ordering::SeqCst);
+    assert!(cache.invalidate(&write(1)).unwrap().deferred);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(cache.pending_invalidations(), 1);
+    backend.garbled.store(false, Ordering::SeqCst);
+    let bypassed = cache.stats().bypassed_reads;
+    let v = score(&cache, 1, || 2);
+    assert_eq!(v, 2, "never the cached old value");
+    assert!(cache.wait_for_delivery(Duration::from_secs(5)));
+    assert!(cache.stats().bypassed_reads <= bypassed + 1);
+    assert_eq!(score(&cache, 1, || 3), 3, "the bypassed read did not fill");
+    assert_eq!(score(&cache, 1, || 4), 3, "cached again after delivery");
+}
+
+#[test]
+fn a_full_queue_collapses_into_a_namespace_bump() {
+    let backend = Arc::new(Switched::default());
+    let cache = cache_on(&backend);
+    assert_eq!(score(&cache, 5000, || 1), 1);
+    let unrelated: u32 = cache.cached("unrelated", Timeout::Forever, || 7);
+    assert_eq!(unrelated, 7);
+    backend.down.store(true, Ordering::SeqCst);
+    for id in 0..1100 {
+        assert!(cache.invalidate(&write(id)).unwrap().deferred);
+    }
+    let s = cache.stats();
+    assert_eq!(s.coarse_invalidations, 1, "{s:?}");
+    assert!(
+        cache.pending_invalidations() < 1100,
+        "bounded: {}",
+        cache.pending_invalidations()
+    );
+    backend.down.store(false, Ordering::SeqCst);
+    assert!(cache.wait_for_delivery(Duration::from_secs(10)));
+    // The namespace bump reached every entry of the key space, even ones no write named.
+    assert_eq!(score(&cache, 5000, || 2), 2);
+    let again: u32 = cache.cached("unrelated", Timeout::Forever, || 8);
+    assert_eq!(again, 8);
+}
+
+#[test]
+fn deliveries_that_keep_failing_while_the_server_answers_fall_back_to_the_namespace() {
+    let backend = Arc::new(Switched::default());
+    let cache = cache_on(&backend);
+    assert_eq!(score(&cache, 1, || 1), 1);
+    backend.garbled.store(true, Ordering::SeqCst);
+    assert!(cache.invalidate(&write(1)).unwrap().deferred);
+    // Probes succeed, deliveries fail: after a bounded number of attempts the queue becomes
+    // a namespace bump (which fails too while garbled).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while cache.stats().coarse_invalidations == 0 {
+        assert!(std::time::Instant::now() < deadline, "never collapsed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    backend.garbled.store(false, Ordering::SeqCst);
+    assert!(cache.wait_for_delivery(Duration::from_secs(5)));
+    assert_eq!(score(&cache, 1, || 2), 2);
+}
+
+#[test]
+fn dropping_the_last_handle_does_not_drop_undelivered_invalidations() {
+    let backend = Arc::new(Switched::default());
+    let reader = cache_on(&backend);
+    assert_eq!(score(&reader, 1, || 1), 1);
+    {
+        let writer = cache_on(&backend);
+        backend.down.store(true, Ordering::SeqCst);
+        assert!(writer.invalidate(&write(1)).unwrap().deferred);
+    } // the writer's handle is gone; its delivery thread keeps the queue
+    backend.down.store(false, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if score(&reader, 1, || 2) == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dropped writer's invalidation was never delivered"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_failed_namespace_bump_is_queued_too() {
+    let backend = Arc::new(Switched::default());
+    let cache = cache_on(&backend);
+    let v: u32 = cache.cached("k", Timeout::Forever, || 1);
+    assert_eq!(v, 1);
+    backend.down.store(true, Ordering::SeqCst);
+    cache.invalidate_everything().unwrap();
+    assert_eq!(cache.pending_invalidations(), 1);
+    backend.down.store(false, Ordering::SeqCst);
+    assert!(cache.wait_for_delivery(Duration::from_secs(5)));
+    let w: u32 = cache.cached("k", Timeout::Forever, || 2);
+    assert_eq!(w, 2);
+}
