@@ -120,8 +120,12 @@ impl Reply {
                 Reply::TooLarge
             }
             Frame::ClientError(m) if m.starts_with("cannot increment") => Reply::NonNumeric,
-            Frame::ClientError(m) => return Err(protocol_err(server, &format!("CLIENT_ERROR {m}"))),
-            Frame::ServerError(m) => return Err(protocol_err(server, &format!("SERVER_ERROR {m}"))),
+            Frame::ClientError(m) => {
+                return Err(protocol_err(server, &format!("CLIENT_ERROR {m}")))
+            }
+            Frame::ServerError(m) => {
+                return Err(protocol_err(server, &format!("SERVER_ERROR {m}")))
+            }
             other => return Err(protocol_err(server, &format!("unexpected reply {other:?}"))),
         })
     }
@@ -215,8 +219,15 @@ impl Memcached {
         value.len() + key.len() + 64 <= self.item_limit()
     }
 
-    /// Sends `requests` to one server in one write and reads every reply.
-    fn pipeline(&self, server: usize, requests: &[Request<'_>]) -> Result<Vec<Reply>> {
+    /// Sends `requests` to one server in one write and reads every reply. A reply that is not
+    /// one of those `expected` for the command is an error (and drops the connection: a
+    /// `STORED` answering a `delete` means the stream is out of step with the requests).
+    fn pipeline(
+        &self,
+        server: usize,
+        requests: &[Request<'_>],
+        expected: fn(&Reply) -> bool,
+    ) -> Result<Vec<Reply>> {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
@@ -224,7 +235,11 @@ impl Memcached {
             conn.send_requests(requests, deadline, name)?;
             let mut replies = Vec::with_capacity(requests.len());
             for _ in requests {
-                replies.push(Reply::from_frame(conn.recv(deadline, name)?, name)?);
+                let reply = Reply::from_frame(conn.recv(deadline, name)?, name)?;
+                if !expected(&reply) {
+                    return Err(protocol_err(name, &format!("unexpected reply {reply:?}")));
+                }
+                replies.push(reply);
             }
             Ok(replies)
         })
@@ -261,7 +276,9 @@ impl Memcached {
                     out[*i] = Some(Reply::TooLarge);
                 }
             }
-            for (i, r) in idx.into_iter().zip(self.pipeline(server, &requests)?) {
+            for (i, r) in idx.into_iter().zip(self.pipeline(server, &requests, |r| {
+                matches!(r, Reply::Stored | Reply::NotStored | Reply::TooLarge)
+            })?) {
                 out[i] = Some(r);
             }
         }
@@ -270,6 +287,14 @@ impl Memcached {
             .map(|r| r.unwrap_or(Reply::TooLarge))
             .collect())
     }
+}
+
+/// The replies a `cas` may get: a too-large value or a `NOT_STORED` count as changed.
+fn cas_reply(r: &Reply) -> bool {
+    matches!(
+        r,
+        Reply::Stored | Reply::Exists | Reply::NotFound | Reply::NotStored | Reply::TooLarge
+    )
 }
 
 impl Backend for Memcached {
@@ -403,7 +428,7 @@ impl Backend for Memcached {
             exptime: expiry.memcached_exptime(),
             cas,
         };
-        let reply = self.pipeline(self.server_for(key), &[request])?;
+        let reply = self.pipeline(self.server_for(key), &[request], cas_reply)?;
         Ok(match reply.first() {
             Some(Reply::Stored) => CasOutcome::Stored,
             Some(Reply::NotFound) => CasOutcome::Missing,
@@ -430,7 +455,10 @@ impl Backend for Memcached {
                     idx.push(*i);
                 }
             }
-            for (i, r) in idx.into_iter().zip(self.pipeline(server, &requests)?) {
+            for (i, r) in idx
+                .into_iter()
+                .zip(self.pipeline(server, &requests, cas_reply)?)
+            {
                 out[i] = match r {
                     Reply::Stored => CasOutcome::Stored,
                     Reply::NotFound => CasOutcome::Missing,
@@ -447,11 +475,9 @@ impl Backend for Memcached {
         for (server, group) in groups.iter().enumerate() {
             let requests: Vec<Request<'_>> =
                 group.iter().map(|(_, k)| Request::Delete(k)).collect();
-            for r in self.pipeline(server, &requests)? {
-                if !matches!(r, Reply::Deleted | Reply::NotFound) {
-                    return Err(protocol_err(&self.servers[server].name, &format!("{r:?}")));
-                }
-            }
+            self.pipeline(server, &requests, |r| {
+                matches!(r, Reply::Deleted | Reply::NotFound)
+            })?;
         }
         Ok(())
     }
@@ -464,7 +490,10 @@ impl Backend for Memcached {
                 conn.send_requests(&[Request::Version], deadline, &s.name)?;
                 match conn.recv(deadline, &s.name)? {
                     Frame::Version(_) => Ok(()),
-                    other => Err(protocol_err(&s.name, &format!("unexpected reply {other:?}"))),
+                    other => Err(protocol_err(
+                        &s.name,
+                        &format!("unexpected reply {other:?}"),
+                    )),
                 }
             });
             if let Err(e) = answered {
@@ -478,7 +507,9 @@ impl Backend for Memcached {
     fn incr(&self, key: &str, delta: u64) -> Result<Option<u64>> {
         check_keys([key])?;
         let server = self.server_for(key);
-        let reply = self.pipeline(server, &[Request::Incr { key, delta }])?;
+        let reply = self.pipeline(server, &[Request::Incr { key, delta }], |r| {
+            matches!(r, Reply::Number(_) | Reply::NonNumeric | Reply::NotFound)
+        })?;
         match reply.first() {
             Some(Reply::Number(n)) => Ok(Some(*n)),
             Some(Reply::NonNumeric) => Err(Error::NotANumber {

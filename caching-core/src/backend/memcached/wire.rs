@@ -599,7 +599,12 @@ impl Request<'_> {
                 value,
                 exptime,
             } => {
-                let r = write!(buf, "{} {key} 0 {exptime} {}\r\n", verb.as_str(), value.len());
+                let r = write!(
+                    buf,
+                    "{} {key} 0 {exptime} {}\r\n",
+                    verb.as_str(),
+                    value.len()
+                );
                 buf.extend_from_slice(value);
                 buf.extend_from_slice(b"\r\n");
                 r
@@ -772,8 +777,12 @@ SERVER_ERROR object too large for cache\r\n";
             (b"END\n", |e| matches!(e, WireError::BareNewline(_))),
             (b"\xff\xfe\r\n", |e| matches!(e, WireError::NotText(_))),
             (b"VALUE k 0\r\n", |e| matches!(e, WireError::Malformed(_))),
-            (b"VALUE k 0 1 2 3\r\n", |e| matches!(e, WireError::Malformed(_))),
-            (b"VALUE k\x01 0 1 2\r\n", |e| matches!(e, WireError::Malformed(_))),
+            (b"VALUE k 0 1 2 3\r\n", |e| {
+                matches!(e, WireError::Malformed(_))
+            }),
+            (b"VALUE k\x01 0 1 2\r\n", |e| {
+                matches!(e, WireError::Malformed(_))
+            }),
             (b"STAT \r\n", |e| matches!(e, WireError::Malformed(_))),
             (b"VALUE k 0 3 1\r\nabcd\r\n", |e| {
                 matches!(e, WireError::BadDataTerminator)
