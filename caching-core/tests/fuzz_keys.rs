@@ -326,7 +326,7 @@ proptest! {
 
 // ---- (d) CACHE_URL parsing --------------------------------------------------------------
 
-const KNOWN: [&str; 14] = [
+const KNOWN: [&str; 15] = [
     "prefix",
     "timeout",
     "max_timeout",
@@ -536,9 +536,7 @@ fn expected(scheme: &str, hosts: &[&str], params: &[Param]) -> Option<String> {
             "prefix" => prefix = v.to_string(),
             "max_entries" | "max_bytes" | "item_size" => locmem_params = true,
             "connect_timeout_ms" | "io_timeout_ms" | "op_timeout_ms" | "pool_size"
-            | "retry_after_ms" => {
-                mc_params = true
-            }
+            | "retry_after_ms" => mc_params = true,
             _ => {}
         }
     }

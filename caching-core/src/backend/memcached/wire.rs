@@ -771,7 +771,8 @@ SERVER_ERROR object too large for cache\r\n";
 
     #[test]
     fn malformed_lines_are_errors() {
-        let cases: &[(&[u8], fn(&WireError) -> bool)] = &[
+        type Check = fn(&WireError) -> bool;
+        let cases: &[(&[u8], Check)] = &[
             (b"HELLO\r\n", |e| matches!(e, WireError::UnknownLine(_))),
             (b"\r\n", |e| matches!(e, WireError::UnknownLine(_))),
             (b"END\n", |e| matches!(e, WireError::BareNewline(_))),
