@@ -255,6 +255,10 @@ fn options() -> MemcachedOptions {
     }
 }
 
+/// Upper bound for a call that must fail at `op_timeout` (1.5 s) or sooner: slack for a loaded
+/// CI machine, still far below the time the scripted server would take to answer.
+const SLOW: Duration = Duration::from_secs(4);
+
 fn is_protocol(e: &Error) -> bool {
     matches!(e, Error::Protocol { .. })
 }
@@ -358,6 +362,7 @@ fn a_reply_trickled_within_the_deadline_succeeds() {
     let mc = warm_client(
         &fake,
         MemcachedOptions {
+            io_timeout: Duration::from_secs(1),
             op_timeout: Duration::from_secs(5),
             ..options()
         },
@@ -387,20 +392,18 @@ fn a_trickle_exceeding_the_deadline_fails_on_time() {
         ..options()
     };
     let mc = warm_client(&fake, options);
-    // Every byte arrives well within io_timeout, the whole reply (about 2.5 s) far after the
+    // Every byte arrives well within io_timeout, the whole reply (about 8 s) far after the
     // deadline.
-    fake.once(
-        "gets",
-        Action::Trickle(
-            b"VALUE k 0 3 7\r\nabc\r\nEND\r\n".to_vec(),
-            Duration::from_millis(100),
-        ),
-    );
+    let mut reply = b"VALUE k 0 60 7\r\n".to_vec();
+    reply.extend_from_slice(&[b'x'; 60]);
+    reply.extend_from_slice(b"\r\nEND\r\n");
+    fake.once("gets", Action::Trickle(reply, Duration::from_millis(100)));
     let start = Instant::now();
     let e = mc.get("k").unwrap_err();
     let took = start.elapsed();
     assert!(is_io(&e), "{e}");
-    assert!(took < Duration::from_millis(1800), "took {took:?}");
+    // The deadline plus generous slack for a loaded machine; far less than the whole reply.
+    assert!(took < SLOW, "took {took:?}");
     recovers(&fake, &mc);
 }
 
@@ -413,11 +416,7 @@ fn a_server_that_never_answers_fails_within_the_deadline() {
     let start = Instant::now();
     let e = mc.get("k").unwrap_err();
     assert!(is_io(&e), "{e}");
-    assert!(
-        start.elapsed() < Duration::from_millis(1400),
-        "{:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < SLOW, "{:?}", start.elapsed());
 
     // Answers part of a reply, then stalls.
     let fake = Fake::start();
@@ -431,7 +430,7 @@ fn a_server_that_never_answers_fails_within_the_deadline() {
         let start = Instant::now();
         let e = mc.get("k").unwrap_err();
         assert!(is_io(&e), "{partial:?}: {e}");
-        assert!(start.elapsed() < Duration::from_millis(1400), "{partial:?}");
+        assert!(start.elapsed() < SLOW, "{partial:?}");
         recovers(&fake, &mc);
     }
 }
@@ -663,11 +662,28 @@ fn client_errors_do_not_mark_the_server_down_and_probe_clears_the_mark() {
         mc.get("k").unwrap_err(),
         Error::Unavailable { .. }
     ));
-    assert!(start.elapsed() < Duration::from_millis(100));
+    assert!(start.elapsed() < Duration::from_secs(1));
     mc.probe().unwrap();
     assert_eq!(mc.get("k").unwrap().unwrap().value, b"v");
     // A probe answered with something else than VERSION fails.
     fake.once("version", Action::send(b"STORED\r\n"));
     assert!(mc.probe().is_err());
     mc.probe().unwrap();
+}
+
+#[test]
+fn probe_survives_a_pooled_connection_the_server_closed() {
+    let fake = Fake::start();
+    let options = MemcachedOptions {
+        retry_after: Duration::from_secs(60),
+        ..options()
+    };
+    let mc = warm_client(&fake, options);
+    mc.set("k", b"v", Expiry::Forever).unwrap();
+    // A complete answer, then the server closes the connection (as a restarted server or
+    // an idle timeout would): the client pooled a connection that is now dead.
+    fake.once("set", Action::Close(b"STORED\r\n".to_vec()));
+    mc.set("other", b"w", Expiry::Forever).unwrap();
+    mc.probe().unwrap();
+    assert_eq!(mc.get("k").unwrap().unwrap().value, b"v");
 }

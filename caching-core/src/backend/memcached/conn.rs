@@ -372,7 +372,7 @@ impl Server {
 }
 
 /// Whether an error is the server closing or resetting the connection.
-fn is_close(e: &Error) -> bool {
+pub(super) fn is_close(e: &Error) -> bool {
     matches!(e, Error::Io { source, .. } if matches!(
         source.kind(),
         ErrorKind::UnexpectedEof

@@ -53,7 +53,9 @@ pub struct MemcachedOptions {
     pub io_timeout: Duration,
     /// Time allowed for a whole exchange with one server (connecting, writing a batch and
     /// reading every reply), whatever the pace of the bytes: a server that answers part of a
-    /// reply and stalls, or trickles it a byte at a time, fails by then. Default 2 seconds.
+    /// reply and stalls, or trickles it a byte at a time, fails by then. Default 2 seconds;
+    /// it must leave room for the largest batch (a multi-set of big values) to cross the
+    /// network.
     pub op_timeout: Duration,
     /// Idle connections kept per server (more are opened under load and closed after use).
     pub pool_size: usize,
@@ -486,16 +488,24 @@ impl Backend for Memcached {
         let mut first_error = None;
         for s in &self.servers {
             // Ignores the fail-fast window; a success clears it.
-            let answered = s.exchange(&self.options, false, |conn, deadline| {
-                conn.send_requests(&[Request::Version], deadline, &s.name)?;
-                match conn.recv(deadline, &s.name)? {
-                    Frame::Version(_) => Ok(()),
-                    other => Err(protocol_err(
-                        &s.name,
-                        &format!("unexpected reply {other:?}"),
-                    )),
-                }
-            });
+            let version = || {
+                s.exchange(&self.options, false, |conn, deadline| {
+                    conn.send_requests(&[Request::Version], deadline, &s.name)?;
+                    match conn.recv(deadline, &s.name)? {
+                        Frame::Version(_) => Ok(()),
+                        other => Err(protocol_err(
+                            &s.name,
+                            &format!("unexpected reply {other:?}"),
+                        )),
+                    }
+                })
+            };
+            // A pooled connection the server closed since (a restart, an idle timeout) fails
+            // at once; the failure emptied the pool, so the second try is a new connection.
+            let answered = match version() {
+                Err(e) if conn::is_close(&e) => version(),
+                r => r,
+            };
             if let Err(e) = answered {
                 s.mark_down(&self.options);
                 first_error.get_or_insert(e);
