@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! locmem://?prefix=app&max_entries=100000&max_bytes=268435456&item_size=1048576
-//! memcached://127.0.0.1:11211,127.0.0.1:11212?prefix=app&connect_timeout_ms=250&io_timeout_ms=500&pool_size=16&retry_after_ms=1000
+//! memcached://127.0.0.1:11211,127.0.0.1:11212?prefix=app&connect_timeout_ms=250&io_timeout_ms=500&op_timeout_ms=2000&pool_size=16&retry_after_ms=1000
 //! ```
 //!
 //! Parameters for every scheme:
@@ -334,6 +334,11 @@ pub(crate) fn parse_url(url: &str) -> Result<CacheBuilder, crate::Error> {
             "io_timeout_ms" => {
                 mc_params = true;
                 mc.io_timeout = Duration::from_millis(parse_usize("io_timeout_ms", v)? as u64)
+            }
+            #[cfg(feature = "memcached")]
+            "op_timeout_ms" => {
+                mc_params = true;
+                mc.op_timeout = Duration::from_millis(parse_usize("op_timeout_ms", v)? as u64)
             }
             #[cfg(feature = "memcached")]
             "pool_size" => {

@@ -326,7 +326,7 @@ proptest! {
 
 // ---- (d) CACHE_URL parsing --------------------------------------------------------------
 
-const KNOWN: [&str; 14] = [
+const KNOWN: [&str; 15] = [
     "prefix",
     "timeout",
     "max_timeout",
@@ -339,6 +339,7 @@ const KNOWN: [&str; 14] = [
     "item_size",
     "connect_timeout_ms",
     "io_timeout_ms",
+    "op_timeout_ms",
     "pool_size",
     "retry_after_ms",
 ];
@@ -534,9 +535,8 @@ fn expected(scheme: &str, hosts: &[&str], params: &[Param]) -> Option<String> {
         match name.as_str() {
             "prefix" => prefix = v.to_string(),
             "max_entries" | "max_bytes" | "item_size" => locmem_params = true,
-            "connect_timeout_ms" | "io_timeout_ms" | "pool_size" | "retry_after_ms" => {
-                mc_params = true
-            }
+            "connect_timeout_ms" | "io_timeout_ms" | "op_timeout_ms" | "pool_size"
+            | "retry_after_ms" => mc_params = true,
             _ => {}
         }
     }

@@ -72,7 +72,54 @@ where
         conn.inner().ping().map_err(diesel::r2d2::Error::QueryError)
     }
 
+    /// Broken: a transaction is open (seen by the wrapper, or begun behind its back), or the
+    /// Diesel connection itself reports broken ([`R2D2Connection::is_broken`]: for example a
+    /// transaction manager left in an error state by a failed rollback, or a transaction the
+    /// wrapper could not observe because its instrumentation was replaced). r2d2 then drops
+    /// the connection instead of handing it out again.
     fn has_broken(&self, conn: &mut Self::Connection) -> bool {
-        conn.in_transaction()
+        conn.in_transaction() || conn.inner().is_broken()
+    }
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use diesel::connection::{Connection, TransactionManager};
+    use diesel::SqliteConnection;
+    use r2d2::ManageConnection;
+
+    use super::*;
+    use crate::Cache;
+
+    fn manager() -> CachedConnectionManager<SqliteConnection> {
+        CachedConnectionManager::new(":memory:", CacheSet::new(Cache::locmem()))
+    }
+
+    #[test]
+    fn a_fresh_connection_is_not_broken() {
+        let m = manager();
+        let mut conn = m.connect().unwrap();
+        assert!(!m.has_broken(&mut conn));
+        m.is_valid(&mut conn).unwrap();
+    }
+
+    /// A transaction begun on the Diesel connection after its instrumentation was replaced is
+    /// invisible to the wrapper (`in_transaction()` is false), but Diesel's own transaction
+    /// manager knows it is open: the pool must not hand that connection out again.
+    #[test]
+    fn a_transaction_the_wrapper_cannot_see_still_breaks_the_connection() {
+        let m = manager();
+        let mut conn = m.connect().unwrap();
+        conn.inner()
+            .set_instrumentation(diesel::connection::get_default_instrumentation());
+        <SqliteConnection as Connection>::TransactionManager::begin_transaction(conn.inner())
+            .unwrap();
+        assert!(!conn.in_transaction(), "the wrapper does not see it");
+        assert!(conn.inner().is_broken(), "diesel does");
+        assert!(m.has_broken(&mut conn));
+        // Closing the transaction makes the connection reusable again.
+        <SqliteConnection as Connection>::TransactionManager::rollback_transaction(conn.inner())
+            .unwrap();
+        assert!(!m.has_broken(&mut conn));
     }
 }

@@ -1,0 +1,383 @@
+//! Connections to one server: deadlines, the idle pool, the fail-fast ("marked down") window
+//! and the item size learnt from `stats settings`.
+//!
+//! Every exchange with a server runs under one [`Deadline`] (`op_timeout`): connecting,
+//! asking the item size, writing the batch and reading every reply. Each socket read or write
+//! waits at most `io_timeout` and never past the deadline, so a server that trickles bytes
+//! (each one resetting a per-read timeout) still fails on time. A connection goes back to the
+//! pool only after an exchange that succeeded and left nothing unread: after any error it is
+//! dropped, so a half-read reply can never be mistaken for the answer to the next request.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::wire::{Decoder, Frame, Request};
+use super::MemcachedOptions;
+use crate::error::{Error, Result};
+
+/// memcached's default item size, assumed when a server (or a proxy in front of it) does not
+/// say.
+pub(super) const DEFAULT_ITEM_SIZE: usize = 1024 * 1024;
+/// Item sizes announced by a server are clamped to this range (memcached's own: 1 KiB to 1 GiB).
+const MIN_ITEM_SIZE: usize = 1024;
+const MAX_ITEM_SIZE: usize = 1024 * 1024 * 1024;
+/// Slack over the item size for a data block (no value is longer than the item holding it).
+const DATA_MARGIN: usize = 1024;
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+pub(super) fn io_err(server: &str, source: std::io::Error) -> Error {
+    Error::Io {
+        server: server.to_string(),
+        source,
+    }
+}
+
+pub(super) fn protocol_err(server: &str, what: &str) -> Error {
+    Error::Protocol {
+        server: server.to_string(),
+        line: what.chars().take(200).collect(),
+    }
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The time by which an exchange with a server must be over.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Deadline {
+    at: Instant,
+    budget: Duration,
+}
+
+impl Deadline {
+    pub(super) fn after(budget: Duration) -> Self {
+        Deadline {
+            at: Instant::now() + budget,
+            budget,
+        }
+    }
+
+    /// Time left, or a timeout error once it is over.
+    fn remaining(&self, server: &str) -> Result<Duration> {
+        match self.at.checked_duration_since(Instant::now()) {
+            Some(d) if !d.is_zero() => Ok(d),
+            _ => Err(io_err(
+                server,
+                std::io::Error::new(
+                    ErrorKind::TimedOut,
+                    format!("operation deadline of {:?} exceeded", self.budget),
+                ),
+            )),
+        }
+    }
+}
+
+/// One connection: the socket, the reply decoder and the bytes read but not yet decoded.
+#[derive(Debug)]
+pub(super) struct Conn {
+    stream: TcpStream,
+    decoder: Decoder,
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    /// Longest wait for one read or write (`io_timeout`), within the deadline.
+    io_timeout: Duration,
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
+}
+
+impl Conn {
+    fn open(
+        addr: &SocketAddr,
+        connect_timeout: Duration,
+        io_timeout: Duration,
+        max_data: usize,
+    ) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect_timeout(addr, connect_timeout)?;
+        let _ = stream.set_nodelay(true);
+        Ok(Conn {
+            stream,
+            decoder: Decoder::new(max_data),
+            buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            io_timeout,
+            read_timeout: None,
+            write_timeout: None,
+        })
+    }
+
+    /// Writes all of `bytes` before the deadline.
+    pub(super) fn send(&mut self, bytes: &[u8], deadline: &Deadline, server: &str) -> Result<()> {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let wait = deadline.remaining(server)?.min(self.io_timeout);
+            if self.write_timeout != Some(wait) {
+                self.stream
+                    .set_write_timeout(Some(wait))
+                    .map_err(|e| io_err(server, e))?;
+                self.write_timeout = Some(wait);
+            }
+            match self.stream.write(rest) {
+                Ok(0) => {
+                    return Err(io_err(
+                        server,
+                        std::io::Error::new(ErrorKind::WriteZero, "connection closed"),
+                    ))
+                }
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err(server, timed_out(e))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes `requests` and writes them in one go.
+    pub(super) fn send_requests(
+        &mut self,
+        requests: &[Request<'_>],
+        deadline: &Deadline,
+        server: &str,
+    ) -> Result<()> {
+        let mut buf = Vec::new();
+        for r in requests {
+            r.encode(&mut buf);
+        }
+        self.send(&buf, deadline, server)
+    }
+
+    /// The next reply frame, read before the deadline.
+    pub(super) fn recv(&mut self, deadline: &Deadline, server: &str) -> Result<Frame> {
+        loop {
+            if self.start < self.end {
+                let mut input = &self.buf[self.start..self.end];
+                let decoded = self.decoder.decode(&mut input);
+                self.start = self.end - input.len();
+                match decoded {
+                    Ok(Some(frame)) => return Ok(frame),
+                    Ok(None) => {}
+                    Err(e) => return Err(protocol_err(server, &e.to_string())),
+                }
+            }
+            self.start = 0;
+            self.end = 0;
+            let wait = deadline.remaining(server)?.min(self.io_timeout);
+            if self.read_timeout != Some(wait) {
+                self.stream
+                    .set_read_timeout(Some(wait))
+                    .map_err(|e| io_err(server, e))?;
+                self.read_timeout = Some(wait);
+            }
+            match self.stream.read(&mut self.buf) {
+                Ok(0) => {
+                    return Err(io_err(
+                        server,
+                        std::io::Error::new(
+                            ErrorKind::UnexpectedEof,
+                            "connection closed by the server",
+                        ),
+                    ))
+                }
+                Ok(n) => self.end = n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err(server, timed_out(e))),
+            }
+        }
+    }
+
+    /// Whether the connection is between replies with nothing unread, so it can be reused.
+    fn is_clean(&self) -> bool {
+        self.start == self.end && self.decoder.is_idle()
+    }
+}
+
+/// A read or write timeout surfaces as `WouldBlock` on some platforms: report it as a timeout.
+fn timed_out(e: std::io::Error) -> std::io::Error {
+    if e.kind() == ErrorKind::WouldBlock {
+        std::io::Error::new(ErrorKind::TimedOut, "no data from the server in time")
+    } else {
+        e
+    }
+}
+
+/// One server: its address, rendezvous seed, idle connections and fail-fast state.
+#[derive(Debug)]
+pub(super) struct Server {
+    pub(super) name: String,
+    addr: SocketAddr,
+    /// blake3 of the server name, the rendezvous seed.
+    pub(super) seed: [u8; 32],
+    idle: Mutex<Vec<Conn>>,
+    down_until: Mutex<Option<Instant>>,
+    /// The largest item the server stores, once known (asked once, on the first connection).
+    item_size: Mutex<Option<usize>>,
+}
+
+/// What `stats settings` told about the item size.
+enum ItemSize {
+    Known(usize),
+    /// The server or proxy refused the command with an error line (`ERROR`, ...); the
+    /// connection is still in sync.
+    Refused,
+}
+
+impl Server {
+    pub(super) fn new(name: String, addr: SocketAddr) -> Self {
+        Server {
+            seed: super::placement::seed(&name),
+            name,
+            addr,
+            idle: Mutex::new(Vec::new()),
+            down_until: Mutex::new(None),
+            item_size: Mutex::new(None),
+        }
+    }
+
+    /// The largest item the server stores, if known yet.
+    pub(super) fn item_size(&self) -> Option<usize> {
+        *lock(&self.item_size)
+    }
+
+    fn is_marked_down(&self) -> bool {
+        lock(&self.down_until).is_some_and(|until| Instant::now() < until)
+    }
+
+    pub(super) fn mark_down(&self, options: &MemcachedOptions) {
+        *lock(&self.down_until) = Some(Instant::now() + options.retry_after);
+        lock(&self.idle).clear();
+    }
+
+    /// Runs one exchange `f` on a pooled or new connection, under one deadline of
+    /// `op_timeout`. With `fail_fast`, a server marked down is not tried. A failure to talk to
+    /// the server (connect, I/O, timeout) marks it down; an answer the client does not
+    /// understand (`Error::Protocol`, such as a `CLIENT_ERROR`) drops the connection but does
+    /// not. A successful exchange clears the mark.
+    pub(super) fn exchange<T>(
+        &self,
+        options: &MemcachedOptions,
+        fail_fast: bool,
+        f: impl FnOnce(&mut Conn, &Deadline) -> Result<T>,
+    ) -> Result<T> {
+        if fail_fast && self.is_marked_down() {
+            return Err(Error::Unavailable {
+                server: self.name.clone(),
+                reason: "marked down after a recent failure".into(),
+            });
+        }
+        let deadline = Deadline::after(options.op_timeout);
+        let result = self
+            .checkout(options, &deadline)
+            .and_then(|mut conn| f(&mut conn, &deadline).map(|v| (v, conn)));
+        match result {
+            Ok((v, conn)) => {
+                *lock(&self.down_until) = None;
+                if conn.is_clean() {
+                    let mut idle = lock(&self.idle);
+                    if idle.len() < options.pool_size {
+                        idle.push(conn);
+                    }
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                if matches!(e, Error::Io { .. } | Error::Unavailable { .. }) {
+                    self.mark_down(options);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// An idle connection, or a new one (that learns the item size if still unknown).
+    fn checkout(&self, options: &MemcachedOptions, deadline: &Deadline) -> Result<Conn> {
+        if let Some(conn) = lock(&self.idle).pop() {
+            return Ok(conn);
+        }
+        let mut conn = self.connect(options, deadline)?;
+        if self.item_size().is_some() {
+            return Ok(conn);
+        }
+        match Self::ask_item_size(&mut conn, deadline, &self.name) {
+            Ok(ItemSize::Known(size)) => {
+                self.learn_item_size(size);
+                conn.decoder.set_max_data(size + DATA_MARGIN);
+                Ok(conn)
+            }
+            Ok(ItemSize::Refused) => {
+                tracing::warn!(
+                    server = %self.name,
+                    "memcached server refused `stats settings`; assuming the default item size"
+                );
+                self.learn_item_size(DEFAULT_ITEM_SIZE);
+                Ok(conn)
+            }
+            // A proxy may close the connection, or answer nonsense, on a command it does not
+            // know: assume the default and continue on a fresh connection. A timeout is the
+            // server being slow, not an answer: ask again next time.
+            Err(e @ Error::Io { .. }) if !is_close(&e) => Err(e),
+            Err(e) => {
+                tracing::warn!(
+                    server = %self.name,
+                    error = %e,
+                    "no item size from memcached server; assuming the default"
+                );
+                self.learn_item_size(DEFAULT_ITEM_SIZE);
+                self.connect(options, deadline)
+            }
+        }
+    }
+
+    fn learn_item_size(&self, size: usize) {
+        lock(&self.item_size).get_or_insert(size);
+    }
+
+    fn connect(&self, options: &MemcachedOptions, deadline: &Deadline) -> Result<Conn> {
+        let timeout = deadline.remaining(&self.name)?.min(options.connect_timeout);
+        let max_data = self.item_size().unwrap_or(DEFAULT_ITEM_SIZE) + DATA_MARGIN;
+        Conn::open(&self.addr, timeout, options.io_timeout, max_data).map_err(|e| {
+            Error::Unavailable {
+                server: self.name.clone(),
+                reason: e.to_string(),
+            }
+        })
+    }
+
+    fn ask_item_size(conn: &mut Conn, deadline: &Deadline, server: &str) -> Result<ItemSize> {
+        conn.send_requests(&[Request::StatsSettings], deadline, server)?;
+        let mut size = DEFAULT_ITEM_SIZE;
+        loop {
+            match conn.recv(deadline, server)? {
+                Frame::End => return Ok(ItemSize::Known(size)),
+                Frame::Stat { name, value } if name == "item_size_max" => {
+                    size = value
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                        .and_then(|v| usize::try_from(v).ok())
+                        .map_or(DEFAULT_ITEM_SIZE, |v| v.clamp(MIN_ITEM_SIZE, MAX_ITEM_SIZE));
+                }
+                Frame::Stat { .. } => {}
+                Frame::Error | Frame::ClientError(_) | Frame::ServerError(_) => {
+                    return Ok(ItemSize::Refused)
+                }
+                other => return Err(protocol_err(server, &format!("{other:?}"))),
+            }
+        }
+    }
+}
+
+/// Whether an error is the server closing or resetting the connection.
+pub(super) fn is_close(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if matches!(
+        source.kind(),
+        ErrorKind::UnexpectedEof
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::BrokenPipe
+    ))
+}

@@ -1,0 +1,555 @@
+//! memcached backend: a small client for memcached's text protocol.
+//!
+//! Why not the `memcache` crate: its client places keys by `DefaultHasher % n` (not stable
+//! across Rust versions, and a resize moves almost every key), has no multi-set, multi-append
+//! or multi-delete, reports `add`/`append` outcomes differently per protocol, and pulls in
+//! OpenSSL by default. What we need is a few hundred lines: pipelined batches per server
+//! (every command of a batch is written, then every reply is read: one round trip per server,
+//! and never `noreply`, so a failed invalidation is always seen), CAS tokens, rendezvous
+//! placement over blake3, a small connection pool per server, and fail-fast when a server is
+//! down.
+//!
+//! A cache must never take the application down with it, so the client trusts nothing a server
+//! sends: every length is bounded by the server's item size before anything is allocated
+//! (a reply announcing a terabyte is a protocol error, not an allocation), every exchange runs
+//! under a deadline (`op_timeout`) that a server trickling bytes cannot stretch, a reply that
+//! breaks the protocol drops its connection, and a server or proxy that refuses
+//! `stats settings` is assumed to have memcached's default 1 MiB item size.
+//!
+//! The code is split in three: [`wire`] (the protocol as pure functions: an incremental,
+//! bounded reply decoder and the request encoder), `conn` (connections, deadlines, the pool
+//! and the fail-fast window) and `placement` (which server owns a key).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use super::{check_keys, AppendOutcome, Backend, CasOutcome, Item};
+use crate::error::{ConfigError, Error, Result};
+use crate::timeout::Expiry;
+
+mod conn;
+mod placement;
+pub mod wire;
+
+use conn::{protocol_err, Conn, Deadline, Server, DEFAULT_ITEM_SIZE};
+use wire::{Frame, Request, StoreVerb};
+
+/// Connection settings of a [`Memcached`] backend.
+///
+/// ```
+/// use std::time::Duration;
+/// use caching_core::backend::memcached::MemcachedOptions;
+/// let o = MemcachedOptions::default();
+/// assert_eq!(o.pool_size, 16);
+/// assert_eq!(o.op_timeout, Duration::from_secs(2));
+/// let fast = MemcachedOptions { op_timeout: Duration::from_millis(300), ..o };
+/// assert_eq!(fast.io_timeout, Duration::from_millis(500));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemcachedOptions {
+    /// Time allowed to open a connection.
+    pub connect_timeout: Duration,
+    /// Time allowed for each read or write on a connection.
+    pub io_timeout: Duration,
+    /// Time allowed for a whole exchange with one server (connecting, writing a batch and
+    /// reading every reply), whatever the pace of the bytes: a server that answers part of a
+    /// reply and stalls, or trickles it a byte at a time, fails by then. Default 2 seconds;
+    /// it must leave room for the largest batch (a multi-set of big values) to cross the
+    /// network.
+    pub op_timeout: Duration,
+    /// Idle connections kept per server (more are opened under load and closed after use).
+    pub pool_size: usize,
+    /// After a failure, how long a server is considered down (calls fail fast) before the
+    /// next attempt to reach it.
+    pub retry_after: Duration,
+}
+
+impl Default for MemcachedOptions {
+    fn default() -> Self {
+        MemcachedOptions {
+            connect_timeout: Duration::from_millis(250),
+            io_timeout: Duration::from_millis(500),
+            op_timeout: Duration::from_secs(2),
+            pool_size: 16,
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Keys per `gets` command (memcached splits long key lists, but keep lines moderate).
+const GET_CHUNK: usize = 100;
+
+/// The memcached backend.
+///
+/// ```no_run
+/// use caching_core::backend::{Backend, memcached::{Memcached, MemcachedOptions}};
+/// use caching_core::Expiry;
+/// let mc = Memcached::new(&["127.0.0.1:11211"], MemcachedOptions::default()).unwrap();
+/// mc.set("greeting", b"hello", Expiry::Forever).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct Memcached {
+    servers: Vec<Server>,
+    options: MemcachedOptions,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Reply {
+    Stored,
+    NotStored,
+    Exists,
+    NotFound,
+    Deleted,
+    TooLarge,
+    Number(u64),
+    /// `CLIENT_ERROR cannot increment or decrement non-numeric value`.
+    NonNumeric,
+}
+
+impl Reply {
+    /// The reply to a storage, delete or incr command; anything else breaks the protocol.
+    fn from_frame(frame: Frame, server: &str) -> Result<Reply> {
+        Ok(match frame {
+            Frame::Stored => Reply::Stored,
+            Frame::NotStored => Reply::NotStored,
+            Frame::Exists => Reply::Exists,
+            Frame::NotFound => Reply::NotFound,
+            Frame::Deleted => Reply::Deleted,
+            Frame::Number(n) => Reply::Number(n),
+            Frame::ServerError(m)
+                if m.starts_with("object too large") || m.starts_with("out of memory") =>
+            {
+                Reply::TooLarge
+            }
+            Frame::ClientError(m) if m.starts_with("cannot increment") => Reply::NonNumeric,
+            Frame::ClientError(m) => {
+                return Err(protocol_err(server, &format!("CLIENT_ERROR {m}")))
+            }
+            Frame::ServerError(m) => {
+                return Err(protocol_err(server, &format!("SERVER_ERROR {m}")))
+            }
+            other => return Err(protocol_err(server, &format!("unexpected reply {other:?}"))),
+        })
+    }
+}
+
+impl Memcached {
+    /// A backend over `servers` (`host:port` each). Addresses are resolved now; nothing is
+    /// connected until first use.
+    ///
+    /// ```
+    /// use caching_core::backend::memcached::{Memcached, MemcachedOptions};
+    /// assert!(Memcached::new(&["127.0.0.1:11211"], MemcachedOptions::default()).is_ok());
+    /// assert!(Memcached::new(&["no port"], MemcachedOptions::default()).is_err());
+    /// ```
+    pub fn new<S: AsRef<str>>(servers: &[S], options: MemcachedOptions) -> Result<Self> {
+        if servers.is_empty() {
+            return Err(ConfigError::Url {
+                url: String::new(),
+                reason: "no memcached server given".into(),
+            }
+            .into());
+        }
+        let mut out = Vec::new();
+        for s in servers {
+            let name = s.as_ref().trim().to_string();
+            let addr = std::net::ToSocketAddrs::to_socket_addrs(&name)
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| ConfigError::Url {
+                    url: name.clone(),
+                    reason: "not a resolvable host:port".into(),
+                })?;
+            out.push(Server::new(name, addr));
+        }
+        Ok(Memcached {
+            servers: out,
+            options,
+        })
+    }
+
+    /// Index of the server that owns `key` (see `placement`).
+    fn server_for(&self, key: &str) -> usize {
+        placement::owner(self.servers.iter().map(|s| &s.seed), key)
+    }
+
+    /// The server name (`host:port`) a key is placed on.
+    ///
+    /// ```
+    /// use caching_core::backend::memcached::{Memcached, MemcachedOptions};
+    /// let mc = Memcached::new(&["127.0.0.1:11211"], MemcachedOptions::default()).unwrap();
+    /// assert_eq!(mc.server_of("any key"), "127.0.0.1:11211");
+    /// ```
+    pub fn server_of(&self, key: &str) -> &str {
+        &self.servers[self.server_for(key)].name
+    }
+
+    fn group<'k, T>(
+        &self,
+        items: impl IntoIterator<Item = (usize, &'k str, T)>,
+    ) -> Vec<Vec<(usize, T)>> {
+        let mut groups: Vec<Vec<(usize, T)>> =
+            (0..self.servers.len()).map(|_| Vec::new()).collect();
+        for (i, key, t) in items {
+            groups[self.server_for(key)].push((i, t));
+        }
+        groups
+    }
+
+    /// One exchange with server `i`, failing fast while it is marked down.
+    fn with_conn<T>(
+        &self,
+        i: usize,
+        f: impl FnOnce(&mut Conn, &Deadline, &str) -> Result<T>,
+    ) -> Result<T> {
+        let s = &self.servers[i];
+        s.exchange(&self.options, true, |conn, deadline| {
+            f(conn, deadline, &s.name)
+        })
+    }
+
+    fn item_limit(&self) -> usize {
+        self.servers
+            .iter()
+            .filter_map(Server::item_size)
+            .min()
+            .unwrap_or(DEFAULT_ITEM_SIZE)
+    }
+
+    /// Whether a value fits in an item (memcached counts key and header too; keep a margin).
+    fn fits(&self, key: &str, value: &[u8]) -> bool {
+        value.len() + key.len() + 64 <= self.item_limit()
+    }
+
+    /// Sends `requests` to one server in one write and reads every reply. A reply that is not
+    /// one of those `expected` for the command is an error (and drops the connection: a
+    /// `STORED` answering a `delete` means the stream is out of step with the requests).
+    fn pipeline(
+        &self,
+        server: usize,
+        requests: &[Request<'_>],
+        expected: fn(&Reply) -> bool,
+    ) -> Result<Vec<Reply>> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.with_conn(server, |conn, deadline, name| {
+            conn.send_requests(requests, deadline, name)?;
+            let mut replies = Vec::with_capacity(requests.len());
+            for _ in requests {
+                let reply = Reply::from_frame(conn.recv(deadline, name)?, name)?;
+                if !expected(&reply) {
+                    return Err(protocol_err(name, &format!("unexpected reply {reply:?}")));
+                }
+                replies.push(reply);
+            }
+            Ok(replies)
+        })
+    }
+
+    /// Runs storage commands grouped per server, returning replies in input order.
+    fn store_multi(
+        &self,
+        verb: StoreVerb,
+        items: &[(&str, &[u8])],
+        exptime: u64,
+    ) -> Result<Vec<Reply>> {
+        check_keys(items.iter().map(|i| i.0))?;
+        let mut out: Vec<Option<Reply>> = (0..items.len()).map(|_| None).collect();
+        let groups = self.group(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, (k, v))| (i, *k, (*k, *v))),
+        );
+        for (server, group) in groups.iter().enumerate() {
+            let mut requests = Vec::new();
+            let mut idx = Vec::new();
+            for (i, (key, value)) in group {
+                if self.fits(key, value) {
+                    requests.push(Request::Store {
+                        verb,
+                        key,
+                        value,
+                        exptime,
+                    });
+                    idx.push(*i);
+                } else {
+                    out[*i] = Some(Reply::TooLarge);
+                }
+            }
+            for (i, r) in idx.into_iter().zip(self.pipeline(server, &requests, |r| {
+                matches!(r, Reply::Stored | Reply::NotStored | Reply::TooLarge)
+            })?) {
+                out[i] = Some(r);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or(Reply::TooLarge))
+            .collect())
+    }
+}
+
+/// The replies a `cas` may get: a too-large value or a `NOT_STORED` count as changed.
+fn cas_reply(r: &Reply) -> bool {
+    matches!(
+        r,
+        Reply::Stored | Reply::Exists | Reply::NotFound | Reply::NotStored | Reply::TooLarge
+    )
+}
+
+impl Backend for Memcached {
+    fn name(&self) -> &'static str {
+        "memcached"
+    }
+
+    fn max_item_size(&self) -> usize {
+        self.item_limit()
+    }
+
+    fn get_multi(&self, keys: &[&str]) -> Result<HashMap<String, Item>> {
+        check_keys(keys.iter().copied())?;
+        let mut out = HashMap::with_capacity(keys.len());
+        let groups = self.group(keys.iter().enumerate().map(|(i, k)| (i, *k, *k)));
+        for (server, group) in groups.iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            self.with_conn(server, |conn, deadline, name| {
+                let wanted: HashSet<&str> = group.iter().map(|(_, k)| *k).collect();
+                let mut buf = Vec::new();
+                for chunk in group.chunks(GET_CHUNK) {
+                    let keys: Vec<&str> = chunk.iter().map(|(_, k)| *k).collect();
+                    Request::Gets(&keys).encode(&mut buf);
+                }
+                conn.send(&buf, deadline, name)?;
+                let mut ends = 0;
+                let expected = group.len().div_ceil(GET_CHUNK);
+                while ends < expected {
+                    match conn.recv(deadline, name)? {
+                        Frame::End => ends += 1,
+                        Frame::Value {
+                            key,
+                            cas: Some(cas),
+                            data,
+                            ..
+                        } if wanted.contains(key.as_str()) => {
+                            out.insert(key, Item { value: data, cas });
+                        }
+                        Frame::Value { key, cas: None, .. } => {
+                            return Err(protocol_err(
+                                name,
+                                &format!("VALUE {key} without a CAS token"),
+                            ))
+                        }
+                        Frame::Value { key, .. } => {
+                            return Err(protocol_err(
+                                name,
+                                &format!("VALUE for a key not asked for: {key}"),
+                            ))
+                        }
+                        other => {
+                            return Err(protocol_err(name, &format!("unexpected reply {other:?}")))
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        Ok(out)
+    }
+
+    fn add_multi(&self, items: &[(&str, &[u8])], expiry: Expiry) -> Result<Vec<bool>> {
+        let replies = self.store_multi(StoreVerb::Add, items, expiry.memcached_exptime())?;
+        Ok(replies.into_iter().map(|r| r == Reply::Stored).collect())
+    }
+
+    fn set_multi(&self, items: &[(&str, &[u8])], expiry: Expiry) -> Result<()> {
+        let replies = self.store_multi(StoreVerb::Set, items, expiry.memcached_exptime())?;
+        // A set rejected as too large leaves the old value in place on some servers; delete
+        // it, so a reader never sees a value older than the one we failed to store.
+        let too_large: Vec<&str> = items
+            .iter()
+            .zip(&replies)
+            .filter(|(_, r)| **r == Reply::TooLarge)
+            .map(|((k, _), _)| *k)
+            .collect();
+        if !too_large.is_empty() {
+            self.delete_multi(&too_large)?;
+        }
+        Ok(())
+    }
+
+    fn append_multi(&self, items: &[(&str, &[u8])]) -> Result<Vec<AppendOutcome>> {
+        let replies = self.store_multi(StoreVerb::Append, items, 0)?;
+        // memcached answers NOT_STORED both when the key is missing and when the appended
+        // item would exceed the item size. Tell them apart by reading the key (a missing key
+        // costs nothing to ask about; a full one is read again by the compaction that
+        // follows anyway), so a full flush list is compacted instead of looking missing. A
+        // key that exists but has room was created since the append: report it missing, and
+        // the caller's add fails and appends again.
+        let ambiguous: Vec<&str> = items
+            .iter()
+            .zip(&replies)
+            .filter(|(_, r)| **r == Reply::NotStored)
+            .map(|((k, _), _)| *k)
+            .collect();
+        let existing = if ambiguous.is_empty() {
+            HashMap::new()
+        } else {
+            self.get_multi(&ambiguous)?
+        };
+        let limit = self.item_limit();
+        Ok(items
+            .iter()
+            .zip(replies)
+            .map(|((k, v), r)| match r {
+                Reply::Stored => AppendOutcome::Appended,
+                Reply::TooLarge => AppendOutcome::TooLarge,
+                Reply::NotStored
+                    if existing
+                        .get(*k)
+                        .is_some_and(|i| i.value.len() + v.len() + k.len() + 64 > limit) =>
+                {
+                    AppendOutcome::TooLarge
+                }
+                _ => AppendOutcome::Missing,
+            })
+            .collect())
+    }
+
+    fn cas(&self, key: &str, value: &[u8], expiry: Expiry, cas: u64) -> Result<CasOutcome> {
+        check_keys([key])?;
+        if !self.fits(key, value) {
+            return Ok(CasOutcome::Changed);
+        }
+        let request = Request::Cas {
+            key,
+            value,
+            exptime: expiry.memcached_exptime(),
+            cas,
+        };
+        let reply = self.pipeline(self.server_for(key), &[request], cas_reply)?;
+        Ok(match reply.first() {
+            Some(Reply::Stored) => CasOutcome::Stored,
+            Some(Reply::NotFound) => CasOutcome::Missing,
+            _ => CasOutcome::Changed,
+        })
+    }
+
+    fn cas_multi(&self, items: &[(&str, &[u8], u64)], expiry: Expiry) -> Result<Vec<CasOutcome>> {
+        check_keys(items.iter().map(|i| i.0))?;
+        let exptime = expiry.memcached_exptime();
+        let mut out = vec![CasOutcome::Changed; items.len()];
+        let groups = self.group(items.iter().enumerate().map(|(i, it)| (i, it.0, *it)));
+        for (server, group) in groups.iter().enumerate() {
+            let mut requests = Vec::new();
+            let mut idx = Vec::new();
+            for (i, (key, value, cas)) in group {
+                if self.fits(key, value) {
+                    requests.push(Request::Cas {
+                        key,
+                        value,
+                        exptime,
+                        cas: *cas,
+                    });
+                    idx.push(*i);
+                }
+            }
+            for (i, r) in idx
+                .into_iter()
+                .zip(self.pipeline(server, &requests, cas_reply)?)
+            {
+                out[i] = match r {
+                    Reply::Stored => CasOutcome::Stored,
+                    Reply::NotFound => CasOutcome::Missing,
+                    _ => CasOutcome::Changed,
+                };
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete_multi(&self, keys: &[&str]) -> Result<()> {
+        check_keys(keys.iter().copied())?;
+        let groups = self.group(keys.iter().enumerate().map(|(i, k)| (i, *k, *k)));
+        for (server, group) in groups.iter().enumerate() {
+            let requests: Vec<Request<'_>> =
+                group.iter().map(|(_, k)| Request::Delete(k)).collect();
+            self.pipeline(server, &requests, |r| {
+                matches!(r, Reply::Deleted | Reply::NotFound)
+            })?;
+        }
+        Ok(())
+    }
+
+    fn probe(&self) -> Result<()> {
+        let mut first_error = None;
+        for s in &self.servers {
+            // Ignores the fail-fast window; a success clears it.
+            let version = || {
+                s.exchange(&self.options, false, |conn, deadline| {
+                    conn.send_requests(&[Request::Version], deadline, &s.name)?;
+                    match conn.recv(deadline, &s.name)? {
+                        Frame::Version(_) => Ok(()),
+                        other => Err(protocol_err(
+                            &s.name,
+                            &format!("unexpected reply {other:?}"),
+                        )),
+                    }
+                })
+            };
+            // A pooled connection the server closed since (a restart, an idle timeout) fails
+            // at once; the failure emptied the pool, so the second try is a new connection.
+            let answered = match version() {
+                Err(e) if conn::is_close(&e) => version(),
+                r => r,
+            };
+            if let Err(e) = answered {
+                s.mark_down(&self.options);
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn incr(&self, key: &str, delta: u64) -> Result<Option<u64>> {
+        check_keys([key])?;
+        let server = self.server_for(key);
+        let reply = self.pipeline(server, &[Request::Incr { key, delta }], |r| {
+            matches!(r, Reply::Number(_) | Reply::NonNumeric | Reply::NotFound)
+        })?;
+        match reply.first() {
+            Some(Reply::Number(n)) => Ok(Some(*n)),
+            Some(Reply::NonNumeric) => Err(Error::NotANumber {
+                key: key.to_string(),
+            }),
+            Some(Reply::NotFound) => Ok(None),
+            r => Err(protocol_err(&self.servers[server].name, &format!("{r:?}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unparsable_addresses_are_configuration_errors() {
+        // An address that does not parse is a configuration error, reported at construction.
+        assert!(Memcached::new(&["127.0.0.1"], MemcachedOptions::default()).is_err());
+        let none: [&str; 0] = [];
+        assert!(Memcached::new(&none, MemcachedOptions::default()).is_err());
+    }
+
+    #[test]
+    fn server_of_follows_placement() {
+        let names = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"];
+        let mc = Memcached::new(&names, MemcachedOptions::default()).unwrap();
+        // Same pins as `placement::tests::placement_is_pinned`, through the public API.
+        let placed: Vec<&str> = (0..6).map(|i| mc.server_of(&format!("k{i}"))).collect();
+        let pinned = [1, 2, 2, 0, 1, 2].map(|i| names[i]);
+        assert_eq!(placed, pinned);
+    }
+}
