@@ -11,7 +11,8 @@
 //! - [`each_backend`] / [`each_cache`]: run one test body against every available backend
 //!   (locmem always, memcached when `MEMCACHED_URL` is set).
 //! - [`MemcachedProcess`]: a private memcached on a free loopback port that a test can kill
-//!   and restart (the "server went away" cases).
+//!   and restart (the "server went away" cases), pause and resume (a stalled server), or
+//!   start with its own arguments (a small server that evicts).
 //! - [`RecordingBackend`]: a real backend wrapped to record every key it is sent.
 //! - [`memcached_ttl`]: asks memcached for the remaining lifetime of an item (meta protocol),
 //!   to check what expiry actually reached the server.
@@ -439,14 +440,24 @@ fn is_executable(p: &Path) -> bool {
     p.is_file()
 }
 
-/// A private memcached server on a free loopback port, for tests that stop and restart the
-/// server. Started as `memcached -u root -l 127.0.0.1 -p PORT -U 0 -m 64` (`-u root` lets it
-/// run when the tests run as root; it is ignored otherwise). Killed when dropped.
+/// A private memcached server on a free loopback port, for tests (and the stress harness)
+/// that inject faults: kill and restart the server ([`kill`](Self::kill),
+/// [`restart`](Self::restart)), or freeze it with SIGSTOP ([`pause`](Self::pause),
+/// [`resume`](Self::resume): connections stay open, requests hang, like a stalled server).
+///
+/// Started as `memcached -u root -l 127.0.0.1 -p PORT -U 0 -m 64` followed by the extra
+/// arguments of [`start_with_args`](Self::start_with_args), which override the defaults
+/// (memcached keeps the last value of a repeated flag), for example `-m 1 -I 512k` for a small
+/// server that evicts. `-u root` lets it run when the tests run as root; it is ignored
+/// otherwise. Dropping it resumes a paused server and kills it.
 #[derive(Debug)]
 pub struct MemcachedProcess {
     binary: PathBuf,
     port: u16,
+    extra_args: Vec<String>,
     child: Option<Child>,
+    /// Whether the server is stopped by [`pause`](Self::pause).
+    paused: std::sync::atomic::AtomicBool,
 }
 
 impl MemcachedProcess {
@@ -460,6 +471,16 @@ impl MemcachedProcess {
     /// # Panics
     /// If the server does not start.
     pub fn start(test: &str) -> Option<Self> {
+        Self::start_with_args(test, &[])
+    }
+
+    /// Like [`start`](Self::start), with `args` appended to the default command line (and
+    /// kept across restarts): `&["-m", "1", "-I", "512k"]` starts a 1 MB server with 512 KiB
+    /// items, which evicts under a modest load.
+    ///
+    /// # Panics
+    /// If the server does not start (for example, memcached rejects `args`).
+    pub fn start_with_args(test: &str, args: &[&str]) -> Option<Self> {
         let Some(binary) = find_on_path("memcached") else {
             if under_ci() {
                 panic!("a memcached binary must be on PATH under CI=true (needed by {test})");
@@ -470,7 +491,9 @@ impl MemcachedProcess {
         let mut p = MemcachedProcess {
             binary,
             port: 0,
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
+            paused: std::sync::atomic::AtomicBool::new(false),
         };
         // The free port may be taken between our probe and memcached's bind: try another.
         let mut failures = Vec::new();
@@ -506,12 +529,59 @@ impl MemcachedProcess {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    /// Kills the server (SIGKILL) and waits for it to exit; its port then refuses connections.
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the server is paused (stopped with SIGSTOP and not resumed yet).
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// Freezes the server (SIGSTOP): it keeps its port and its connections, and the kernel
+    /// still accepts new ones, but nothing is answered until [`resume`](Self::resume). Takes
+    /// `&self`, so another thread can resume it while this one waits on the server.
+    ///
+    /// # Panics
+    /// If the server is not running or the signal cannot be sent.
+    pub fn pause(&self) {
+        self.signal("STOP");
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets a [paused](Self::pause) server run again (SIGCONT); it then answers what queued
+    /// up meanwhile. Harmless on a server that is not paused.
+    ///
+    /// # Panics
+    /// If the server is not running or the signal cannot be sent.
+    pub fn resume(&self) {
+        self.signal("CONT");
+        self.paused.store(false, Ordering::SeqCst);
+    }
+
+    /// Sends `SIG{name}` to the server with `kill(1)` (no libc binding: the workspace forbids
+    /// unsafe code).
+    fn signal(&self, name: &str) {
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| panic!("SIG{name}: memcached on port {} is not running", self.port));
+        let status = Command::new("kill")
+            .args([format!("-{name}"), pid.to_string()])
+            .stdin(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("running kill -{name} {pid}: {e}"));
+        assert!(status.success(), "kill -{name} {pid} exited with {status}");
+    }
+
+    /// Kills the server (SIGKILL, which also ends a paused one) and waits for it to exit; its
+    /// port then refuses connections.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.paused.store(false, Ordering::SeqCst);
     }
 
     /// Kills the server if it runs, then starts a fresh one (empty) on the same port and waits
@@ -543,6 +613,7 @@ impl MemcachedProcess {
                 "-m",
                 "64",
             ])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -578,6 +649,15 @@ impl MemcachedProcess {
 
 impl Drop for MemcachedProcess {
     fn drop(&mut self) {
+        if self.is_paused() && self.child.is_some() {
+            // Never leave a stopped process behind, even if the kill below failed.
+            let _ = self.pid().map(|pid| {
+                Command::new("kill")
+                    .args(["-CONT".to_string(), pid.to_string()])
+                    .stdin(Stdio::null())
+                    .status()
+            });
+        }
         self.kill();
     }
 }
