@@ -543,35 +543,43 @@ impl MemcachedProcess {
     /// still accepts new ones, but nothing is answered until [`resume`](Self::resume). Takes
     /// `&self`, so another thread can resume it while this one waits on the server.
     ///
-    /// # Panics
-    /// If the server is not running or the signal cannot be sent.
-    pub fn pause(&self) {
-        self.signal("STOP");
+    /// Fails if the server is not running or the signal cannot be sent.
+    pub fn pause(&self) -> std::io::Result<()> {
+        self.signal("STOP")?;
         self.paused.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Lets a [paused](Self::pause) server run again (SIGCONT); it then answers what queued
     /// up meanwhile. Harmless on a server that is not paused.
     ///
-    /// # Panics
-    /// If the server is not running or the signal cannot be sent.
-    pub fn resume(&self) {
-        self.signal("CONT");
+    /// Fails if the server is not running or the signal cannot be sent.
+    pub fn resume(&self) -> std::io::Result<()> {
+        self.signal("CONT")?;
         self.paused.store(false, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Sends `SIG{name}` to the server with `kill(1)` (no libc binding: the workspace forbids
     /// unsafe code).
-    fn signal(&self, name: &str) {
-        let pid = self
-            .pid()
-            .unwrap_or_else(|| panic!("SIG{name}: memcached on port {} is not running", self.port));
+    fn signal(&self, name: &str) -> std::io::Result<()> {
+        let pid = self.pid().ok_or_else(|| {
+            std::io::Error::other(format!(
+                "SIG{name}: memcached on port {} is not running",
+                self.port
+            ))
+        })?;
         let status = Command::new("kill")
             .args([format!("-{name}"), pid.to_string()])
             .stdin(Stdio::null())
-            .status()
-            .unwrap_or_else(|e| panic!("running kill -{name} {pid}: {e}"));
-        assert!(status.success(), "kill -{name} {pid} exited with {status}");
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "kill -{name} {pid} exited with {status}"
+            )))
+        }
     }
 
     /// Kills the server (SIGKILL, which also ends a paused one) and waits for it to exit; its
@@ -590,10 +598,15 @@ impl MemcachedProcess {
     /// # Panics
     /// If the server does not start again.
     pub fn restart(&mut self) {
-        self.kill();
-        if let Err(e) = self.spawn() {
+        if let Err(e) = self.try_restart() {
             panic!("{e}");
         }
+    }
+
+    /// Like [`restart`](Self::restart), returning the failure instead of panicking.
+    pub fn try_restart(&mut self) -> Result<(), String> {
+        self.kill();
+        self.spawn()
     }
 
     /// Starts the server on `self.port` and waits until it accepts connections.
@@ -649,14 +662,9 @@ impl MemcachedProcess {
 
 impl Drop for MemcachedProcess {
     fn drop(&mut self) {
-        if self.is_paused() && self.child.is_some() {
+        if self.is_paused() {
             // Never leave a stopped process behind, even if the kill below failed.
-            let _ = self.pid().map(|pid| {
-                Command::new("kill")
-                    .args(["-CONT".to_string(), pid.to_string()])
-                    .stdin(Stdio::null())
-                    .status()
-            });
+            let _ = self.resume();
         }
         self.kill();
     }

@@ -219,11 +219,11 @@ fn stall_during_write_is_not_stale_forever() {
 
     let stall = Duration::from_millis(700);
     let (saved, written) = std::thread::scope(|s| {
-        mc.pause();
+        mc.pause().expect("SIGSTOP memcached");
         let paused = Instant::now();
         let resumer = s.spawn(|| {
             std::thread::sleep(stall);
-            mc.resume();
+            mc.resume().expect("SIGCONT memcached");
         });
         let saved = write_val(&mut b, &original, 43);
         let written = Instant::now();
