@@ -14,8 +14,10 @@
 //! (a free loopback port; never the shared server of `MEMCACHED_URL`):
 //!
 //! - `none` (default): no fault, on `MEMCACHED_URL`.
-//! - `restart`: memcached is killed every 1.2 s of uptime and restarted 0.4 s later (empty),
-//!   so clients fall in and out of their fail-fast windows at different times.
+//! - `restart`: memcached is killed after every 1 s of uptime and restarted (empty) 0.3 to
+//!   2.5 s later; writers pause a random 0 to 500 ms after each write (unless
+//!   `--write-pause-ms`), so they meet an outage later than the busy readers and are still
+//!   inside their fail-fast windows when the readers refill.
 //! - `stall`: memcached is frozen (SIGSTOP) for 0.7 s every 1 s of running, while writers
 //!   write: an invalidation's first attempt times out and its retries fall inside the
 //!   client's own fail-fast window.
@@ -27,6 +29,10 @@
 //! - `corrupt`: a raw client appends an invalid UTF-8 byte to random flush lists
 //!   (`{prefix}f:o:{table}:{pk}`) and overwrites the write generations (`{prefix}gen:{table}`)
 //!   with non-numeric junk, 50 times a second.
+//!
+//! Faults start 0.5 s into the run and stop a quiet tail (a quarter of the run, 1 to 3 s)
+//! before its end, so stale entries they leave are read by the workers, and found by the
+//! final sweep, instead of being wiped by a last restart.
 //!
 //! `--eviction-safe` builds every cache with `eviction_safe(true)`. `--kill-memcached-at S
 //! --kill-for S` (one outage; `--fault none` only) also runs on a private server.
@@ -147,6 +153,26 @@ impl Fault {
     }
 }
 
+/// A writer's pause after each write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WritePause {
+    Fixed(Duration),
+    /// Uniform in `0..=max`.
+    UpTo(Duration),
+}
+
+impl WritePause {
+    fn draw(self, rng: &mut Rng) -> Duration {
+        match self {
+            WritePause::Fixed(d) => d,
+            WritePause::UpTo(max) => {
+                let ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
+                Duration::from_millis(rng.next() % ms.saturating_add(1))
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 struct Args {
     seconds: u64,
@@ -154,7 +180,8 @@ struct Args {
     writers: usize,
     kill_at: Option<u64>,
     kill_for: u64,
-    write_pause: Duration,
+    /// `--write-pause-ms`, when given.
+    write_pause: Option<Duration>,
     fault: Fault,
     eviction_safe: bool,
     /// Wait before the final sweep when the caches do not say what is pending.
@@ -167,6 +194,18 @@ impl Args {
     /// Whether the run needs a private memcached.
     fn private_server(&self) -> bool {
         self.kill_at.is_some() || self.fault != Fault::None
+    }
+
+    /// How long a writer waits after each write: `--write-pause-ms`, or in `restart` mode a
+    /// random 0 to 500 ms (writers that are sometimes idle meet an outage later than the
+    /// busy readers, so their fail-fast windows end later: fault 1 of the durable
+    /// invalidation issue), otherwise none.
+    fn write_pause(&self) -> WritePause {
+        match (self.write_pause, self.fault) {
+            (Some(d), _) => WritePause::Fixed(d),
+            (None, Fault::Restart) => WritePause::UpTo(Duration::from_millis(500)),
+            (None, _) => WritePause::Fixed(Duration::ZERO),
+        }
     }
 
     fn grace(&self) -> Duration {
@@ -196,7 +235,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         writers: 2,
         kill_at: None,
         kill_for: 5,
-        write_pause: Duration::ZERO,
+        write_pause: None,
         fault: Fault::None,
         eviction_safe: false,
         grace: None,
@@ -223,7 +262,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
                 kill_for_given = true;
             }
             "--write-pause-ms" => {
-                out.write_pause = Duration::from_millis(value("--write-pause-ms")?)
+                out.write_pause = Some(Duration::from_millis(value("--write-pause-ms")?))
             }
             "--fault" => out.fault = Fault::parse(&text("--fault")?)?,
             "--eviction-safe" => out.eviction_safe = true,
@@ -592,23 +631,45 @@ fn sleep_until(t: Instant) {
     std::thread::sleep(t.saturating_duration_since(Instant::now()));
 }
 
-/// Runs fault `fault` on the private server `p` until shortly before `shared.deadline`, then
-/// leaves the server running (resumed, restarted). Returns how many faults it injected.
+/// The part of a run of `seconds` after the last fault, during which the workers go on
+/// without faults: a stale entry the faults left behind is then read by the workers and found
+/// by the final sweep, rather than wiped by a last restart. A quarter of the run, 1 to 3 s.
+fn quiet_tail(seconds: u64) -> Duration {
+    (Duration::from_secs(seconds) / 4).clamp(Duration::from_secs(1), Duration::from_secs(3))
+}
+
+/// When the first fault may start.
+const FAULT_LEAD: Duration = Duration::from_millis(500);
+
+/// Runs fault `fault` on the private server `p` from [`FAULT_LEAD`] after `start` until
+/// `until` (the workers run on until `shared.deadline`), then leaves the server running
+/// (resumed, restarted). Returns how many faults it injected.
 fn inject_faults(
     fault: Fault,
     p: &mut MemcachedProcess,
     keys: &KeySpace,
     shared: &Shared,
     start: Instant,
+    until: Instant,
 ) -> u64 {
     let at = || start.elapsed().as_secs_f64();
     let mut injected = 0;
     match fault {
         Fault::None => {}
         Fault::Restart => {
-            let (up, down) = (Duration::from_millis(1200), Duration::from_millis(400));
-            while Instant::now() + up + down < shared.deadline {
+            // Outages shorter and longer than the clients' 1 s fail-fast window: after a long
+            // one, each client's window ends at its first call after its previous window
+            // (a writer sleeping between invalidation attempts comes later than a reader),
+            // so the server comes back while some clients are still inside their windows.
+            let mut up = FAULT_LEAD;
+            let mut rng = Rng::seeded(99);
+            loop {
+                let down = Duration::from_millis(300 + rng.next() % 2200);
+                if Instant::now() + up + down >= until {
+                    break;
+                }
                 std::thread::sleep(up);
+                up = Duration::from_millis(1000);
                 p.kill();
                 injected += 1;
                 std::thread::sleep(down);
@@ -617,18 +678,20 @@ fn inject_faults(
                 }
             }
             eprintln!(
-                "stress: memcached restarted {injected} times (last at {:.1}s)",
+                "stress: memcached killed and restarted {injected} times (last at {:.1}s)",
                 at()
             );
         }
         Fault::Stall | Fault::Stall2 => {
-            let (run, stall) = if fault == Fault::Stall {
+            let (every, stall) = if fault == Fault::Stall {
                 (Duration::from_millis(1000), Duration::from_millis(700))
             } else {
                 (Duration::from_millis(1500), Duration::from_millis(2000))
             };
-            while Instant::now() + run + stall < shared.deadline {
+            let mut run = FAULT_LEAD;
+            while Instant::now() + run + stall < until {
                 std::thread::sleep(run);
+                run = every;
                 if let Err(e) = p.pause() {
                     shared.fault_error(&format!("SIGSTOP memcached: {e}"));
                     continue;
@@ -644,8 +707,8 @@ fn inject_faults(
                 at()
             );
         }
-        Fault::Evict => injected = co_tenant(&p.addr(), shared),
-        Fault::Corrupt => injected = corrupt(&p.addr(), keys, shared),
+        Fault::Evict => injected = co_tenant(&p.addr(), until),
+        Fault::Corrupt => injected = corrupt(&p.addr(), keys, until),
     }
     if p.is_paused() {
         if let Err(e) = p.resume() {
@@ -661,9 +724,9 @@ fn inject_faults(
 }
 
 /// The `evict` mode's co-tenant: about 3,000 junk items a second (50 to 600 bytes, the sizes
-/// of flush lists and small results, under keys of their own) until the deadline. Returns how
+/// of flush lists and small results, under keys of their own) until `until`. Returns how
 /// many it stored.
-fn co_tenant(addr: &str, shared: &Shared) -> u64 {
+fn co_tenant(addr: &str, until: Instant) -> u64 {
     const BATCH: usize = 30;
     const EVERY: Duration = Duration::from_millis(10);
     let mut client = RawClient::new(addr);
@@ -671,7 +734,7 @@ fn co_tenant(addr: &str, shared: &Shared) -> u64 {
     let junk = vec![b'j'; 600];
     let (mut stored, mut errors, mut n) = (0u64, 0u64, 0u64);
     let mut next = Instant::now();
-    while next < shared.deadline {
+    while next < until {
         let cmds: Vec<Vec<u8>> = (0..BATCH)
             .map(|_| {
                 n += 1;
@@ -693,13 +756,13 @@ fn co_tenant(addr: &str, shared: &Shared) -> u64 {
 /// The `corrupt` mode: 50 times a second, either appends an invalid UTF-8 byte to a random
 /// flush list (of an add-on or a user) or, one time in five, overwrites the write generation
 /// of `addons` or `users` with non-numeric junk. Returns how many corruptions were stored.
-fn corrupt(addr: &str, keys: &KeySpace, shared: &Shared) -> u64 {
+fn corrupt(addr: &str, keys: &KeySpace, until: Instant) -> u64 {
     const EVERY: Duration = Duration::from_millis(20);
     let mut client = RawClient::new(addr);
     let mut rng = Rng::seeded(4242);
     let (mut lists, mut counters, mut errors) = (0u64, 0u64, 0u64);
     let mut next = Instant::now();
-    while next < shared.deadline {
+    while next < until {
         let table = if rng.coin() { "addons" } else { "users" };
         let (cmd, is_list) = if rng.next() % 5 == 0 {
             (
@@ -777,7 +840,12 @@ fn reader(shared: &Shared, mut conn: CachedConnection<PgConnection>, stream: u64
     }
 }
 
-fn writer(shared: &Shared, mut conn: CachedConnection<PgConnection>, stream: u64, pause: Duration) {
+fn writer(
+    shared: &Shared,
+    mut conn: CachedConnection<PgConnection>,
+    stream: u64,
+    pause: WritePause,
+) {
     let mut rng = Rng::seeded(stream);
     while Instant::now() < shared.deadline {
         let id = rng.pick(ADDONS);
@@ -814,6 +882,7 @@ fn writer(shared: &Shared, mut conn: CachedConnection<PgConnection>, stream: u64
             }
         }
         drop(current);
+        let pause = pause.draw(&mut rng);
         if !pause.is_zero() {
             std::thread::sleep(pause);
         }
@@ -962,6 +1031,9 @@ fn main() -> ExitCode {
         .collect();
 
     let schema = Schema::create();
+    // Every connection is made before the clock starts: the run's time is the workers'.
+    let conns: Vec<CachedConnection<PgConnection>> =
+        caches.iter().map(|c| connect(&schema.name, c)).collect();
     let evictions_before = total_evictions(&factory.servers);
     let start = Instant::now();
     let shared = Shared {
@@ -1005,10 +1077,9 @@ fn main() -> ExitCode {
     let injected = AtomicU64::new(0);
     std::thread::scope(|s| {
         let mut workers = Vec::new();
-        for (i, cache) in caches.iter().enumerate() {
-            let conn = connect(&schema.name, cache);
+        for (i, conn) in conns.into_iter().enumerate() {
             let shared = &shared;
-            let pause = args.write_pause;
+            let pause = args.write_pause();
             workers.push(if i < args.readers {
                 s.spawn(move || reader(shared, conn, i as u64))
             } else {
@@ -1038,8 +1109,9 @@ fn main() -> ExitCode {
                 });
             } else {
                 let fault = args.fault;
+                let until = shared.deadline - quiet_tail(args.seconds);
                 s.spawn(move || {
-                    let n = inject_faults(fault, p, keys, shared, start);
+                    let n = inject_faults(fault, p, keys, shared, start, until);
                     injected.fetch_add(n, Ordering::Relaxed);
                 });
             }
