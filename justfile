@@ -28,6 +28,15 @@ bench:
 stress:
     cargo run --release -p caching-tests --all-features --bin stress -- --seconds 60 --readers 8 --writers 2
 
+# Every fault mode of the stress harness for 60 s each, on private memcached servers (evict
+# twice: the default mode, whose stale results are the documented exposure, and eviction-safe).
+chaos:
+    for mode in none restart stall stall2 evict "evict --eviction-safe" corrupt; do \
+        echo "== stress --fault $mode"; \
+        cargo run -q --release -p caching-tests --all-features --bin stress -- \
+            --seconds 60 --readers 8 --writers 2 --fault $mode || exit 1; \
+    done
+
 # API docs.
 doc:
     cargo doc --workspace --all-features --no-deps

@@ -11,7 +11,8 @@
 //! - [`each_backend`] / [`each_cache`]: run one test body against every available backend
 //!   (locmem always, memcached when `MEMCACHED_URL` is set).
 //! - [`MemcachedProcess`]: a private memcached on a free loopback port that a test can kill
-//!   and restart (the "server went away" cases).
+//!   and restart (the "server went away" cases), pause and resume (a stalled server), or
+//!   start with its own arguments (a small server that evicts).
 //! - [`RecordingBackend`]: a real backend wrapped to record every key it is sent.
 //! - [`memcached_ttl`]: asks memcached for the remaining lifetime of an item (meta protocol),
 //!   to check what expiry actually reached the server; [`memcached_expiry`] reads it with the
@@ -541,14 +542,24 @@ fn is_executable(p: &Path) -> bool {
     p.is_file()
 }
 
-/// A private memcached server on a free loopback port, for tests that stop and restart the
-/// server. Started as `memcached -u root -l 127.0.0.1 -p PORT -U 0 -m 64` (`-u root` lets it
-/// run when the tests run as root; it is ignored otherwise). Killed when dropped.
+/// A private memcached server on a free loopback port, for tests (and the stress harness)
+/// that inject faults: kill and restart the server ([`kill`](Self::kill),
+/// [`restart`](Self::restart)), or freeze it with SIGSTOP ([`pause`](Self::pause),
+/// [`resume`](Self::resume): connections stay open, requests hang, like a stalled server).
+///
+/// Started as `memcached -u root -l 127.0.0.1 -p PORT -U 0 -m 64` followed by the extra
+/// arguments of [`start_with_args`](Self::start_with_args), which override the defaults
+/// (memcached keeps the last value of a repeated flag), for example `-m 1 -I 512k` for a small
+/// server that evicts. `-u root` lets it run when the tests run as root; it is ignored
+/// otherwise. Dropping it resumes a paused server and kills it.
 #[derive(Debug)]
 pub struct MemcachedProcess {
     binary: PathBuf,
     port: u16,
+    extra_args: Vec<String>,
     child: Option<Child>,
+    /// Whether the server is stopped by [`pause`](Self::pause).
+    paused: std::sync::atomic::AtomicBool,
 }
 
 impl MemcachedProcess {
@@ -562,6 +573,16 @@ impl MemcachedProcess {
     /// # Panics
     /// If the server does not start.
     pub fn start(test: &str) -> Option<Self> {
+        Self::start_with_args(test, &[])
+    }
+
+    /// Like [`start`](Self::start), with `args` appended to the default command line (and
+    /// kept across restarts): `&["-m", "1", "-I", "512k"]` starts a 1 MB server with 512 KiB
+    /// items, which evicts under a modest load.
+    ///
+    /// # Panics
+    /// If the server does not start (for example, memcached rejects `args`).
+    pub fn start_with_args(test: &str, args: &[&str]) -> Option<Self> {
         let Some(binary) = find_on_path("memcached") else {
             if under_ci() {
                 panic!("a memcached binary must be on PATH under CI=true (needed by {test})");
@@ -572,7 +593,9 @@ impl MemcachedProcess {
         let mut p = MemcachedProcess {
             binary,
             port: 0,
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
+            paused: std::sync::atomic::AtomicBool::new(false),
         };
         // The free port may be taken between our probe and memcached's bind: try another.
         let mut failures = Vec::new();
@@ -608,12 +631,67 @@ impl MemcachedProcess {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    /// Kills the server (SIGKILL) and waits for it to exit; its port then refuses connections.
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the server is paused (stopped with SIGSTOP and not resumed yet).
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// Freezes the server (SIGSTOP): it keeps its port and its connections, and the kernel
+    /// still accepts new ones, but nothing is answered until [`resume`](Self::resume). Takes
+    /// `&self`, so another thread can resume it while this one waits on the server.
+    ///
+    /// Fails if the server is not running or the signal cannot be sent.
+    pub fn pause(&self) -> std::io::Result<()> {
+        self.signal("STOP")?;
+        self.paused.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Lets a [paused](Self::pause) server run again (SIGCONT); it then answers what queued
+    /// up meanwhile. Harmless on a server that is not paused.
+    ///
+    /// Fails if the server is not running or the signal cannot be sent.
+    pub fn resume(&self) -> std::io::Result<()> {
+        self.signal("CONT")?;
+        self.paused.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Sends `SIG{name}` to the server with `kill(1)` (no libc binding: the workspace forbids
+    /// unsafe code).
+    fn signal(&self, name: &str) -> std::io::Result<()> {
+        let pid = self.pid().ok_or_else(|| {
+            std::io::Error::other(format!(
+                "SIG{name}: memcached on port {} is not running",
+                self.port
+            ))
+        })?;
+        let status = Command::new("kill")
+            .args([format!("-{name}"), pid.to_string()])
+            .stdin(Stdio::null())
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "kill -{name} {pid} exited with {status}"
+            )))
+        }
+    }
+
+    /// Kills the server (SIGKILL, which also ends a paused one) and waits for it to exit; its
+    /// port then refuses connections.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.paused.store(false, Ordering::SeqCst);
     }
 
     /// Kills the server if it runs, then starts a fresh one (empty) on the same port and waits
@@ -622,10 +700,15 @@ impl MemcachedProcess {
     /// # Panics
     /// If the server does not start again.
     pub fn restart(&mut self) {
-        self.kill();
-        if let Err(e) = self.spawn() {
+        if let Err(e) = self.try_restart() {
             panic!("{e}");
         }
+    }
+
+    /// Like [`restart`](Self::restart), returning the failure instead of panicking.
+    pub fn try_restart(&mut self) -> Result<(), String> {
+        self.kill();
+        self.spawn()
     }
 
     /// Starts the server on `self.port` and waits until it accepts connections.
@@ -645,6 +728,7 @@ impl MemcachedProcess {
                 "-m",
                 "64",
             ])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -680,6 +764,10 @@ impl MemcachedProcess {
 
 impl Drop for MemcachedProcess {
     fn drop(&mut self) {
+        if self.is_paused() {
+            // Never leave a stopped process behind, even if the kill below failed.
+            let _ = self.resume();
+        }
         self.kill();
     }
 }
