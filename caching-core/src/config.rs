@@ -19,6 +19,7 @@
 //! | `invalidate_on_create` | `whole-model` or `off` | `off` |
 //! | `replica_timeout` | seconds a fill from a replica-labelled connection lives | `60` |
 //! | `eviction_safe` | `true`: a hit checks that its flush lists survived (one more round trip) | `false` |
+//! | `invalidation_wait_ms` | how long a write waits for its invalidation when the backend fails (`0`: never) | `3000` |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +65,12 @@ pub struct CacheConfig {
     /// with the same epoch (a list evicted, or evicted and re-created, makes the entry miss).
     /// Costs a second round trip per hit. Off by default.
     pub eviction_safe: bool,
+    /// How long a write waits for its invalidation to be delivered when the backend fails
+    /// (stalled, restarting, marked down): the invalidation is retried meanwhile, so a stall
+    /// shorter than this never lets another process read the old row after the write
+    /// returned. Once an outage has lasted longer than this, writes stop waiting (their
+    /// invalidations are still queued and delivered later). Zero: never wait.
+    pub invalidation_wait: Duration,
 }
 
 impl Default for CacheConfig {
@@ -77,6 +84,7 @@ impl Default for CacheConfig {
             invalidate_on_create: InvalidateOnCreate::Off,
             replica_timeout: Duration::from_secs(60),
             eviction_safe: false,
+            invalidation_wait: Duration::from_secs(3),
         }
     }
 }
@@ -172,6 +180,13 @@ impl CacheBuilder {
     /// Sets the timeout of fills read from a replica.
     pub fn replica_timeout(mut self, t: Duration) -> Self {
         self.config.replica_timeout = t;
+        self
+    }
+
+    /// Sets how long a write waits for an invalidation the backend failed to take (see
+    /// [`CacheConfig::invalidation_wait`]).
+    pub fn invalidation_wait(mut self, wait: Duration) -> Self {
+        self.config.invalidation_wait = wait;
         self
     }
 
@@ -311,6 +326,16 @@ pub(crate) fn parse_url(url: &str) -> Result<CacheBuilder, crate::Error> {
                 })
             }
             "eviction_safe" => b = b.eviction_safe(parse_bool("eviction_safe", v)?),
+            "invalidation_wait_ms" => {
+                let ms: u64 = v.parse().ok().filter(|ms| *ms <= 600_000).ok_or_else(|| {
+                    param_err(
+                        "invalidation_wait_ms",
+                        v,
+                        "expected milliseconds from 0 to 600000",
+                    )
+                })?;
+                b = b.invalidation_wait(Duration::from_millis(ms))
+            }
             "replica_timeout" => b = b.replica_timeout(parse_secs("replica_timeout", v)?),
             "max_entries" => {
                 locmem_params = true;

@@ -17,8 +17,8 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::invalidate::Invalidation;
 use crate::stats::Counter;
@@ -44,6 +44,11 @@ struct State {
     /// A namespace bump is being sent (reads still bypass until it is through).
     sending_everything: bool,
     worker: bool,
+    /// Every invalidation with an id below this one is delivered (or covered by a delivered
+    /// namespace bump).
+    delivered_below: u64,
+    /// When the queue last went from empty to not empty: the start of the current outage.
+    outage_since: Option<Instant>,
 }
 
 impl State {
@@ -58,6 +63,8 @@ pub(crate) struct Delivery {
     /// Mirrors `State::pending` so reads check it without taking the lock.
     pending: AtomicUsize,
     state: Mutex<State>,
+    /// Signalled after every delivery (writers waiting for theirs).
+    delivered: Condvar,
 }
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -85,9 +92,13 @@ impl Delivery {
                 .any(|(_, inv)| tables.iter().any(|t| inv.may_affect(t)))
     }
 
-    /// Queues `inv` for background delivery.
-    pub(crate) fn defer(&self, cache: &Cache, inv: Invalidation) {
+    /// Queues `inv` for background delivery; returns its ticket for [`wait`](Delivery::wait)
+    /// and the deadline until which a writer may wait for it: `wait` after the start of the
+    /// outage (once an outage lasts longer than that, writers stop waiting).
+    pub(crate) fn defer(&self, cache: &Cache, inv: Invalidation, wait: Duration) -> (u64, Instant) {
         let mut st = lock(&self.state);
+        let id = st.next_id;
+        st.next_id += 1;
         if st.queue.len() >= CAPACITY {
             tracing::error!(
                 capacity = CAPACITY,
@@ -97,11 +108,11 @@ impl Delivery {
             st.queue.clear();
             st.everything = true;
         } else {
-            let id = st.next_id;
-            st.next_id += 1;
             st.queue.push_back((id, inv));
         }
+        let since = *st.outage_since.get_or_insert_with(Instant::now);
         self.start(cache, st);
+        (id, since + wait)
     }
 
     /// Queues a namespace bump (it replaces everything queued).
@@ -109,7 +120,40 @@ impl Delivery {
         let mut st = lock(&self.state);
         st.queue.clear();
         st.everything = true;
+        st.outage_since.get_or_insert_with(Instant::now);
         self.start(cache, st);
+    }
+
+    /// Waits until invalidation `ticket` is delivered, at most until `deadline`; returns
+    /// whether it was.
+    pub(crate) fn wait(&self, ticket: u64, deadline: Instant) -> bool {
+        let mut st = lock(&self.state);
+        loop {
+            if st.delivered_below > ticket {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            st = self
+                .delivered
+                .wait_timeout(st, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// Records progress and wakes waiting writers.
+    fn settle(&self, mut st: std::sync::MutexGuard<'_, State>, delivered_below: u64) {
+        st.delivered_below = st.delivered_below.max(delivered_below);
+        let pending = st.pending();
+        if pending == 0 {
+            st.outage_since = None;
+        }
+        self.pending.store(pending, Ordering::Release);
+        drop(st);
+        self.delivered.notify_all();
     }
 
     fn start(&self, cache: &Cache, mut st: std::sync::MutexGuard<'_, State>) {
@@ -142,6 +186,7 @@ fn deliver(cache: Cache) {
             let mut st = lock(&d.state);
             if st.pending() == 0 {
                 st.worker = false;
+                st.outage_since = None;
                 return;
             }
         }
@@ -166,7 +211,7 @@ fn deliver(cache: Cache) {
                     let mut st = lock(&d.state);
                     st.queue.clear();
                     st.everything = true;
-                    d.pending.store(st.pending(), Ordering::Release);
+                    d.settle(st, 0);
                     failures = 0;
                 }
             }
@@ -177,11 +222,11 @@ fn deliver(cache: Cache) {
 /// Delivers what is queued, front first; stops at the first failure.
 fn deliver_some(cache: &Cache) -> crate::Result<()> {
     let d = &cache.inner.delivery;
-    let requested = {
+    let (requested, covers_below) = {
         let mut st = lock(&d.state);
         let requested = std::mem::take(&mut st.everything);
         st.sending_everything = requested;
-        requested
+        (requested, st.next_id)
     };
     if requested {
         // Covers every invalidation made before this point; later ones are queued anew.
@@ -189,8 +234,8 @@ fn deliver_some(cache: &Cache) -> crate::Result<()> {
         let mut st = lock(&d.state);
         st.sending_everything = false;
         st.everything |= sent.is_err();
-        d.pending.store(st.pending(), Ordering::Release);
-        drop(st);
+        let below = if sent.is_ok() { covers_below } else { 0 };
+        d.settle(st, below);
         sent?;
         cache.inner.stats.inc(Counter::RetriedInvalidations);
         tracing::info!("queued namespace bump delivered");
@@ -205,8 +250,7 @@ fn deliver_some(cache: &Cache) -> crate::Result<()> {
         if st.queue.front().is_some_and(|(f, _)| *f == id) {
             st.queue.pop_front();
         }
-        d.pending.store(st.pending(), Ordering::Release);
-        drop(st);
+        d.settle(st, id + 1);
         cache.inner.stats.inc(Counter::RetriedInvalidations);
         tracing::info!(tables = ?inv.tables().collect::<Vec<_>>(), "queued invalidation delivered");
     }

@@ -109,9 +109,12 @@ impl Cache {
     ///
     /// If the backend cannot take it (down, stalled, answering garbage), the invalidation is
     /// not lost: it is queued and retried in the background until it is delivered, and until
-    /// then this cache's reads of the affected tables bypass the cache. The report says so
-    /// ([`InvalidationReport::deferred`]); the failure is counted in `failed_invalidations`
-    /// and logged. Only a process that exits with undelivered invalidations leaves entries
+    /// then this cache's reads of the affected tables bypass the cache. The call waits for
+    /// the delivery up to [`CacheConfig::invalidation_wait`](crate::CacheConfig::invalidation_wait)
+    /// counted from the start of the outage (so a short stall is invisible to other
+    /// processes, and a long outage does not slow every write); if it is still queued then,
+    /// the report says so ([`InvalidationReport::deferred`]). The failure is counted in
+    /// `failed_invalidations` and logged. Only a process that exits with undelivered invalidations leaves entries
     /// stale, until they expire (bound them with `max_timeout`).
     pub fn invalidate(&self, inv: &Invalidation) -> Result<InvalidationReport> {
         if inv.is_empty() {
@@ -127,9 +130,14 @@ impl Cache {
                 self.inner.stats.inc(Counter::BackendErrors);
                 self.inner.stats.inc(Counter::FailedInvalidations);
                 tracing::warn!(error = %e, tables = ?inv.written, "invalidation not delivered; queued for retry (reads of these tables bypass the cache until it is delivered)");
-                self.inner.delivery.defer(self, inv.clone());
+                let wait = self.inner.config.invalidation_wait;
+                let (ticket, deadline) = self.inner.delivery.defer(self, inv.clone(), wait);
+                // A stall or a restart usually ends within the wait: the write returns once
+                // its invalidation is through, so no reader that starts after it returned
+                // can be served the old row.
+                let delivered = self.inner.delivery.wait(ticket, deadline);
                 Ok(InvalidationReport {
-                    deferred: true,
+                    deferred: !delivered,
                     ..InvalidationReport::default()
                 })
             }

@@ -22,6 +22,29 @@ macro_rules! stats {
             $($(#[doc = $doc])* pub $name: u64,)*
         }
 
+        /// Adds another snapshot's counters (several caches, or several processes).
+        ///
+        /// ```
+        /// let (a, b) = (caching_core::Cache::locmem(), caching_core::Cache::locmem());
+        /// let total: caching_core::StatsSnapshot = [a.stats(), b.stats()].into_iter().sum();
+        /// assert_eq!(total.hits, 0);
+        /// ```
+        impl std::ops::AddAssign for StatsSnapshot {
+            fn add_assign(&mut self, other: StatsSnapshot) {
+                $(self.$name += other.$name;)*
+            }
+        }
+
+        impl std::iter::Sum for StatsSnapshot {
+            fn sum<I: Iterator<Item = StatsSnapshot>>(iter: I) -> StatsSnapshot {
+                let mut total = StatsSnapshot::default();
+                for s in iter {
+                    total += s;
+                }
+                total
+            }
+        }
+
         impl Stats {
             /// Copies the counters.
             pub fn snapshot(&self) -> StatsSnapshot {

@@ -92,10 +92,16 @@ impl Backend for Switched {
     }
 }
 
+/// A cache whose writes do not wait for failed invalidations (the waiting has its own tests).
 fn cache_on(backend: &Arc<Switched>) -> Cache {
+    waiting_cache_on(backend, Duration::ZERO)
+}
+
+fn waiting_cache_on(backend: &Arc<Switched>, wait: Duration) -> Cache {
     Cache::builder()
         .shared_backend(backend.clone())
         .prefix("delivery")
+        .invalidation_wait(wait)
         .build()
         .unwrap()
 }
@@ -261,4 +267,50 @@ fn a_failed_namespace_bump_is_queued_too() {
     assert!(cache.wait_for_delivery(Duration::from_secs(5)));
     let w: u32 = cache.cached("k", Timeout::Forever, || 2);
     assert_eq!(w, 2);
+}
+
+#[test]
+fn a_write_waits_for_its_invalidation_through_a_short_outage() {
+    let backend = Arc::new(Switched::default());
+    let cache = waiting_cache_on(&backend, Duration::from_secs(10));
+    let other = cache_on(&backend);
+    assert_eq!(score(&other, 1, || 1), 1);
+    backend.down.store(true, Ordering::SeqCst);
+    let heal = {
+        let backend = backend.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            backend.down.store(false, Ordering::SeqCst);
+        })
+    };
+    let report = cache.invalidate(&write(1)).unwrap();
+    heal.join().unwrap();
+    // The outage ended within the wait: the invalidation was delivered before the write
+    // returned, so no reader anywhere can see the old value after it.
+    assert!(!report.deferred, "{report:?}");
+    assert_eq!(cache.pending_invalidations(), 0);
+    assert_eq!(cache.stats().failed_invalidations, 1);
+    assert_eq!(cache.stats().retried_invalidations, 1);
+    assert_eq!(score(&other, 1, || 2), 2);
+}
+
+#[test]
+fn writes_stop_waiting_once_an_outage_outlasts_the_wait() {
+    let backend = Arc::new(Switched::default());
+    let cache = waiting_cache_on(&backend, Duration::from_secs(2));
+    backend.down.store(true, Ordering::SeqCst);
+    // The first write of the outage waits its 2 s, then leaves the invalidation queued.
+    assert!(cache.invalidate(&write(1)).unwrap().deferred);
+    // Later writes of the same outage do not wait at all: the outage began more than the
+    // wait ago.
+    let started = std::time::Instant::now();
+    assert!(cache.invalidate(&write(2)).unwrap().deferred);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(cache.pending_invalidations(), 2);
+    backend.down.store(false, Ordering::SeqCst);
+    assert!(cache.wait_for_delivery(Duration::from_secs(5)));
 }
