@@ -779,3 +779,48 @@ fn free_port() -> u16 {
 }
 
 pub mod db;
+
+/// Instantiates a suite once per database and cache backend this build has: modules
+/// `sqlite_locmem`, `sqlite_memcached`, `postgres_locmem`, `postgres_memcached`,
+/// `mysql_locmem`, `mysql_memcached` (each behind its database's feature), each invoking
+/// `$suite!(Connection type, BackendKind)`. Tests that exist for one combination only go in
+/// the optional `sqlite_locmem: { ... }` block, which is expanded inside that module (so it
+/// sees what the suite defines).
+///
+/// ```
+/// macro_rules! suite { ($conn:ty, $kind:expr) => { pub fn kind() -> caching_tests::db::BackendKind { $kind } } }
+/// caching_tests::for_each_database!(suite);
+/// ```
+#[macro_export]
+macro_rules! for_each_database {
+    ($suite:ident) => {
+        $crate::for_each_database!($suite, sqlite_locmem: {});
+    };
+    ($suite:ident, sqlite_locmem: { $($extra:tt)* }) => {
+        #[cfg(feature = "sqlite")]
+        mod sqlite_locmem {
+            $suite!(diesel::SqliteConnection, $crate::db::BackendKind::LocMem);
+            $($extra)*
+        }
+        #[cfg(feature = "sqlite")]
+        mod sqlite_memcached {
+            $suite!(diesel::SqliteConnection, $crate::db::BackendKind::Memcached);
+        }
+        #[cfg(feature = "postgres")]
+        mod postgres_locmem {
+            $suite!(diesel::PgConnection, $crate::db::BackendKind::LocMem);
+        }
+        #[cfg(feature = "postgres")]
+        mod postgres_memcached {
+            $suite!(diesel::PgConnection, $crate::db::BackendKind::Memcached);
+        }
+        #[cfg(feature = "mysql")]
+        mod mysql_locmem {
+            $suite!(diesel::MysqlConnection, $crate::db::BackendKind::LocMem);
+        }
+        #[cfg(feature = "mysql")]
+        mod mysql_memcached {
+            $suite!(diesel::MysqlConnection, $crate::db::BackendKind::Memcached);
+        }
+    };
+}

@@ -660,27 +660,4 @@ macro_rules! suite {
     };
 }
 
-#[cfg(feature = "sqlite")]
-mod sqlite_locmem {
-    suite!(diesel::SqliteConnection, BackendKind::LocMem);
-}
-#[cfg(feature = "sqlite")]
-mod sqlite_memcached {
-    suite!(diesel::SqliteConnection, BackendKind::Memcached);
-}
-#[cfg(feature = "postgres")]
-mod postgres_locmem {
-    suite!(diesel::PgConnection, BackendKind::LocMem);
-}
-#[cfg(feature = "postgres")]
-mod postgres_memcached {
-    suite!(diesel::PgConnection, BackendKind::Memcached);
-}
-#[cfg(feature = "mysql")]
-mod mysql_locmem {
-    suite!(diesel::MysqlConnection, BackendKind::LocMem);
-}
-#[cfg(feature = "mysql")]
-mod mysql_memcached {
-    suite!(diesel::MysqlConnection, BackendKind::Memcached);
-}
+caching_tests::for_each_database!(suite);

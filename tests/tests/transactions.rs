@@ -171,9 +171,7 @@ macro_rules! suite {
     };
 }
 
-#[cfg(feature = "sqlite")]
-mod sqlite_locmem {
-    suite!(diesel::SqliteConnection, BackendKind::LocMem);
+caching_tests::for_each_database!(suite, sqlite_locmem: {
 
     #[test]
     fn scenario_34_failed_commit_invalidates_nothing() {
@@ -233,24 +231,4 @@ mod sqlite_locmem {
         drop((conn, other));
         let _ = std::fs::remove_file(dir);
     }
-}
-#[cfg(feature = "sqlite")]
-mod sqlite_memcached {
-    suite!(diesel::SqliteConnection, BackendKind::Memcached);
-}
-#[cfg(feature = "postgres")]
-mod postgres_locmem {
-    suite!(diesel::PgConnection, BackendKind::LocMem);
-}
-#[cfg(feature = "postgres")]
-mod postgres_memcached {
-    suite!(diesel::PgConnection, BackendKind::Memcached);
-}
-#[cfg(feature = "mysql")]
-mod mysql_locmem {
-    suite!(diesel::MysqlConnection, BackendKind::LocMem);
-}
-#[cfg(feature = "mysql")]
-mod mysql_memcached {
-    suite!(diesel::MysqlConnection, BackendKind::Memcached);
-}
+});
