@@ -167,17 +167,7 @@ impl Cache {
     /// assert!(cache.wait_for_delivery(Duration::from_millis(10)));
     /// ```
     pub fn wait_for_delivery(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.pending_invalidations() == 0 {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            std::thread::sleep((deadline - now).min(Duration::from_millis(5)));
-        }
+        self.inner.delivery.wait_idle(Instant::now() + timeout)
     }
 
     /// Resolves a requested timeout against the configuration (default, then the cap).

@@ -10,14 +10,22 @@
 //!
 //! While an invalidation is queued, this cache's reads of the tables it touches bypass the
 //! cache (the process reads its own writes; other processes' reads are protected once it is
-//! delivered). If the queue overflows, or an invalidation keeps failing although the
-//! server answers probes, the queue collapses into one namespace bump: coarse (every entry
-//! of the key space misses once) but never stale. The thread holds the cache alive until
-//! the queue is empty, then exits; the next failure starts another.
+//! delivered). If the queue overflows, or deliveries keep failing for [`COLLAPSE_AFTER`]
+//! (one server of several is dead, say, so no walk can finish, while the namespace counter
+//! lives on a server that answers), the queue collapses into one namespace bump: coarse
+//! (every entry of the key space misses once) but never stale. The thread holds the cache
+//! alive until the queue is empty, then exits; the next failure starts another. A panic in
+//! a delivery attempt (a `Backend` of the user's, say) is caught and counted as a failure.
+//!
+//! Writers wait for their own invalidation with a ticket: every invalidation with an id
+//! below `delivered_below` is delivered, or covered by a delivered namespace bump. Ids that
+//! only a namespace bump still owed covers (`collapse_floor` and above, outside the queue)
+//! are never reported delivered before that bump is.
 
 use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::invalidate::Invalidation;
@@ -31,29 +39,39 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 /// Longest wait between two delivery attempts (bounds the staleness other processes see
 /// after the backend comes back).
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
-/// Failed deliveries while probes succeed before the queue collapses into a namespace bump
-/// (a server that answers `version` but garbles everything else).
-const MAX_FAILURES_WHILE_REACHABLE: u32 = 20;
+/// How long deliveries may keep failing before the queue collapses into a namespace bump.
+pub(crate) const COLLAPSE_AFTER: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Default)]
 struct State {
     queue: VecDeque<(u64, Invalidation)>,
     next_id: u64,
-    /// Bump the namespace version: covers every invalidation made before the bump is sent.
+    /// A namespace bump is owed: it covers every invalidation made before it is sent.
     everything: bool,
     /// A namespace bump is being sent (reads still bypass until it is through).
     sending_everything: bool,
-    worker: bool,
+    /// Ids from here up that are not in the queue were dropped by a collapse: only the owed
+    /// namespace bump covers them.
+    collapse_floor: Option<u64>,
     /// Every invalidation with an id below this one is delivered (or covered by a delivered
     /// namespace bump).
     delivered_below: u64,
     /// When the queue last went from empty to not empty: the start of the current outage.
     outage_since: Option<Instant>,
+    worker: bool,
 }
 
 impl State {
     fn pending(&self) -> usize {
         self.queue.len() + usize::from(self.everything || self.sending_everything)
+    }
+
+    /// Replaces everything queued by a namespace bump.
+    fn collapse(&mut self) {
+        let floor = self.collapse_floor.unwrap_or(u64::MAX);
+        self.collapse_floor = Some(floor.min(self.delivered_below));
+        self.queue.clear();
+        self.everything = true;
     }
 }
 
@@ -67,7 +85,7 @@ pub(crate) struct Delivery {
     delivered: Condvar,
 }
 
-fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -105,31 +123,41 @@ impl Delivery {
                 "undelivered invalidations overflowed the queue; the namespace version will be bumped instead"
             );
             cache.inner.stats.inc(Counter::CoarseInvalidations);
-            st.queue.clear();
-            st.everything = true;
-        } else {
-            st.queue.push_back((id, inv));
+            st.collapse();
         }
+        st.queue.push_back((id, inv));
         let since = *st.outage_since.get_or_insert_with(Instant::now);
         self.start(cache, st);
         (id, since + wait)
     }
 
     /// Queues a namespace bump (it replaces everything queued).
-    pub(crate) fn defer_everything(&self, cache: &Cache) {
+    pub(crate) fn defer_everything(&self, cache: &Cache, wait: Duration) -> (u64, Instant) {
         let mut st = lock(&self.state);
-        st.queue.clear();
-        st.everything = true;
-        st.outage_since.get_or_insert_with(Instant::now);
+        // The ticket of the bump: it is delivered when every id up to here is covered.
+        let id = st.next_id;
+        st.next_id += 1;
+        st.collapse();
+        let since = *st.outage_since.get_or_insert_with(Instant::now);
         self.start(cache, st);
+        (id, since + wait)
     }
 
     /// Waits until invalidation `ticket` is delivered, at most until `deadline`; returns
     /// whether it was.
     pub(crate) fn wait(&self, ticket: u64, deadline: Instant) -> bool {
+        self.wait_until(deadline, |st| st.delivered_below > ticket)
+    }
+
+    /// Waits until nothing is pending, at most until `deadline`; returns whether so.
+    pub(crate) fn wait_idle(&self, deadline: Instant) -> bool {
+        self.wait_until(deadline, |st| st.pending() == 0)
+    }
+
+    fn wait_until(&self, deadline: Instant, done: impl Fn(&State) -> bool) -> bool {
         let mut st = lock(&self.state);
         loop {
-            if st.delivered_below > ticket {
+            if done(&st) {
                 return true;
             }
             let now = Instant::now();
@@ -144,9 +172,11 @@ impl Delivery {
         }
     }
 
-    /// Records progress and wakes waiting writers.
-    fn settle(&self, mut st: std::sync::MutexGuard<'_, State>, delivered_below: u64) {
-        st.delivered_below = st.delivered_below.max(delivered_below);
+    /// Records progress (never past what only an owed namespace bump covers) and wakes the
+    /// waiting writers.
+    fn settle(&self, mut st: MutexGuard<'_, State>, delivered_below: u64) {
+        let cap = st.collapse_floor.unwrap_or(u64::MAX);
+        st.delivered_below = st.delivered_below.max(delivered_below.min(cap));
         let pending = st.pending();
         if pending == 0 {
             st.outage_since = None;
@@ -156,7 +186,7 @@ impl Delivery {
         self.delivered.notify_all();
     }
 
-    fn start(&self, cache: &Cache, mut st: std::sync::MutexGuard<'_, State>) {
+    fn start(&self, cache: &Cache, mut st: MutexGuard<'_, State>) {
         self.pending.store(st.pending(), Ordering::Release);
         if st.worker {
             return;
@@ -175,12 +205,14 @@ impl Delivery {
     }
 }
 
-/// The delivery loop: probe, then deliver the namespace bump (if any) and the queue in
-/// order; back off on failure; exit when nothing is left.
+/// The delivery loop: probe (which clears the client's fail-fast state of the servers that
+/// answer), then deliver the namespace bump (if owed) and the queue in order; back off on
+/// failure; collapse into a namespace bump after failing for [`COLLAPSE_AFTER`]; exit when
+/// nothing is left.
 fn deliver(cache: Cache) {
     let d = &cache.inner.delivery;
     let mut delay = FIRST_BACKOFF;
-    let mut failures = 0u32;
+    let mut failing_since: Option<Instant> = None;
     loop {
         {
             let mut st = lock(&d.state);
@@ -192,56 +224,74 @@ fn deliver(cache: Cache) {
         }
         std::thread::sleep(delay);
         delay = (delay * 2).min(MAX_BACKOFF);
-        if let Err(e) = cache.backend().probe() {
-            tracing::debug!(error = %e, "cache still unreachable; invalidations stay queued");
-            continue;
-        }
-        match deliver_some(&cache) {
-            Ok(()) => {
-                failures = 0;
+        // Even if some server does not answer the probe, try: the servers that do may hold
+        // everything this delivery needs (or the namespace counter, after a collapse).
+        let attempt = catch_unwind(AssertUnwindSafe(|| {
+            if let Err(e) = cache.backend().probe() {
+                tracing::debug!(error = %e, "cache (partly) unreachable; trying to deliver anyway");
+            }
+            deliver_some(&cache)
+        }));
+        let error = match attempt {
+            Ok(Ok(())) => {
+                failing_since = None;
                 delay = FIRST_BACKOFF;
+                continue;
             }
-            Err(e) => {
-                failures += 1;
-                cache.inner.stats.inc(Counter::BackendErrors);
-                tracing::debug!(error = %e, failures, "queued invalidation not delivered yet");
-                if failures >= MAX_FAILURES_WHILE_REACHABLE {
-                    tracing::error!(error = %e, "queued invalidations keep failing although the cache answers; bumping the namespace version instead");
-                    cache.inner.stats.inc(Counter::CoarseInvalidations);
-                    let mut st = lock(&d.state);
-                    st.queue.clear();
-                    st.everything = true;
-                    d.settle(st, 0);
-                    failures = 0;
-                }
-            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "a delivery attempt panicked".to_string(),
+        };
+        cache.inner.stats.inc(Counter::BackendErrors);
+        tracing::debug!(error, "queued invalidation not delivered yet");
+        let since = *failing_since.get_or_insert_with(Instant::now);
+        let mut st = lock(&d.state);
+        if since.elapsed() >= COLLAPSE_AFTER && !st.queue.is_empty() {
+            tracing::error!(
+                error,
+                "queued invalidations keep failing; bumping the namespace version instead"
+            );
+            cache.inner.stats.inc(Counter::CoarseInvalidations);
+            st.collapse();
+            d.settle(st, 0);
         }
     }
 }
 
-/// Delivers what is queued, front first; stops at the first failure.
+/// Delivers the owed namespace bump and what is queued, front first; stops at the first
+/// failure.
 fn deliver_some(cache: &Cache) -> crate::Result<()> {
     let d = &cache.inner.delivery;
-    let (requested, covers_below) = {
-        let mut st = lock(&d.state);
-        let requested = std::mem::take(&mut st.everything);
-        st.sending_everything = requested;
-        (requested, st.next_id)
-    };
-    if requested {
-        // Covers every invalidation made before this point; later ones are queued anew.
-        let sent = cache.bump_namespace();
-        let mut st = lock(&d.state);
-        st.sending_everything = false;
-        st.everything |= sent.is_err();
-        let below = if sent.is_ok() { covers_below } else { 0 };
-        d.settle(st, below);
-        sent?;
-        cache.inner.stats.inc(Counter::RetriedInvalidations);
-        tracing::info!("queued namespace bump delivered");
-    }
     loop {
-        let front = lock(&d.state).queue.front().cloned();
+        let (bump, front, covers_below) = {
+            let mut st = lock(&d.state);
+            let bump = std::mem::take(&mut st.everything);
+            st.sending_everything = bump;
+            (bump, st.queue.front().cloned(), st.next_id)
+        };
+        if bump {
+            // Covers every invalidation made before this point.
+            let sent = cache.bump_namespace();
+            let mut st = lock(&d.state);
+            st.sending_everything = false;
+            match &sent {
+                Ok(()) => {
+                    st.queue.retain(|(id, _)| *id >= covers_below);
+                    st.collapse_floor = if st.everything {
+                        // Collapsed again while the bump was on its way: what that dropped
+                        // from `covers_below` up still needs the next bump.
+                        st.collapse_floor.map(|f| f.max(covers_below))
+                    } else {
+                        None
+                    };
+                }
+                Err(_) => st.everything = true,
+            }
+            d.settle(st, if sent.is_ok() { covers_below } else { 0 });
+            sent?;
+            cache.inner.stats.inc(Counter::RetriedInvalidations);
+            tracing::info!("queued namespace bump delivered");
+            continue;
+        }
         let Some((id, inv)) = front else {
             return Ok(());
         };

@@ -126,6 +126,12 @@ impl Cache {
                 tracing::debug!(tables = ?inv.written, objects = inv.objects.len(), deleted = r.deleted, "invalidated");
                 Ok(r)
             }
+            Err(e) if !e.is_backend_failure() => {
+                // Not the backend's doing (a key no key space builds, say): retrying cannot
+                // help, and the caller should know.
+                tracing::error!(error = %e, tables = ?inv.written, "invalidation failed");
+                Err(e)
+            }
             Err(e) => {
                 self.inner.stats.inc(Counter::BackendErrors);
                 self.inner.stats.inc(Counter::FailedInvalidations);
@@ -158,7 +164,15 @@ impl Cache {
             self.inner.stats.add(Counter::Repairs, *repaired);
         }
         let mut roots: Vec<String> = inv.objects.iter().map(|o| ks.flush_key(o)).collect();
-        roots.extend(inv.keys.iter().cloned());
+        for k in &inv.keys {
+            if crate::key::is_valid_key(k) {
+                roots.push(k.clone());
+            } else {
+                // No key space builds it, so nothing can be registered on it; it must not
+                // stop the rest of the walk.
+                tracing::warn!(key = %k, "ignoring an invalid flush-list key in an invalidation");
+            }
+        }
         let walked = flush::invalidate(backend, ks, roots, &HookRef(&self.inner.hook));
         if let Ok(r) = &walked {
             if r.repaired > 0 {
@@ -184,26 +198,37 @@ impl Cache {
 
     /// Invalidates every entry of this cache's key space (bumps the namespace version)
     /// without `flush_all`, so other prefixes on the same server are untouched. If the
-    /// backend cannot take it now, it is queued like any invalidation (and every read of this
-    /// cache bypasses it until delivered).
+    /// backend cannot take it now, it is queued like any invalidation (every read of this
+    /// cache bypasses it until it is delivered), the call waits for it like
+    /// [`invalidate`](Cache::invalidate) does, and the report says whether it is still
+    /// queued.
     ///
     /// ```
     /// use caching_core::{Cache, Timeout};
     /// let cache = Cache::locmem();
     /// let a: u32 = cache.cached("k", Timeout::Forever, || 1);
-    /// cache.invalidate_everything().unwrap();
+    /// assert!(!cache.invalidate_everything().unwrap().deferred);
     /// let b: u32 = cache.cached("k", Timeout::Forever, || 2);
     /// assert_eq!((a, b), (1, 2));
     /// ```
-    pub fn invalidate_everything(&self) -> Result<()> {
+    pub fn invalidate_everything(&self) -> Result<InvalidationReport> {
         self.inner.stats.inc(Counter::Invalidations);
-        if let Err(e) = self.bump_namespace() {
-            self.inner.stats.inc(Counter::BackendErrors);
-            self.inner.stats.inc(Counter::FailedInvalidations);
-            tracing::warn!(error = %e, "namespace bump not delivered; queued for retry");
-            self.inner.delivery.defer_everything(self);
+        match self.bump_namespace() {
+            Ok(()) => Ok(InvalidationReport::default()),
+            Err(e) if !e.is_backend_failure() => Err(e),
+            Err(e) => {
+                self.inner.stats.inc(Counter::BackendErrors);
+                self.inner.stats.inc(Counter::FailedInvalidations);
+                tracing::warn!(error = %e, "namespace bump not delivered; queued for retry");
+                let wait = self.inner.config.invalidation_wait;
+                let (ticket, deadline) = self.inner.delivery.defer_everything(self, wait);
+                let delivered = self.inner.delivery.wait(ticket, deadline);
+                Ok(InvalidationReport {
+                    deferred: !delivered,
+                    ..InvalidationReport::default()
+                })
+            }
         }
-        Ok(())
     }
 
     pub(crate) fn bump_namespace(&self) -> Result<()> {

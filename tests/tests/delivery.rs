@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use caching_core::backend::locmem::LocMem;
 use caching_core::{
@@ -16,18 +16,29 @@ use caching_core::{
     Result, Timeout,
 };
 
-/// Real locmem behind two switches: `down` fails every call (and probes) like an
-/// unreachable server; `garbled` fails every call but answers probes, like a server that
-/// answers `version` and garbles everything else.
+/// Real locmem behind switches: `down` fails every call (and probes) like an unreachable
+/// server; `garbled` fails every call but answers probes, like a server that answers
+/// `version` and garbles everything else; `block` holds an `incr` of one key until it is
+/// released (a delivery caught mid-way); `panic_probe` makes the next probe panic (a buggy
+/// user backend).
 #[derive(Debug, Default)]
 struct Switched {
     inner: LocMem,
     down: AtomicBool,
     garbled: AtomicBool,
     probes: AtomicU32,
+    block: Mutex<Option<String>>,
+    released: Condvar,
+    blocked: AtomicU32,
+    panic_probe: AtomicBool,
 }
 
 impl Switched {
+    fn hold(&self, key: Option<String>) {
+        *self.block.lock().unwrap() = key;
+        self.released.notify_all();
+    }
+
     fn check(&self) -> Result<()> {
         if self.down.load(Ordering::SeqCst) {
             return Err(Error::Unavailable {
@@ -78,10 +89,21 @@ impl Backend for Switched {
     }
     fn incr(&self, key: &str, delta: u64) -> Result<Option<u64>> {
         self.check()?;
+        let mut held = self.block.lock().unwrap();
+        if held.as_deref() == Some(key) {
+            self.blocked.fetch_add(1, Ordering::SeqCst);
+            while held.as_deref() == Some(key) {
+                held = self.released.wait(held).unwrap();
+            }
+        }
+        drop(held);
         self.inner.incr(key, delta)
     }
     fn probe(&self) -> Result<()> {
         self.probes.fetch_add(1, Ordering::SeqCst);
+        if self.panic_probe.swap(false, Ordering::SeqCst) {
+            panic!("a bug in a user's backend");
+        }
         if self.down.load(Ordering::SeqCst) {
             return Err(Error::Unavailable {
                 server: "switched".into(),
@@ -313,4 +335,133 @@ fn writes_stop_waiting_once_an_outage_outlasts_the_wait() {
     assert_eq!(cache.pending_invalidations(), 2);
     backend.down.store(false, Ordering::SeqCst);
     assert!(cache.wait_for_delivery(Duration::from_secs(5)));
+}
+
+/// Polls `f` until it holds (at most 20 s).
+fn until(what: &str, f: impl Fn() -> bool) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Found in review: the queue overflowing while the worker was delivering an earlier
+/// invalidation let the next delivery report every collapsed invalidation as delivered
+/// before the namespace bump that alone covered them was sent.
+#[test]
+fn a_collapse_during_a_delivery_is_not_reported_delivered_before_its_bump() {
+    let backend = Arc::new(Switched::default());
+    let build = || waiting_cache_on(&backend, Duration::from_secs(60));
+    let cache = build();
+    let other = cache_on(&backend); // another process: its own queue
+    assert_eq!(score(&other, 500, || 1), 1);
+    let spawn = |id: i32| {
+        let c = cache.clone();
+        std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(move || (id, c.invalidate(&write(id)).unwrap().deferred))
+            .unwrap()
+    };
+    // Invalidation 0 fails and is queued; its delivery then blocks inside `incr gen:users`.
+    backend.down.store(true, Ordering::SeqCst);
+    let mut threads = vec![spawn(0)];
+    until("0 queued", || cache.pending_invalidations() == 1);
+    backend.hold(Some(cache.keys().generation_key("users")));
+    backend.down.store(false, Ordering::SeqCst);
+    until("delivery of 0 under way", || {
+        backend.blocked.load(Ordering::SeqCst) == 1
+    });
+    // 1,024 more fail meanwhile: the queue overflows into a namespace bump (the last one,
+    // 1024, is queued after the collapse), then one more, 1025.
+    backend.down.store(true, Ordering::SeqCst);
+    for id in 1..=1023 {
+        threads.push(spawn(id));
+        until("queued", || {
+            cache.pending_invalidations() == id as usize + 1
+        });
+    }
+    threads.push(spawn(1024));
+    until("collapsed", || {
+        cache.stats().coarse_invalidations == 1 && cache.pending_invalidations() == 2
+    });
+    threads.push(spawn(1025));
+    until("1025 queued", || cache.pending_invalidations() == 3);
+    // The server is back, but the namespace bump is held: nobody covered only by it may
+    // have been told "delivered".
+    backend.hold(Some(cache.keys().namespace_key()));
+    backend.down.store(false, Ordering::SeqCst);
+    until("the bump is being sent", || {
+        backend.blocked.load(Ordering::SeqCst) == 2
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let finished = threads.iter().filter(|t| t.is_finished()).count();
+    assert_eq!(
+        finished, 0,
+        "a write returned although its invalidation was not delivered"
+    );
+    assert_eq!(score(&other, 500, || 2), 1, "the bump is really still held");
+    backend.hold(None);
+    for t in threads {
+        let (id, deferred) = t.join().unwrap();
+        assert!(
+            !deferred,
+            "{id} was delivered (by the bump) before its writer returned"
+        );
+    }
+    assert!(cache.wait_for_delivery(Duration::from_secs(10)));
+    assert_eq!(score(&other, 500, || 3), 3);
+}
+
+/// Found in review: a panic inside a delivery attempt killed the worker and left the queue
+/// (and this process's bypass) stuck forever.
+#[test]
+fn a_panicking_backend_does_not_stop_delivery() {
+    let backend = Arc::new(Switched::default());
+    let cache = cache_on(&backend);
+    assert_eq!(score(&cache, 1, || 1), 1);
+    backend.down.store(true, Ordering::SeqCst);
+    backend.panic_probe.store(true, Ordering::SeqCst);
+    assert!(cache.invalidate(&write(1)).unwrap().deferred);
+    until("the probe panicked", || {
+        !backend.panic_probe.load(Ordering::SeqCst)
+    });
+    backend.down.store(false, Ordering::SeqCst);
+    assert!(cache.wait_for_delivery(Duration::from_secs(5)));
+    assert_eq!(score(&cache, 1, || 2), 2);
+}
+
+/// Found in review: a caller's bad key was handled like an outage (the write waited, then
+/// the whole namespace was bumped). Invalid flush-list keys are skipped, the rest of the
+/// invalidation runs, nothing is queued.
+#[test]
+fn an_invalid_flush_list_key_is_skipped_not_retried() {
+    let backend = Arc::new(Switched::default());
+    let cache = waiting_cache_on(&backend, Duration::from_secs(3));
+    let kept: u32 = cache.cached("unrelated", Timeout::Forever, || 1);
+    assert_eq!(score(&cache, 1, || 1), 1);
+    let mut inv = write(1);
+    inv.flush_list("not a valid key".to_string());
+    let report = cache.invalidate(&inv).unwrap();
+    assert!(!report.deferred);
+    assert_eq!(cache.pending_invalidations(), 0);
+    assert_eq!(cache.stats().coarse_invalidations, 0);
+    assert_eq!(score(&cache, 1, || 2), 2, "the valid part ran");
+    let again: u32 = cache.cached("unrelated", Timeout::Forever, || 2);
+    assert_eq!((kept, again), (1, 1), "no namespace bump");
+}
+
+/// Deliveries that keep failing while probes fail too (one dead server of several blocks
+/// every walk) collapse into a namespace bump as well, sent to whichever server holds it.
+#[test]
+fn deliveries_failing_for_long_collapse_even_when_probes_fail() {
+    let backend = Arc::new(Switched::default());
+    let cache = cache_on(&backend);
+    assert_eq!(score(&cache, 1, || 1), 1);
+    backend.down.store(true, Ordering::SeqCst);
+    assert!(cache.invalidate(&write(1)).unwrap().deferred);
+    until("collapsed", || cache.stats().coarse_invalidations == 1);
+    backend.down.store(false, Ordering::SeqCst);
+    assert!(cache.wait_for_delivery(Duration::from_secs(5)));
+    assert_eq!(score(&cache, 1, || 2), 2);
 }
