@@ -15,6 +15,10 @@
 //!   write: the first attempt times out, the retries 40 and 80 ms later fall inside the
 //!   client's own 1 s fail-fast window.
 //!
+//! - `one_dead_server_of_two_does_not_leave_entries_on_the_other_stale`: two servers; the one
+//!   holding a row's flush list dies for good, so no walk can finish; the entry and the
+//!   namespace counter live on the other. The writer's queue collapses into a namespace bump.
+//!
 //! Without a `memcached` binary on `PATH` these tests report a skip, or fail under `CI=true`.
 
 #![cfg(feature = "sqlite")]
@@ -236,6 +240,15 @@ fn stall_during_write_is_not_stale_forever() {
         (saved, written)
     });
     assert_eq!(direct(&mut b, 1), saved);
+    // The stall was shorter than the invalidation wait: B's write returned only once its
+    // invalidation was through, so A's very first read after it is fresh.
+    assert_eq!(
+        find(&mut a, 1),
+        saved,
+        "B's write waited out the stall: {:?}",
+        cache_b.stats()
+    );
+    assert_eq!(cache_b.pending_invalidations(), 0);
 
     let cache_c = process_cache(&mc, &prefix);
     let mut c = db.cached_conn(&cache_c);
@@ -244,5 +257,85 @@ fn stall_during_write_is_not_stale_forever() {
         1,
         &saved,
         written,
+    );
+}
+
+/// Found in review: with two servers, a dead one holding a row's flush list blocked every
+/// delivery attempt (each probe failed), so an entry on the live server stayed stale for as
+/// long as the dead one was down. Now deliveries are attempted anyway and, failing for
+/// `COLLAPSE_AFTER` (5 s), collapse into a namespace bump, which the live server takes.
+#[test]
+fn one_dead_server_of_two_does_not_leave_entries_on_the_other_stale() {
+    use caching_core::backend::memcached::Memcached;
+    use caching_core::{Invalidation, KeySpace, ObjectKey, Timeout};
+
+    let test = "one_dead_server";
+    let Some(live) = MemcachedProcess::start(test) else {
+        return;
+    };
+    let Some(mut dead) = MemcachedProcess::start(test) else {
+        return;
+    };
+    let servers = [live.addr(), dead.addr()];
+    let placement = Memcached::new(&servers, options()).expect("two loopback servers");
+    let on_live = |k: &str| placement.server_of(k) == live.addr();
+    // A prefix whose namespace, version and generation keys of `addons` are on the live
+    // server, and a row whose flush list is on the dead one while its value is on the live.
+    let base = unique_prefix(test);
+    let prefix = (0..)
+        .map(|i| format!("{base}{i}"))
+        .find(|p| {
+            let ks = KeySpace::new(p).expect("valid prefix");
+            on_live(&ks.namespace_key())
+                && on_live(&ks.version_key("addons"))
+                && on_live(&ks.generation_key("addons"))
+        })
+        .expect("some prefix places its counters on the live server");
+    let ks = KeySpace::new(&prefix).expect("valid prefix");
+    let row = (0..)
+        .map(|i| ObjectKey::new("addons", &[i.to_string()]))
+        .find(|r| {
+            let list = ks.flush_key(r);
+            !on_live(&list) && on_live(&ks.manual_key(&format!("v@{list}")))
+        })
+        .expect("some row has its list on the dead server and its value on the live one");
+    let build = || {
+        Cache::builder()
+            .memcached(&servers, options())
+            .expect("two loopback servers")
+            .prefix(prefix.clone())
+            .build()
+            .expect("cache configuration")
+    };
+    let (writer, reader) = (build(), build());
+    let v: u32 = reader.cached_with(&row, "v", Timeout::Forever, || 1);
+    assert_eq!(v, 1);
+    let again: u32 = reader.cached_with(&row, "v", Timeout::Forever, || 0);
+    assert_eq!(again, 1, "set-up: the value is cached on the live server");
+
+    dead.kill();
+    let mut inv = Invalidation::new();
+    inv.object(row.clone());
+    let written = Instant::now();
+    assert!(writer.invalidate(&inv).unwrap().deferred);
+    let deadline = written + Duration::from_secs(15);
+    loop {
+        let read: u32 = reader.cached_with(&row, "v", Timeout::Forever, || 2);
+        if read == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still stale {:?} after the write; writer: pending {} {:?}",
+            written.elapsed(),
+            writer.pending_invalidations(),
+            writer.stats()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(writer.stats().coarse_invalidations, 1);
+    eprintln!(
+        "one dead server: fresh {:?} after the write",
+        written.elapsed()
     );
 }
