@@ -40,25 +40,22 @@ pub(crate) fn random_start() -> u64 {
 /// order. A missing counter is created and one that is not a number is replaced, both with a
 /// fresh random value (as if it had been evicted: it reads as "changed" to every reader).
 pub(crate) fn ensure(backend: &dyn Backend, keys: &[&str]) -> Result<Vec<u64>> {
-    let fresh: Vec<(String, Vec<u8>)> = keys
+    let fresh: Vec<Vec<u8>> = keys
         .iter()
-        .map(|k| (k.to_string(), random_start().to_string().into_bytes()))
+        .map(|_| random_start().to_string().into_bytes())
         .collect();
-    let items: Vec<(&str, &[u8])> = fresh
+    let items: Vec<(&str, &[u8])> = keys
         .iter()
-        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .zip(&fresh)
+        .map(|(k, v)| (*k, v.as_slice()))
         .collect();
     backend.add_multi(&items, Expiry::Forever)?;
     let got = backend.get_multi(keys)?;
     let mut out = Vec::with_capacity(keys.len());
-    for (k, v) in keys.iter().zip(&fresh) {
+    for k in keys {
         match got.get(*k).map(|i| parse(&i.value)) {
             Some(Some(n)) => out.push(n),
-            Some(None) => {
-                tracing::warn!(key = k, "counter is not a number; replacing it");
-                backend.set(k, &v.1, Expiry::Forever)?;
-                out.push(parse(&v.1).unwrap_or_default());
-            }
+            Some(None) => out.push(repair(backend, k)?),
             None => {
                 return Err(crate::Error::Protocol {
                     server: backend.name().into(),
@@ -96,23 +93,29 @@ fn bump_one(backend: &dyn Backend, key: &str, repaired: &mut u64) -> Result<()> 
             // Lost the add race: someone created it meanwhile; increment theirs.
             match backend.incr(key, 1) {
                 Ok(_) => Ok(()),
-                Err(crate::Error::NotANumber { .. }) => repair(backend, key, repaired),
+                Err(crate::Error::NotANumber { .. }) => repaired_one(backend, key, repaired),
                 Err(e) => Err(e),
             }
         }
-        Err(crate::Error::NotANumber { .. }) => repair(backend, key, repaired),
+        Err(crate::Error::NotANumber { .. }) => repaired_one(backend, key, repaired),
         Err(e) => Err(e),
     }
 }
 
+fn repaired_one(backend: &dyn Backend, key: &str, repaired: &mut u64) -> Result<()> {
+    repair(backend, key)?;
+    *repaired += 1;
+    Ok(())
+}
+
 /// Replaces a counter that is not a number by a fresh random value: the same as an eviction
-/// and re-creation, so every reader sees it as changed.
-fn repair(backend: &dyn Backend, key: &str, repaired: &mut u64) -> Result<()> {
+/// and re-creation, so every reader sees it as changed. Returns the new value.
+fn repair(backend: &dyn Backend, key: &str) -> Result<u64> {
     tracing::warn!(
         key,
         "counter is not a number; replacing it with a fresh value"
     );
-    backend.set(key, random_start().to_string().as_bytes(), Expiry::Forever)?;
-    *repaired += 1;
-    Ok(())
+    let fresh = random_start();
+    backend.set(key, fresh.to_string().as_bytes(), Expiry::Forever)?;
+    Ok(fresh)
 }

@@ -137,15 +137,8 @@ impl Cache {
                 self.inner.stats.inc(Counter::FailedInvalidations);
                 tracing::warn!(error = %e, tables = ?inv.written, "invalidation not delivered; queued for retry (reads of these tables bypass the cache until it is delivered)");
                 let wait = self.inner.config.invalidation_wait;
-                let (ticket, deadline) = self.inner.delivery.defer(self, inv.clone(), wait);
-                // A stall or a restart usually ends within the wait: the write returns once
-                // its invalidation is through, so no reader that starts after it returned
-                // can be served the old row.
-                let delivered = self.inner.delivery.wait(ticket, deadline);
-                Ok(InvalidationReport {
-                    deferred: !delivered,
-                    ..InvalidationReport::default()
-                })
+                let ticket = self.inner.delivery.defer(self, inv.clone(), wait);
+                Ok(self.wait_for(ticket))
             }
         }
     }
@@ -221,13 +214,19 @@ impl Cache {
                 self.inner.stats.inc(Counter::FailedInvalidations);
                 tracing::warn!(error = %e, "namespace bump not delivered; queued for retry");
                 let wait = self.inner.config.invalidation_wait;
-                let (ticket, deadline) = self.inner.delivery.defer_everything(self, wait);
-                let delivered = self.inner.delivery.wait(ticket, deadline);
-                Ok(InvalidationReport {
-                    deferred: !delivered,
-                    ..InvalidationReport::default()
-                })
+                let ticket = self.inner.delivery.defer_everything(self, wait);
+                Ok(self.wait_for(ticket))
             }
+        }
+    }
+
+    /// Waits for a queued invalidation until its deadline. A stall or a restart usually ends
+    /// within it: the write returns once its invalidation is through, so no reader that
+    /// starts after it returned can be served the old row.
+    fn wait_for(&self, (ticket, deadline): (u64, std::time::Instant)) -> InvalidationReport {
+        InvalidationReport {
+            deferred: !self.inner.delivery.wait(ticket, deadline),
+            ..InvalidationReport::default()
         }
     }
 

@@ -547,8 +547,17 @@ impl Cache {
     {
         let k = self.keys().manual_key(key);
         let plan = ReadPlan::new(&k, &[]).timeout(timeout);
-        let ok = |v| Ok::<T, std::convert::Infallible>(v);
-        match self.read_through(&plan, || ok(f()), |_, _| Ok(())) {
+        self.read_value(&plan, f, |_, _| Ok(()))
+    }
+
+    /// [`read_through`](Cache::read_through) for a loader that cannot fail (manual caching).
+    fn read_value<T, R>(&self, plan: &ReadPlan<'_>, f: impl FnOnce() -> T, register: R) -> T
+    where
+        T: Serialize + DeserializeOwned,
+        R: FnOnce(&T, &mut Registrations) -> std::result::Result<(), &'static str>,
+    {
+        let load = || Ok::<T, std::convert::Infallible>(f());
+        match self.read_through(plan, load, register) {
             Ok((v, _)) => v,
             Err(never) => match never {},
         }
@@ -592,11 +601,7 @@ impl Cache {
             regs.on_list(flush_key.clone(), version_key, &k);
             Ok(())
         };
-        let ok = |v| Ok::<T, std::convert::Infallible>(v);
-        match self.read_through(&plan, || ok(f()), register) {
-            Ok((v, _)) => v,
-            Err(never) => match never {},
-        }
+        self.read_value(&plan, f, register)
     }
 
     /// Deletes a manual key (`cached`).
