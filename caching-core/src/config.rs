@@ -14,11 +14,13 @@
 //! | `prefix` | prepended to every key, `[A-Za-z0-9_.:-]`, ≤ 64 bytes | empty |
 //! | `timeout` | default timeout in seconds, or `forever` | `forever` |
 //! | `max_timeout` | cap in seconds applied even to "forever" | none |
-//! | `count_timeout` | seconds a `cached_count` lives; `none` = counts not cached | `none` |
+//! | `count_timeout` | upper bound in seconds on how long a count lives (`none`: no bound; counts are invalidated by writes either way) | `none` |
 //! | `cache_empty_results` | `true`/`false` | `false` |
-//! | `invalidate_on_create` | `whole-model` or `off` | `off` |
+//! | `invalidate_on_create` | `precise` (alias `off`) or `whole-model` | `precise` |
 //! | `replica_timeout` | seconds a fill from a replica-labelled connection lives | `60` |
 //! | `eviction_safe` | `true`: a hit checks that its flush lists survived (one more round trip) | `false` |
+//! | `dependencies` | `predicates`, `table` or `flush-lists` (see [`DependencyTracking`]) | `predicates` |
+//! | `strict_writes` | `true`: a write through a cached connection that is not made by a write helper is an error | `false` |
 //! | `invalidation_wait_ms` | how long a write waits for its invalidation when the backend fails (`0`: never) | `3000` |
 
 use std::sync::Arc;
@@ -34,12 +36,39 @@ use crate::Cache;
 /// What creating a row invalidates (the seed's `CACHE_INVALIDATE_ON_CREATE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum InvalidateOnCreate {
-    /// Only the lists of the new row's foreign-key targets: cached lists that could now
-    /// include the row but contain none of its relatives stay (documented staleness).
+    /// Exactly the queries the new row can enter: those whose equality conditions match
+    /// the row's values (predicate dependencies), those with no usable condition on the
+    /// table, and the lists of the row's foreign-key targets. (URL value `precise`, or `off`
+    /// for compatibility with django-cache-machine's setting.)
     #[default]
-    Off,
+    Precise,
     /// Every cached query of the model (bumps its table version).
     WholeModel,
+}
+
+/// What a cached read registers on, that is, which writes invalidate it.
+///
+/// ```
+/// use caching_core::{Cache, DependencyTracking};
+/// let cache = Cache::builder().locmem().dependency_tracking(DependencyTracking::TableLevel).build().unwrap();
+/// assert_eq!(cache.config().dependencies, DependencyTracking::TableLevel);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DependencyTracking {
+    /// Flush lists of the rows a result contains, plus, per table it reads, the predicate
+    /// lists of its most selective equality condition, or the table's write generation when
+    /// it has none: a read misses exactly when a write changes, removes or adds one of its
+    /// rows (or, without a usable condition, writes its table). URL value `predicates`.
+    #[default]
+    Predicates,
+    /// Every write to a table invalidates every read of it (django-cachalot's model): always
+    /// complete, cheaper to register, more misses under writes. URL value `table`.
+    TableLevel,
+    /// Flush lists only: django-cache-machine's model. A row that *enters* a result (an
+    /// update into a filter, an insert under `Precise`) does not invalidate it, so reads can
+    /// stay stale until they expire. For comparisons and benchmarks; do not use it where a
+    /// stale read matters. URL value `flush-lists`.
+    FlushListsOnly,
 }
 
 /// Settings of a [`Cache`], mirroring django-cache-machine's.
@@ -52,7 +81,9 @@ pub struct CacheConfig {
     /// Cap applied to every stored value, even "forever" ones: a safety net for writes that
     /// bypass the library.
     pub max_timeout: Option<Duration>,
-    /// How long counts live (seed: `CACHE_COUNT_TIMEOUT`); `None`: counts are not cached.
+    /// An upper bound on how long a count lives (seed: `CACHE_COUNT_TIMEOUT`). Counts depend
+    /// on their tables and conditions like any read and are invalidated by the writes that
+    /// change them; `None` (the default): no bound beyond that.
     pub count_timeout: Option<Duration>,
     /// Whether empty results are cached (seed: `CACHE_EMPTY_QUERYSETS`).
     pub cache_empty_results: bool,
@@ -65,6 +96,14 @@ pub struct CacheConfig {
     /// with the same epoch (a list evicted, or evicted and re-created, makes the entry miss).
     /// Costs a second round trip per hit. Off by default.
     pub eviction_safe: bool,
+    /// What reads register on, so which writes invalidate them (default: predicate
+    /// dependencies, see [`DependencyTracking`]).
+    pub dependencies: DependencyTracking,
+    /// Strict writes: a write statement run on a cached connection outside the write helpers
+    /// (plain Diesel, raw SQL) is refused with an error instead of being invalidated at table
+    /// level with a warning. Writes through the wrapped connection itself cannot be refused;
+    /// they are still invalidated and logged at `error`. Off by default.
+    pub strict_writes: bool,
     /// How long a write waits for its invalidation to be delivered when the backend fails
     /// (stalled, restarting, marked down): the invalidation is retried meanwhile, so a stall
     /// shorter than this never lets another process read the old row after the write
@@ -81,9 +120,11 @@ impl Default for CacheConfig {
             max_timeout: None,
             count_timeout: None,
             cache_empty_results: false,
-            invalidate_on_create: InvalidateOnCreate::Off,
+            invalidate_on_create: InvalidateOnCreate::Precise,
             replica_timeout: Duration::from_secs(60),
             eviction_safe: false,
+            dependencies: DependencyTracking::Predicates,
+            strict_writes: false,
             invalidation_wait: Duration::from_secs(3),
         }
     }
@@ -187,6 +228,18 @@ impl CacheBuilder {
     /// [`CacheConfig::invalidation_wait`]).
     pub fn invalidation_wait(mut self, wait: Duration) -> Self {
         self.config.invalidation_wait = wait;
+        self
+    }
+
+    /// Sets what reads register on (see [`DependencyTracking`]).
+    pub fn dependency_tracking(mut self, tracking: DependencyTracking) -> Self {
+        self.config.dependencies = tracking;
+        self
+    }
+
+    /// Turns strict writes on or off (see [`CacheConfig::strict_writes`]).
+    pub fn strict_writes(mut self, yes: bool) -> Self {
+        self.config.strict_writes = yes;
         self
     }
 
@@ -314,18 +367,34 @@ pub(crate) fn parse_url(url: &str) -> Result<CacheBuilder, crate::Error> {
             "invalidate_on_create" => {
                 b = b.invalidate_on_create(match v {
                     "whole-model" => InvalidateOnCreate::WholeModel,
-                    "off" => InvalidateOnCreate::Off,
+                    "precise" | "off" => InvalidateOnCreate::Precise,
                     _ => {
                         return Err(param_err(
                             "invalidate_on_create",
                             v,
-                            "expected whole-model or off",
+                            "expected precise, off or whole-model",
                         )
                         .into())
                     }
                 })
             }
             "eviction_safe" => b = b.eviction_safe(parse_bool("eviction_safe", v)?),
+            "strict_writes" => b = b.strict_writes(parse_bool("strict_writes", v)?),
+            "dependencies" => {
+                b = b.dependency_tracking(match v {
+                    "predicates" => DependencyTracking::Predicates,
+                    "table" => DependencyTracking::TableLevel,
+                    "flush-lists" => DependencyTracking::FlushListsOnly,
+                    _ => {
+                        return Err(param_err(
+                            "dependencies",
+                            v,
+                            "expected predicates, table or flush-lists",
+                        )
+                        .into())
+                    }
+                })
+            }
             "invalidation_wait_ms" => {
                 let ms: u64 = v.parse().ok().filter(|ms| *ms <= 600_000).ok_or_else(|| {
                     param_err(

@@ -106,6 +106,42 @@ impl Registrations {
             .map_or(&[], |(_, toks)| toks.as_slice())
     }
 
+    /// Registers `key` (and its own flush list) on the predicate list of
+    /// `table.column = value`: a write whose row has that value deletes it. This is how a
+    /// row that enters a result invalidates it.
+    ///
+    /// ```
+    /// use caching_core::{KeySpace, PredicateValue, Registrations};
+    /// let ks = KeySpace::new("app").unwrap();
+    /// let mut regs = Registrations::new();
+    /// regs.predicate(&ks, "addons", "author_id", &PredicateValue::from_int(7), "app:q:abc");
+    /// assert_eq!(regs.len(), 1);
+    /// ```
+    pub fn predicate(
+        &mut self,
+        ks: &KeySpace,
+        table: &str,
+        column: &str,
+        value: &crate::PredicateValue,
+        key: &str,
+    ) {
+        self.on_table_list(ks, ks.predicate_key(table, column, value), table, key);
+    }
+
+    /// Registers `key` (and its own flush list) on the exit list of `table`: for results that
+    /// depend on rows of `table` they do not contain (counts, aggregates, subqueries), which
+    /// a write that does not know its rows' old values must invalidate.
+    pub fn exit(&mut self, ks: &KeySpace, table: &str, key: &str) {
+        self.on_table_list(ks, ks.exit_list_key(table), table, key);
+    }
+
+    fn on_table_list(&mut self, ks: &KeySpace, list: String, table: &str, key: &str) {
+        let version = ks.version_key(table);
+        let own = ks.key_flush_key(key);
+        self.on_list(list.clone(), version.clone(), key);
+        self.on_list(list, version, &own);
+    }
+
     /// Registers `key` directly on a flush list (an object's or a query's).
     pub fn on_list(&mut self, flush_key: String, version_key: String, key: &str) {
         let entry = self

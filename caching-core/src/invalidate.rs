@@ -16,6 +16,7 @@ use crate::error::Result;
 use crate::flush::{self, InvalidationReport};
 use crate::hooks::HookRef;
 use crate::key::ObjectKey;
+use crate::predicate::PredicateValue;
 use crate::stats::Counter;
 use crate::Cache;
 
@@ -35,6 +36,9 @@ pub struct Invalidation {
     whole: BTreeSet<String>,
     objects: BTreeSet<ObjectKey>,
     keys: BTreeSet<String>,
+    predicates: BTreeSet<(String, String, PredicateValue)>,
+    exits: BTreeSet<String>,
+    plain: bool,
 }
 
 impl Invalidation {
@@ -66,6 +70,37 @@ impl Invalidation {
         self
     }
 
+    /// A row of `table` with `column = value` was written (its new values, or the old values
+    /// of a deleted row): every query with that equality condition is invalidated, and the
+    /// table's write generation bumped.
+    ///
+    /// ```
+    /// use caching_core::{Invalidation, PredicateValue};
+    /// let mut inv = Invalidation::new();
+    /// inv.predicate("addons", "author_id", PredicateValue::from_int(7));
+    /// assert_eq!(inv.tables().collect::<Vec<_>>(), ["addons"]);
+    /// ```
+    pub fn predicate(&mut self, table: &str, column: &str, value: PredicateValue) -> &mut Self {
+        self.written.insert(table.to_string());
+        self.predicates
+            .insert((table.to_string(), column.to_string(), value));
+        self
+    }
+
+    /// Rows of `table` were written whose old values are unknown (an update that returned
+    /// only the new rows): results that depend on rows of the table they do not contain
+    /// (counts, aggregates) are invalidated, since a row may have left them.
+    pub fn old_values_unknown(&mut self, table: &str) -> &mut Self {
+        self.written.insert(table.to_string());
+        self.exits.insert(table.to_string());
+        self
+    }
+
+    /// Tables written by a statement whose rows are unknown (whole-table invalidation).
+    pub fn whole_tables(&self) -> impl Iterator<Item = &str> {
+        self.whole.iter().map(String::as_str)
+    }
+
     /// Also walk the flush list of `flush_key` (a query's or a value's own list).
     pub fn flush_list(&mut self, flush_key: String) -> &mut Self {
         self.keys.insert(flush_key);
@@ -78,12 +113,22 @@ impl Invalidation {
         self.whole.extend(other.whole);
         self.objects.extend(other.objects);
         self.keys.extend(other.keys);
+        self.predicates.extend(other.predicates);
+        self.exits.extend(other.exits);
+        self.plain |= other.plain;
         self
     }
 
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
         self.written.is_empty() && self.objects.is_empty() && self.keys.is_empty()
+    }
+
+    /// Marks the invalidation as following a write made outside the write helpers (counted in
+    /// the `plain_writes` statistic).
+    pub fn plain_write(&mut self) -> &mut Self {
+        self.plain = true;
+        self
     }
 
     /// Tables whose generation will be bumped.
@@ -121,6 +166,9 @@ impl Cache {
             return Ok(InvalidationReport::default());
         }
         self.inner.stats.inc(Counter::Invalidations);
+        if inv.plain {
+            self.inner.stats.inc(Counter::PlainWrites);
+        }
         match self.invalidate_once(inv) {
             Ok(r) => {
                 tracing::debug!(tables = ?inv.written, objects = inv.objects.len(), deleted = r.deleted, "invalidated");
@@ -157,6 +205,12 @@ impl Cache {
             self.inner.stats.add(Counter::Repairs, *repaired);
         }
         let mut roots: Vec<String> = inv.objects.iter().map(|o| ks.flush_key(o)).collect();
+        roots.extend(
+            inv.predicates
+                .iter()
+                .map(|(t, c, v)| ks.predicate_key(t, c, v)),
+        );
+        roots.extend(inv.exits.iter().map(|t| ks.exit_list_key(t)));
         for k in &inv.keys {
             if crate::key::is_valid_key(k) {
                 roots.push(k.clone());

@@ -227,6 +227,45 @@ impl KeySpace {
         }
     }
 
+    /// The predicate list of `table.column = value`: the queries whose WHERE clause has that
+    /// equality condition (a write whose row has that value walks it).
+    ///
+    /// ```
+    /// use caching_core::{KeySpace, PredicateValue};
+    /// let ks = KeySpace::new("app").unwrap();
+    /// let k = ks.predicate_key("addons", "author_id", &PredicateValue::from_int(7));
+    /// assert_eq!(k, "app:f:p:addons:author_id:i7");
+    /// assert!(ks.is_flush_key(&k));
+    /// ```
+    pub fn predicate_key(
+        &self,
+        table: &str,
+        column: &str,
+        value: &crate::PredicateValue,
+    ) -> String {
+        self.make(
+            "f",
+            &format!(
+                "p:{}:{}:{}",
+                safe_part(table),
+                safe_part(column),
+                value.key_part()
+            ),
+        )
+    }
+
+    /// The exit list of a table: queries whose result depends on rows of `table` it does not
+    /// contain (counts, aggregates, subqueries). A write that cannot tell which values its
+    /// rows had before (an update) walks it, since a row may have left such a result.
+    ///
+    /// ```
+    /// let ks = caching_core::KeySpace::new("app").unwrap();
+    /// assert_eq!(ks.exit_list_key("addons"), "app:f:x:addons");
+    /// ```
+    pub fn exit_list_key(&self, table: &str) -> String {
+        self.make("f", &format!("x:{}", safe_part(table)))
+    }
+
     /// The version key that covers everything a flush list can protect, for when the list
     /// itself cannot be trusted (it does not parse): the version of its row's table for a
     /// row's list, else the namespace version.
@@ -235,11 +274,14 @@ impl KeySpace {
             .unwrap_or_else(|| self.namespace_key())
     }
 
-    /// The version key of the table of the row whose flush list `flush_key` is (`None` for
-    /// other lists: a query's own list, or a key too long to carry its table).
+    /// The version key of the table whose list `flush_key` is: a row's list, a predicate
+    /// list or an exit list (`None` for other lists: a query's own list, or a key too long
+    /// to carry its table).
     pub(crate) fn row_list_version_key(&self, flush_key: &str) -> Option<String> {
-        strip(flush_key, &self.prefix)
-            .strip_prefix("f:o:")
+        let body = strip(flush_key, &self.prefix);
+        body.strip_prefix("f:o:")
+            .or_else(|| body.strip_prefix("f:p:"))
+            .or_else(|| body.strip_prefix("f:x:"))
             .and_then(|rest| rest.split(':').next())
             .filter(|m| !m.is_empty())
             .map(|m| self.make("ver", m))

@@ -86,6 +86,9 @@ stats! {
     decode_errors,
     /// Flush lists that hit their size cap (the row fell back to table-level invalidation).
     overflows,
+    /// Writes not made through a write helper (plain Diesel or raw SQL on a cached
+    /// connection), recognised from their SQL and invalidated at table level.
+    plain_writes,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -103,6 +106,7 @@ pub(crate) enum Counter {
     BackendErrors,
     DecodeErrors,
     Overflows,
+    PlainWrites,
 }
 
 impl Stats {
@@ -121,6 +125,7 @@ impl Stats {
             Counter::BackendErrors => &self.backend_errors,
             Counter::DecodeErrors => &self.decode_errors,
             Counter::Overflows => &self.overflows,
+            Counter::PlainWrites => &self.plain_writes,
         };
         a.fetch_add(n, Ordering::Relaxed);
     }

@@ -36,11 +36,34 @@ pub fn expand(m: &Model<'_>) -> TokenStream {
             }
         }
     });
+    let sql_table = &m.sql_table;
+    let column_consts = m.columns.iter().map(|c| {
+        let column = &c.column;
+        let class = quote::format_ident!("{}", c.class.variant());
+        quote!((#column, ::caching_diesel::ColumnClass::#class))
+    });
+    // Values of the comparable columns, as serde sees them (`Serialize` is required of every
+    // cached model already), spanned at the field's type.
+    let predicate_values = m
+        .columns
+        .iter()
+        .filter(|c| !matches!(c.class, crate::model::Class::Opaque))
+        .map(|c| {
+            let column = &c.column;
+            let field = c.key.spanned_field();
+            quote_spanned!(c.key.ty_span=> ::caching_diesel::__private::push_predicate_value(out, #column, &self.#field);)
+        });
     quote! {
         const _: () = {
             impl #impl_generics ::caching_diesel::CachedModel for #ident #ty_generics #where_clause {
                 const TABLE: &'static str = #model_name;
+                const SQL_TABLE: &'static str = #sql_table;
                 const FINGERPRINT: &'static str = #fingerprint;
+                const COLUMNS: &'static [(&'static str, ::caching_diesel::ColumnClass)] = &[#(#column_consts),*];
+
+                fn predicate_values(&self, out: &mut ::std::vec::Vec<(&'static str, ::caching_diesel::core::PredicateValue)>) {
+                    #(#predicate_values)*
+                }
 
                 fn object_key(&self) -> ::caching_diesel::ObjectKey {
                     ::caching_diesel::ObjectKey::new(
@@ -64,6 +87,10 @@ pub fn expand(m: &Model<'_>) -> TokenStream {
                     out.push(#model_name);
                 }
 
+                fn models(out: &mut ::std::vec::Vec<::caching_diesel::ModelInfo>) {
+                    out.push(::caching_diesel::ModelInfo::of::<Self>());
+                }
+
                 fn fingerprint(key: &mut ::caching_diesel::__private::QueryKeyBuilder) {
                     key.part("model", #fingerprint.as_bytes());
                 }
@@ -85,6 +112,49 @@ pub fn expand(m: &Model<'_>) -> TokenStream {
 
                 fn tables(&self) -> ::std::vec::Vec<::std::string::String> {
                     ::std::vec![::std::string::ToString::to_string(#model_name)]
+                }
+            }
+        };
+    }
+}
+
+/// `CacheableRow` for a plain row type: no model, no flush-list registration; the fingerprint
+/// is the type's name and its fields' names and types.
+pub fn expand_row(input: &syn::DeriveInput) -> TokenStream {
+    let ident = &input.ident;
+    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    let mut fingerprint = format!("{ident}{{");
+    if let syn::Data::Struct(s) = &input.data {
+        for (i, f) in s.fields.iter().enumerate() {
+            let ty = &f.ty;
+            let name = f
+                .ident
+                .as_ref()
+                .map_or_else(|| i.to_string(), ToString::to_string);
+            fingerprint.push_str(&format!(
+                "{name}:{};",
+                quote!(#ty).to_string().replace(' ', "")
+            ));
+        }
+    }
+    fingerprint.push('}');
+    quote! {
+        const _: () = {
+            impl #impl_generics ::caching_diesel::CacheableRow for #ident #ty_generics #where_clause {
+                const MODEL: bool = false;
+
+                fn tables(_: &mut ::std::vec::Vec<&'static str>) {}
+
+                fn fingerprint(key: &mut ::caching_diesel::__private::QueryKeyBuilder) {
+                    key.part("row", #fingerprint.as_bytes());
+                }
+
+                fn register(
+                    &self,
+                    _: &::caching_diesel::__private::KeySpace,
+                    _: &str,
+                    _: &mut ::caching_diesel::__private::Registrations,
+                ) {
                 }
             }
         };

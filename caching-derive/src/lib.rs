@@ -42,3 +42,23 @@ pub fn derive_cached(input: TokenStream) -> TokenStream {
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }
+
+/// Derives `CacheableRow` for a row type that is not a model: the rows of a raw
+/// `sql_query` report or an aggregate (`QueryableByName` + serde). Its cached results depend
+/// on what the query's SQL reads (tables and equality conditions), so no primary key is
+/// needed.
+///
+/// ```ignore
+/// #[derive(QueryableByName, CachedRow, Serialize, Deserialize)]
+/// struct PostStats {
+///     #[diesel(sql_type = Integer)]
+///     post_id: i32,
+///     #[diesel(sql_type = BigInt)]
+///     comments: i64,
+/// }
+/// ```
+#[proc_macro_derive(CachedRow)]
+pub fn derive_cached_row(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    expand::expand_row(&input).into()
+}

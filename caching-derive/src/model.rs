@@ -30,9 +30,38 @@ pub struct ForeignKey {
     pub nullable: bool,
 }
 
+/// How a column's values compare (see `caching_diesel::ColumnClass`), from the field's type.
+#[derive(Clone, Copy)]
+pub enum Class {
+    Int,
+    Float,
+    Text,
+    Opaque,
+}
+
+impl Class {
+    pub fn variant(self) -> &'static str {
+        match self {
+            Class::Int => "Int",
+            Class::Float => "Float",
+            Class::Text => "Text",
+            Class::Opaque => "Opaque",
+        }
+    }
+}
+
+/// A column with a predicate class: its field and its column name.
+pub struct PredicateColumn {
+    pub key: KeyField,
+    pub column: String,
+    pub class: Class,
+}
+
 pub struct Model<'a> {
     pub input: &'a DeriveInput,
     pub model_name: String,
+    pub sql_table: String,
+    pub columns: Vec<PredicateColumn>,
     pub primary_key: Vec<KeyField>,
     pub foreign_keys: Vec<ForeignKey>,
     pub fingerprint: String,
@@ -51,6 +80,41 @@ fn snake_case(name: &str) -> String {
         }
     }
     out
+}
+
+/// The class of a field type: the last path segment (through `Option<..>`, references and
+/// `Box`/`Cow`), for the types whose values the cache can compare. Anything else (dates,
+/// decimals, UUIDs, enums, newtypes) is opaque: conditions on it are never used.
+fn class_of(ty: &Type) -> Class {
+    match ty {
+        Type::Reference(r) => class_of(&r.elem),
+        Type::Group(g) => class_of(&g.elem),
+        Type::Paren(p) => class_of(&p.elem),
+        Type::Path(p) if p.qself.is_none() => {
+            let Some(last) = p.path.segments.last() else {
+                return Class::Opaque;
+            };
+            let name = last.ident.to_string();
+            if matches!(name.as_str(), "Option" | "Box" | "Cow") {
+                if let syn::PathArguments::AngleBracketed(args) = &last.arguments {
+                    if let Some(inner) = args.args.iter().find_map(|a| match a {
+                        syn::GenericArgument::Type(t) => Some(t),
+                        _ => None,
+                    }) {
+                        return class_of(inner);
+                    }
+                }
+                return Class::Opaque;
+            }
+            match name.as_str() {
+                "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" | "bool" => Class::Int,
+                "f32" | "f64" => Class::Float,
+                "String" | "str" => Class::Text,
+                _ => Class::Opaque,
+            }
+        }
+        _ => Class::Opaque,
+    }
 }
 
 fn is_option(ty: &Type) -> bool {
@@ -170,7 +234,20 @@ impl<'a> Model<'a> {
                 .ok_or_else(|| syn::Error::new(Span::call_site(), "empty table_name"))?,
             None => format!("{}s", snake_case(&name.unraw().to_string())),
         };
-        let model_name = attrs.model.as_ref().map(|l| l.value()).unwrap_or(table);
+        let model_name = attrs
+            .model
+            .as_ref()
+            .map(|l| l.value())
+            .unwrap_or_else(|| table.clone());
+        let sql_table = table.to_lowercase();
+        let columns = fields
+            .iter()
+            .map(|f| PredicateColumn {
+                key: f.key_field(),
+                column: f.column.to_lowercase(),
+                class: class_of(f.ty),
+            })
+            .collect();
 
         let primary_key = match attrs.primary_key {
             Some(pk) => {
@@ -271,6 +348,8 @@ impl<'a> Model<'a> {
         Ok(Model {
             input,
             model_name,
+            sql_table,
+            columns,
             primary_key,
             foreign_keys,
             fingerprint,

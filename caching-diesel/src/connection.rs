@@ -7,7 +7,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use caching_core::{Cache, Invalidation};
 use diesel::connection::{Instrumentation, InstrumentationEvent};
@@ -15,14 +15,17 @@ use diesel::connection::{Instrumentation, InstrumentationEvent};
 use crate::caches::{process_caches, CacheSet};
 use crate::error::Error;
 use crate::key::CacheConnection;
+use crate::plain::PlainWrites;
 use crate::transaction::TxState;
 
-/// Watches Diesel's transaction events so the cache can tell when a transaction was begun
-/// behind its back (through the wrapped connection), and forwards every event to the
-/// user's own instrumentation.
+/// Watches Diesel's events on the wrapped connection: transactions (so the cache can tell
+/// when one was begun behind its back) and write statements not made by a write helper
+/// (invalidated at table level once they commit, see [`crate::plain`]). Every event is
+/// forwarded to the user's own instrumentation.
 struct Observer {
     depth: Arc<AtomicU32>,
-    inner: Option<Box<dyn Instrumentation>>,
+    plain: Arc<Mutex<PlainWrites>>,
+    user: Arc<Mutex<Option<Box<dyn Instrumentation>>>>,
 }
 
 impl Instrumentation for Observer {
@@ -37,7 +40,8 @@ impl Instrumentation for Observer {
             }
             _ => {}
         }
-        if let Some(inner) = &mut self.inner {
+        crate::plain::observe(&self.plain, &event);
+        if let Some(inner) = self.user.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             inner.on_connection_event(event);
         }
     }
@@ -61,6 +65,8 @@ pub struct CachedConnection<C: CacheConnection> {
     replica: bool,
     pub(crate) tx: TxState,
     observed_depth: Arc<AtomicU32>,
+    pub(crate) plain: Arc<Mutex<PlainWrites>>,
+    user_instrumentation: Arc<Mutex<Option<Box<dyn Instrumentation>>>>,
 }
 
 impl<C: CacheConnection> std::fmt::Debug for CachedConnection<C> {
@@ -106,9 +112,15 @@ impl<C: CacheConnection> CachedConnection<C> {
 
     fn build(mut conn: C, caches: CacheSet, inner: Option<Box<dyn Instrumentation>>) -> Self {
         let observed_depth = Arc::new(AtomicU32::new(0));
+        let plain = Arc::new(Mutex::new(PlainWrites::new(
+            caches.clone(),
+            crate::deps::dialect_of(C::BACKEND),
+        )));
+        let user_instrumentation = Arc::new(Mutex::new(inner));
         conn.set_instrumentation(Observer {
             depth: observed_depth.clone(),
-            inner,
+            plain: plain.clone(),
+            user: user_instrumentation.clone(),
         });
         CachedConnection {
             conn,
@@ -117,7 +129,41 @@ impl<C: CacheConnection> CachedConnection<C> {
             replica: false,
             tx: TxState::default(),
             observed_depth,
+            plain,
+            user_instrumentation,
         }
+    }
+
+    /// Replaces your own instrumentation (the cache's observer stays in place and forwards
+    /// every event to it). Same as Diesel's `Connection::set_instrumentation` on this
+    /// connection.
+    pub fn set_user_instrumentation(&mut self, instrumentation: Option<Box<dyn Instrumentation>>) {
+        *self
+            .user_instrumentation
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = instrumentation;
+    }
+
+    /// Runs a write helper's statement: its writes are invalidated by the helper, precisely,
+    /// so the plain-write observer leaves them alone.
+    pub(crate) fn helper_write<T>(
+        &mut self,
+        f: impl FnOnce(&mut C) -> diesel::QueryResult<T>,
+    ) -> diesel::QueryResult<T> {
+        let _helper = crate::plain::HelperScope::enter(&self.plain);
+        f(&mut self.conn)
+    }
+
+    /// Runs the invalidations of plain writes whose COMMIT has completed (normally the
+    /// observer runs them as soon as the COMMIT returns; this catches a COMMIT whose end
+    /// the observer did not see).
+    pub(crate) fn settle_plain_writes(&mut self) {
+        crate::plain::settle(&self.plain);
+    }
+
+    /// Whether strict writes are on (any cache of the set asks for them).
+    pub(crate) fn strict_writes(&self) -> bool {
+        self.caches.all().iter().any(|c| c.config().strict_writes)
     }
 
     /// Sets the database label (part of every query key: a primary and a replica, or two
@@ -159,8 +205,27 @@ impl<C: CacheConnection> CachedConnection<C> {
         &mut self.conn
     }
 
-    /// Unwraps the connection.
-    pub fn into_inner(self) -> C {
+    /// Unwraps the connection. Pending invalidations of plain writes that have committed are
+    /// run, and the connection's instrumentation is put back as it was before wrapping (the
+    /// one given to [`with_instrumentation`](Self::with_instrumentation), else Diesel's
+    /// default): writes made on the unwrapped connection are no longer seen.
+    ///
+    /// ```
+    /// use caching_diesel::{Cache, CacheSet, CachedConnection};
+    /// use diesel::prelude::*;
+    /// let raw = SqliteConnection::establish(":memory:").unwrap();
+    /// let conn = CachedConnection::with_caches(raw, CacheSet::new(Cache::locmem()));
+    /// let mut raw: SqliteConnection = conn.into_inner();
+    /// diesel::sql_query("SELECT 1").execute(&mut raw).unwrap();
+    /// ```
+    pub fn into_inner(mut self) -> C {
+        self.settle_plain_writes();
+        let user = self
+            .user_instrumentation
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        self.conn.set_instrumentation(user);
         self.conn
     }
 
@@ -202,7 +267,9 @@ impl<C: CacheConnection> CachedConnection<C> {
     /// Whether a cached read over `tables` must skip the cache: inside a transaction begun
     /// behind the cache's back, or over a table this transaction has written.
     pub(crate) fn must_bypass(&self, tables: &[&str]) -> bool {
-        self.in_foreign_transaction() || tables.iter().any(|t| self.tx.is_dirty(t))
+        self.in_foreign_transaction()
+            || tables.iter().any(|t| self.tx.is_dirty(t))
+            || crate::plain::dirties(&self.plain, tables)
     }
 }
 

@@ -1,5 +1,13 @@
 //! The `.cached()` extension: turns any Diesel query into a cached one.
 
+use diesel::dsl::{CountStar, Select};
+use diesel::query_builder::{AsQuery, QueryFragment};
+use diesel::query_dsl::methods::SelectDsl;
+use diesel::query_dsl::LoadQuery;
+use diesel::QueryResult;
+
+use crate::connection::CachedConnection;
+use crate::key::CacheConnection;
 use crate::query::CachedQuery;
 
 /// Adds `.cached()` to every Diesel query (query builder, boxed, `sql_query`).
@@ -15,6 +23,32 @@ pub trait CacheDsl: Sized {
     /// `count` read through the cache.
     fn cached(self) -> CachedQuery<Self> {
         CachedQuery::new(self)
+    }
+
+    /// `COUNT(*)` of this query through the cache (same as `.cached().count(conn)`): it
+    /// depends on the equality conditions of the query's WHERE clause, so a matching insert,
+    /// delete or update invalidates it at once; the cache's count timeout, if set, bounds
+    /// how long it stays.
+    ///
+    /// ```
+    /// use caching_diesel::prelude::*;
+    /// use caching_diesel::{Cache, CacheSet, CachedConnection};
+    /// diesel::table! { users (id) { id -> Integer, name -> Text } }
+    /// let raw = SqliteConnection::establish(":memory:").unwrap();
+    /// let mut conn = CachedConnection::with_caches(raw, CacheSet::new(Cache::locmem()));
+    /// diesel::sql_query("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL)").execute(&mut conn).unwrap();
+    /// let n = users::table.filter(users::name.eq("fliggy")).cached_count(&mut conn).unwrap();
+    /// assert_eq!(n, 0);
+    /// ```
+    fn cached_count<'query, C>(self, conn: &mut CachedConnection<C>) -> QueryResult<i64>
+    where
+        C: CacheConnection,
+        Self: SelectDsl<CountStar>,
+        Select<Self, CountStar>: AsQuery,
+        <Select<Self, CountStar> as AsQuery>::Query:
+            QueryFragment<C::Backend> + LoadQuery<'query, C, i64> + 'query,
+    {
+        CachedQuery::new(self).count(conn)
     }
 }
 

@@ -22,6 +22,13 @@ pub enum Error {
     /// invalidation could not wait for the COMMIT.
     #[error("a write helper ran inside a transaction not begun with CachedConnection::transaction; begin transactions through the cached connection so invalidation waits for COMMIT")]
     ForeignTransaction,
+    /// Strict writes are on ([`CacheConfig::strict_writes`](caching_core::CacheConfig::strict_writes))
+    /// and a write statement was run on the cached connection outside the write helpers.
+    #[error("strict writes: a write to {tables:?} outside the write helpers was refused (use CachedConnection::insert/update/delete/save_changes/execute_for, or turn strict_writes off)")]
+    PlainWrite {
+        /// The tables the statement writes.
+        tables: Vec<String>,
+    },
 }
 
 impl From<Error> for diesel::result::Error {

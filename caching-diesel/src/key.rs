@@ -26,6 +26,17 @@ pub struct QueryIdentity {
     pub sql: String,
     /// Type-tagged bind values.
     pub binds: String,
+    /// Each bind's value where the cache can compare it (predicate dependencies).
+    pub(crate) values: Vec<BindValue>,
+}
+
+/// A bind value as predicate dependencies see it: decoded from the bind collector by its SQL
+/// type. Only integers, booleans and text are decoded; anything else cannot be compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BindValue {
+    Int(i64),
+    Text(String),
+    Other,
 }
 
 /// A Diesel connection whose queries can be keyed. Implemented for `SqliteConnection`,
@@ -53,9 +64,11 @@ impl CacheConnection for diesel::sqlite::SqliteConnection {
         query.to_sql(&mut qb, &Sqlite)?;
         let mut binds = <Sqlite as diesel::backend::Backend>::BindCollector::default();
         query.collect_binds(&mut binds, &mut (), &Sqlite)?;
+        let binds = format!("{binds:?}");
         Ok(QueryIdentity {
             sql: qb.finish(),
-            binds: format!("{binds:?}"),
+            values: crate::binds::sqlite_values(&binds),
+            binds,
         })
     }
 }
@@ -76,6 +89,7 @@ impl CacheConnection for diesel::pg::PgConnection {
         query.collect_binds(&mut binds, self as &mut dyn PgMetadataLookup, &Pg)?;
         Ok(QueryIdentity {
             sql: qb.finish(),
+            values: crate::binds::pg_values(&binds),
             binds: format!("{binds:?}"),
         })
     }
@@ -97,6 +111,7 @@ impl CacheConnection for diesel::mysql::MysqlConnection {
         query.collect_binds(&mut binds, &mut (), &Mysql)?;
         Ok(QueryIdentity {
             sql: qb.finish(),
+            values: crate::binds::mysql_values(&binds),
             binds: format!("{binds:?}"),
         })
     }

@@ -30,25 +30,33 @@
 //! assert_eq!(u.name, "clouseroo");
 //! ```
 
+mod binds;
 mod caches;
+mod columns;
 mod connection;
+mod deps;
+mod diesel_impls;
 mod dsl;
 mod error;
 mod key;
 mod model;
+mod plain;
 #[cfg(feature = "r2d2")]
 pub mod pool;
 mod query;
+mod sql;
 mod transaction;
 mod write;
 
 pub use caches::{install, process_caches, CacheSet};
 pub use caching_core::{
-    self as core, Cache, CacheBuilder, CacheConfig, InvalidateOnCreate, Invalidation, ObjectKey,
-    StatsSnapshot, Timeout,
+    self as core, Cache, CacheBuilder, CacheConfig, DependencyTracking, InvalidateOnCreate,
+    Invalidation, ObjectKey, PredicateValue, StatsSnapshot, Timeout,
 };
-pub use caching_derive::Cached;
+pub use caching_derive::{Cached, CachedRow};
+pub use columns::{ColumnClass, ModelInfo};
 pub use connection::CachedConnection;
+pub use diesel_impls::CachedTransactionManager;
 pub use dsl::CacheDsl;
 pub use error::Error;
 pub use key::{CacheConnection, QueryIdentity, DIESEL_KEY_TAG};
@@ -61,14 +69,25 @@ pub use write::rows_invalidation;
 pub mod prelude {
     pub use crate::dsl::CacheDsl;
     pub use crate::model::{CacheableRow, CachedModel};
-    pub use caching_derive::Cached;
+    pub use caching_derive::{Cached, CachedRow};
     pub use diesel::prelude::*;
 }
 
 /// Paths the derive's generated code names. Not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::model::register_model;
+    pub use crate::model::{push_predicate_value, register_model};
+
+    /// Analyses `sql` for `backend` (`sqlite`, `postgres`, `mysql`): through the per-process
+    /// cache of analyses, or parsed afresh. For the benchmark; not a public API.
+    pub fn analyse_sql(sql: &str, backend: &str, cached: bool) -> bool {
+        let dialect = crate::deps::dialect_of(backend);
+        if cached {
+            crate::sql::analysed(sql, dialect).is_ok()
+        } else {
+            crate::sql::analyse(sql, dialect).is_ok()
+        }
+    }
     pub use caching_core::{KeySpace, ObjectKey, QueryKeyBuilder, Registrations};
     pub use serde;
 }

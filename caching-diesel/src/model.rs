@@ -2,11 +2,14 @@
 //!
 //! [`CachedModel`] is implemented by `#[derive(Cached)]`: it names a row (its object key), the
 //! rows it points at (foreign-key targets) and the model's table. [`CacheableRow`] is what
-//! `.cached()` loads: a model, an `Option` of one (left joins), a tuple of them (joins), or a
-//! plain value. Rows that contain no model cannot be invalidated by object writes, so they are
-//! only cached when the query sets an explicit timeout.
+//! `.cached()` loads: a model, an `Option` of one (left joins), a tuple of them (joins), a
+//! plain value, or a `#[derive(CachedRow)]` struct (raw SQL rows). Rows that contain no model
+//! register on no flush list: their dependencies come from the statement's SQL (tables and
+//! equality conditions, see [`crate::deps`]).
 
-use caching_core::{KeySpace, ObjectKey, QueryKeyBuilder, Registrations};
+use caching_core::{KeySpace, ObjectKey, PredicateValue, QueryKeyBuilder, Registrations};
+
+pub use crate::columns::{ColumnClass, ModelInfo};
 use serde::{de::DeserializeOwned, Serialize};
 
 /// A Diesel model whose rows can be cached and invalidated. Derive it with
@@ -28,6 +31,14 @@ use serde::{de::DeserializeOwned, Serialize};
 pub trait CachedModel: Serialize + DeserializeOwned {
     /// The model name used in keys: the table name unless overridden.
     const TABLE: &'static str;
+    /// The table's name in SQL (lowercase), which predicate dependencies and the tables a
+    /// query reads are named by. Defaults to [`TABLE`](CachedModel::TABLE).
+    const SQL_TABLE: &'static str = Self::TABLE;
+    /// The model's columns (lowercase SQL names) and how their values compare. A column
+    /// listed here with a comparable class lets cached queries depend on equality
+    /// conditions over it; the derive fills it from the field types. Default: none (every
+    /// query over the table then depends on every write to it).
+    const COLUMNS: &'static [(&'static str, ColumnClass)] = &[];
     /// Field names and type tokens of the struct; part of every query key, so changing the
     /// struct never reads entries written by the old one.
     const FINGERPRINT: &'static str;
@@ -35,6 +46,12 @@ pub trait CachedModel: Serialize + DeserializeOwned {
     fn object_key(&self) -> ObjectKey;
     /// The rows this row points at through non-null foreign keys.
     fn foreign_keys(&self) -> Vec<ObjectKey>;
+    /// The row's values of its comparable columns ([`COLUMNS`](CachedModel::COLUMNS) whose
+    /// class is not [`ColumnClass::Opaque`]), in canonical form; a write walks the predicate
+    /// lists they name. A NULL (or otherwise incomparable) value is left out.
+    fn predicate_values(&self, out: &mut Vec<(&'static str, PredicateValue)>) {
+        let _ = out;
+    }
 }
 
 /// A row type `.cached()` can load. Implemented for every [`CachedModel`] (by the derive),
@@ -49,6 +66,10 @@ pub trait CacheableRow: Serialize + DeserializeOwned {
     /// Registers `key` on this row's flush lists (and links the row to its foreign-key
     /// targets).
     fn register(&self, keys: &KeySpace, key: &str, regs: &mut Registrations);
+    /// Adds the models the row is made of (their SQL tables and columns).
+    fn models(out: &mut Vec<ModelInfo>) {
+        let _ = out;
+    }
 }
 
 /// Implements [`CacheableRow`] for a [`CachedModel`]; used by the derive.
@@ -66,10 +87,29 @@ pub fn register_model<M: CachedModel>(
     }
 }
 
+/// Adds a field's canonical value to a model's predicate values; used by the derive.
+#[doc(hidden)]
+pub fn push_predicate_value<T: Serialize + ?Sized>(
+    out: &mut Vec<(&'static str, PredicateValue)>,
+    column: &'static str,
+    value: &T,
+) {
+    if let Some(v) = serde_json::to_value(value)
+        .ok()
+        .as_ref()
+        .and_then(PredicateValue::from_json)
+    {
+        out.push((column, v));
+    }
+}
+
 impl<T: CacheableRow> CacheableRow for Option<T> {
     const MODEL: bool = T::MODEL;
     fn tables(out: &mut Vec<&'static str>) {
         T::tables(out)
+    }
+    fn models(out: &mut Vec<ModelInfo>) {
+        T::models(out)
     }
     fn fingerprint(key: &mut QueryKeyBuilder) {
         key.part("option", b"");
@@ -103,6 +143,9 @@ macro_rules! tuple_rows {
             const MODEL: bool = true $(&& $name::MODEL)+;
             fn tables(out: &mut Vec<&'static str>) {
                 $($name::tables(out);)+
+            }
+            fn models(out: &mut Vec<ModelInfo>) {
+                $($name::models(out);)+
             }
             fn fingerprint(key: &mut QueryKeyBuilder) {
                 key.part("tuple", b"(");

@@ -1,9 +1,10 @@
 //! The cached query: `load`, `get_results`, `get_result`, `first` and `count` through the
 //! cache.
 //!
-//! Read path, top to bottom (`CachedQuery::load`): pick the cache; skip it when the rows are
-//! not models and no timeout was given, or when the connection's transaction must see its own
-//! writes; build the key; one lookup round trip; on a hit decode and return; on a miss read
+//! Read path, top to bottom (`CachedQuery::read`): pick the cache; tell the statement's
+//! dependencies from its SQL (read the database uncached when they cannot be told, or when it
+//! reads no table and no timeout was given); skip the cache when the connection's transaction
+//! must see its own writes; build the key; one lookup round trip; on a hit decode and return; on a miss read
 //! the database, then fill (unless empty and empty results are not cached, or inside a
 //! transaction). Any cache failure falls back to the database; it is logged and counted.
 
@@ -14,11 +15,11 @@ use diesel::dsl::{CountStar, Limit, Select};
 use diesel::query_builder::{AsQuery, QueryFragment};
 use diesel::query_dsl::methods::{LimitDsl, SelectDsl};
 use diesel::query_dsl::LoadQuery;
-use diesel::{QueryResult, RunQueryDsl};
+use diesel::QueryResult;
 
 use crate::connection::CachedConnection;
 use crate::key::{query_key_builder, CacheConnection};
-use crate::model::{CacheableRow, CachedModel};
+use crate::model::CacheableRow;
 
 /// Per-query cache settings; "whatever is set last sticks".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,7 +47,8 @@ impl<Q> CachedQuery<Q> {
     }
 
     /// Sets this query's timeout (overrides the cache's default; the cache's maximum timeout
-    /// still applies). Rows that are not models are cached only with an explicit timeout.
+    /// still applies). A query that reads no table (`SELECT 1`, `SELECT now()`) is cached
+    /// only with an explicit timeout.
     pub fn timeout(mut self, timeout: impl Into<Timeout>) -> Self {
         self.options.timeout = Some(timeout.into());
         self
@@ -63,9 +65,9 @@ impl<Q> CachedQuery<Q> {
         self
     }
 
-    /// Declares tables the query reads that are not among the loaded models (a subquery's):
-    /// any write to them (through the write helpers, or `invalidate_all`) makes this
-    /// query's cached result miss, at table granularity.
+    /// Declares tables the query depends on that its SQL does not name (the base tables of a
+    /// view, or of a function): any write to them makes this query's cached result miss, at
+    /// table granularity. Tables the SQL names are found by themselves.
     pub fn tables(mut self, tables: &[&'static str]) -> Self {
         self.options.tables.extend_from_slice(tables);
         self
@@ -110,7 +112,8 @@ impl<Q> CachedQuery<Q> {
         let cache = conn.caches.get(self.options.cache.as_deref())?.clone();
         let tables = self.tables_of::<U>();
         let query = self.query.as_query();
-        key_of::<U, C, _>(conn, &cache, "query", &tables, &query)
+        let identity = conn.conn.query_identity(&query)?;
+        Ok(key_of::<U, C>(conn, &cache, "query", &tables, &identity))
     }
 
     fn tables_of<U: CacheableRow>(&self) -> Vec<&'static str> {
@@ -122,6 +125,86 @@ impl<Q> CachedQuery<Q> {
         tables
     }
 
+    /// The read of `query` through the cache: key, dependencies, then the shared read path.
+    /// Anything that keeps the cache from being used safely reads the database.
+    fn read<'query, U, C, X>(
+        self,
+        conn: &mut CachedConnection<C>,
+        kind: &str,
+        query: X,
+    ) -> QueryResult<Vec<U>>
+    where
+        C: CacheConnection,
+        U: CacheableRow + 'static,
+        X: QueryFragment<C::Backend> + LoadQuery<'query, C, U> + 'query,
+    {
+        if self.options.disabled {
+            return query.load(&mut conn.conn);
+        }
+        let cache = conn.caches.get(self.options.cache.as_deref())?.clone();
+        let model_tables = self.tables_of::<U>();
+        let identity = match conn.conn.query_identity(&query) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not build a cache key; reading the database");
+                return query.load(&mut conn.conn);
+            }
+        };
+        let mut models = Vec::new();
+        U::models(&mut models);
+        for m in &models {
+            crate::columns::register(m);
+        }
+        let row_tables: Vec<&str> = models.iter().map(|m| m.sql_table).collect();
+        let deps = match crate::deps::dependencies(
+            &identity,
+            crate::deps::dialect_of(C::BACKEND),
+            &row_tables,
+            &model_tables,
+            &self.options.tables,
+            cache.config().dependencies,
+        ) {
+            Ok(d) => d,
+            Err(why) => {
+                crate::deps::warn_uncacheable(&identity.sql, &why);
+                return query.load(&mut conn.conn);
+            }
+        };
+        if deps.tables.is_empty() && self.options.timeout.is_none() {
+            // No table: a constant, or a function whose value no write changes (`now()`).
+            // Cached only for an explicit timeout.
+            return query.load(&mut conn.conn);
+        }
+        let key = key_of::<U, C>(conn, &cache, kind, &model_tables, &identity);
+        let timeout = self.options.timeout.unwrap_or_default();
+        let tables: Vec<&str> = deps.tables.iter().map(String::as_str).collect();
+        let guarded: Vec<&str> = deps.guarded.iter().map(String::as_str).collect();
+        // A count, however it was written (`.cached_count()`, `.count().cached()`, raw SQL),
+        // lives at most the count timeout when one is set.
+        let cap = if deps.counts {
+            cache.config().count_timeout
+        } else {
+            None
+        };
+        let keys = cache.keys().clone();
+        read_through(
+            conn,
+            &cache,
+            &key,
+            &tables,
+            timeout,
+            cap,
+            &guarded,
+            |c| query.load(c),
+            |rows: &Vec<U>, regs| {
+                for row in rows {
+                    row.register(&keys, &key, regs);
+                }
+                deps.register(&keys, &key, regs);
+            },
+        )
+    }
+
     /// Loads every row, through the cache.
     ///
     /// ```
@@ -129,7 +212,7 @@ impl<Q> CachedQuery<Q> {
     /// use caching_diesel::{Cache, CacheSet, CachedConnection};
     /// let raw = SqliteConnection::establish(":memory:").unwrap();
     /// let mut conn = CachedConnection::with_caches(raw, CacheSet::new(Cache::locmem()));
-    /// // Scalars are cached only with an explicit timeout.
+    /// // A query that reads no table is cached only with an explicit timeout.
     /// let v: Vec<i32> = diesel::select(1.into_sql::<diesel::sql_types::Integer>())
     ///     .cached()
     ///     .cached_for(std::time::Duration::from_secs(60))
@@ -144,35 +227,13 @@ impl<Q> CachedQuery<Q> {
         Q: AsQuery,
         Q::Query: QueryFragment<C::Backend> + LoadQuery<'query, C, U> + 'query,
     {
-        let cache = conn.caches.get(self.options.cache.as_deref())?.clone();
-        let tables = self.tables_of::<U>();
+        conn.settle_plain_writes();
         let query = self.query.as_query();
-        let cacheable = !self.options.disabled && (U::MODEL || self.options.timeout.is_some());
-        if !cacheable {
-            return query.load(&mut conn.conn);
+        CachedQuery {
+            query: (),
+            options: self.options,
         }
-        let key = match key_of::<U, C, _>(conn, &cache, "query", &tables, &query) {
-            Ok(k) => k,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not build a cache key; reading the database");
-                return query.load(&mut conn.conn);
-            }
-        };
-        let timeout = self.options.timeout.unwrap_or_default();
-        read_through(
-            conn,
-            &cache,
-            &key,
-            &tables,
-            timeout,
-            Guard::Tables(&self.options.tables),
-            |c| query.load(c),
-            |rows: &Vec<U>, regs| {
-                for row in rows {
-                    row.register(cache.keys(), &key, regs);
-                }
-            },
-        )
+        .read(conn, "query", query)
     }
 
     /// Same as [`load`](CachedQuery::load).
@@ -216,82 +277,56 @@ impl<Q> CachedQuery<Q> {
         .get_result(conn)
     }
 
-    /// `COUNT(*)` of the query, cached for at most the cache's count timeout (none configured:
-    /// always asks the database). `M` names the model counted; the count also misses after
-    /// any write to `M`'s table, so it is exact at table granularity.
+    /// `COUNT(*)` of the query, through the cache. The count depends on the equality
+    /// conditions of its WHERE clause (a matching insert, delete or update invalidates it at
+    /// once) or, without one, on every write to its tables. The cache's count timeout, if
+    /// set, bounds how long it stays.
     ///
     /// ```
     /// use caching_diesel::prelude::*;
     /// use caching_diesel::{Cache, CacheSet, CachedConnection};
     /// diesel::table! { users (id) { id -> Integer, name -> Text } }
-    /// #[derive(Queryable, Selectable, Identifiable, Cached, serde::Serialize, serde::Deserialize)]
-    /// #[diesel(table_name = users)]
-    /// struct User { id: i32, name: String }
     /// let raw = SqliteConnection::establish(":memory:").unwrap();
     /// let mut conn = CachedConnection::with_caches(raw, CacheSet::new(Cache::locmem()));
-    /// diesel::sql_query("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL)").execute(&mut *conn).unwrap();
-    /// assert_eq!(users::table.cached().count::<User, _>(&mut conn).unwrap(), 0);
+    /// diesel::sql_query("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL)").execute(&mut conn).unwrap();
+    /// assert_eq!(users::table.cached().count(&mut conn).unwrap(), 0);
+    /// assert_eq!(users::table.cached().count(&mut conn).unwrap(), 0);
+    /// assert_eq!(conn.cache().stats().hits, 1);
     /// ```
-    pub fn count<'query, M, C>(self, conn: &mut CachedConnection<C>) -> QueryResult<i64>
+    pub fn count<'query, C>(self, conn: &mut CachedConnection<C>) -> QueryResult<i64>
     where
         C: CacheConnection,
-        M: CachedModel + CacheableRow,
         Q: SelectDsl<CountStar>,
         Select<Q, CountStar>: AsQuery,
         <Select<Q, CountStar> as AsQuery>::Query:
             QueryFragment<C::Backend> + LoadQuery<'query, C, i64> + 'query,
     {
-        let cache = conn.caches.get(self.options.cache.as_deref())?.clone();
-        let tables = self.tables_of::<M>();
+        conn.settle_plain_writes();
         let query = self.query.select(diesel::dsl::count_star()).as_query();
-        let timeout = match (cache.config().count_timeout, self.options.disabled) {
-            (Some(t), false) => t,
-            _ => return query.get_result(&mut conn.conn),
-        };
-        let key = match key_of::<i64, C, _>(conn, &cache, "count", &tables, &query) {
-            Ok(k) => k,
-            Err(_) => return query.get_result(&mut conn.conn),
-        };
-        let rows = read_through(
-            conn,
-            &cache,
-            &key,
-            &tables,
-            Timeout::After(timeout),
-            Guard::All,
-            |c| query.get_result::<i64>(c).map(|n| vec![n]),
-            |_: &Vec<i64>, _| {},
-        )?;
+        let rows = CachedQuery {
+            query: (),
+            options: self.options,
+        }
+        .read::<i64, C, _>(conn, "count", query)?;
         rows.into_iter()
             .next()
             .ok_or(diesel::result::Error::NotFound)
     }
 }
 
-pub(crate) fn key_of<U, C, Q>(
-    conn: &mut CachedConnection<C>,
+pub(crate) fn key_of<U, C>(
+    conn: &CachedConnection<C>,
     cache: &Cache,
     kind: &str,
     tables: &[&str],
-    query: &Q,
-) -> QueryResult<String>
+    identity: &crate::key::QueryIdentity,
+) -> String
 where
     C: CacheConnection,
     U: CacheableRow,
-    Q: QueryFragment<C::Backend>,
 {
-    let identity = conn.conn.query_identity(query)?;
-    let builder = query_key_builder::<U, C>(kind, conn.label(), tables, &identity);
-    Ok(cache.keys().query_key(&builder))
-}
-
-/// Which tables' write generations an entry records (any write to them makes it miss).
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Guard<'a> {
-    /// Every table read (counts: no flush list protects them).
-    All,
-    /// Only these (tables declared with `.tables()`, whose rows are not in the result).
-    Tables(&'a [&'static str]),
+    let builder = query_key_builder::<U, C>(kind, conn.label(), tables, identity);
+    cache.keys().query_key(&builder)
 }
 
 /// The shared read path: the connection's part (bypass inside a foreign transaction or over
@@ -304,7 +339,8 @@ pub(crate) fn read_through<C, U, R, G>(
     key: &str,
     tables: &[&str],
     timeout: Timeout,
-    guard: Guard<'_>,
+    cap: Option<Duration>,
+    guarded: &[&str],
     read: R,
     register: G,
 ) -> QueryResult<Vec<U>>
@@ -314,18 +350,22 @@ where
     R: FnOnce(&mut C) -> QueryResult<Vec<U>>,
     G: FnOnce(&Vec<U>, &mut Registrations),
 {
-    let mut plan = ReadPlan::new(key, tables).timeout(timeout);
-    plan = match guard {
-        Guard::All => plan.guard_all(),
-        Guard::Tables(t) => plan.guard(t),
-    };
+    let mut plan = ReadPlan::new(key, tables).timeout(timeout).guard(guarded);
     if conn.must_bypass(tables) {
         plan = plan.bypass("transaction sees its own writes");
     } else if conn.in_transaction() {
         plan = plan.no_fill("inside a transaction");
     }
-    if conn.is_replica() {
-        plan = plan.cap(Expiry::from_duration(cache.config().replica_timeout));
+    let replica = conn
+        .is_replica()
+        .then(|| Expiry::from_duration(cache.config().replica_timeout));
+    if let Some(cap) = cap
+        .map(Expiry::from_duration)
+        .into_iter()
+        .chain(replica)
+        .reduce(Expiry::min)
+    {
+        plan = plan.cap(cap);
     }
     let cache_empty = cache.config().cache_empty_results;
     let inner = &mut conn.conn;

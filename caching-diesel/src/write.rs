@@ -5,37 +5,90 @@
 //! | helper | rows it learns | works on |
 //! |---|---|---|
 //! | [`save_changes`](CachedConnection::save_changes) | the updated row (Diesel's `UpdateAndFetchResults`) | all |
-//! | [`insert`](CachedConnection::insert) | rows from `RETURNING` | PostgreSQL, SQLite |
+//! | [`insert`](CachedConnection::insert) | rows from `RETURNING` (upserts too) | PostgreSQL, SQLite |
 //! | [`update`](CachedConnection::update) / [`delete`](CachedConnection::delete) | rows from `RETURNING` | PostgreSQL, SQLite |
 //! | [`insert_for`](CachedConnection::insert_for) | the models you pass (created) | all (MySQL inserts) |
 //! | [`execute_for`](CachedConnection::execute_for) | the models you pass | all |
 //! | [`execute_bulk`](CachedConnection::execute_bulk) | none: whole table | all (MySQL bulk writes) |
 //!
-//! Creating a row invalidates its foreign-key targets' lists (so cached lists that contained
-//! a sibling are dropped) and, with invalidate-on-create `whole-model`, every query of the
-//! model.
+//! Every helper invalidates by the written rows' values (see `docs/src/invalidation.md`):
+//! each row's flush list (the queries that contained it), its foreign-key targets' lists,
+//! the predicate lists of its comparable column values (the queries it enters or matched)
+//! and its table's write generation (the queries with no usable condition). Updates whose
+//! old values are unknown (`save_changes`, `update`, `invalidate`, upserts) also walk the
+//! table's exit list (counts and aggregates the rows may have left). With invalidate-on-create
+//! `whole-model`, a create also invalidates every query of the model. Writes made without the
+//! helpers on the cached connection are seen and invalidated at table level
+//! ([`crate::plain`]).
 
 use caching_core::{InvalidateOnCreate, Invalidation};
 use diesel::query_dsl::methods::ExecuteDsl;
 use diesel::query_dsl::{LoadQuery, UpdateAndFetchResults};
 use diesel::QueryResult;
 
+use diesel::query_builder::QueryFragment;
+
+use crate::columns::{self, ModelInfo};
 use crate::connection::CachedConnection;
 use crate::key::CacheConnection;
 use crate::model::CachedModel;
 
-/// The invalidation of written rows: each row, its foreign-key targets, its table.
+/// The invalidation of written rows, given the values they have now (or had, for deleted
+/// rows): each row's flush list, its foreign-key targets' lists, the predicate lists of its
+/// comparable column values (the cached queries the row is in or can enter now), and its
+/// table's write generation. If `M` lacks a comparable column another model of the table
+/// declares, the whole table is invalidated (the predicate lists of that column cannot be
+/// named).
+///
+/// ```
+/// use caching_diesel::prelude::*;
+/// diesel::table! { users (id) { id -> Integer, name -> Text } }
+/// #[derive(Queryable, Identifiable, Cached, serde::Serialize, serde::Deserialize)]
+/// #[diesel(table_name = users)]
+/// struct User { id: i32, name: String }
+/// let inv = caching_diesel::rows_invalidation([&User { id: 1, name: "fliggy".into() }]);
+/// assert_eq!(inv.objects().count(), 1);
+/// assert_eq!(inv.tables().collect::<Vec<_>>(), ["users"]);
+/// ```
 pub fn rows_invalidation<'a, M: CachedModel + 'a>(
     rows: impl IntoIterator<Item = &'a M>,
 ) -> Invalidation {
+    let info = ModelInfo::of::<M>();
+    columns::register(&info);
     let mut inv = Invalidation::new();
     inv.table_written(M::TABLE);
+    inv.table_written(M::SQL_TABLE);
+    if !columns::covers_table(M::SQL_TABLE, M::COLUMNS) {
+        inv.whole_table(M::SQL_TABLE);
+    }
+    let mut values = Vec::new();
     for row in rows {
         inv.object(row.object_key());
         for parent in row.foreign_keys() {
             inv.object(parent);
         }
+        values.clear();
+        row.predicate_values(&mut values);
+        for (column, value) in values.drain(..) {
+            inv.predicate(M::SQL_TABLE, column, value);
+        }
     }
+    inv
+}
+
+/// The invalidation of rows updated in place: their new values are known, their old ones
+/// are not (a row may have left a count or an aggregate it is not part of).
+fn updated<'a, M: CachedModel + 'a>(rows: impl IntoIterator<Item = &'a M>) -> Invalidation {
+    let mut inv = rows_invalidation(rows);
+    inv.old_values_unknown(M::SQL_TABLE);
+    inv
+}
+
+/// Whole-table invalidation of `M` (model name and SQL table).
+fn whole<M: CachedModel>() -> Invalidation {
+    let mut inv = Invalidation::new();
+    inv.whole_table(M::TABLE);
+    inv.whole_table(M::SQL_TABLE);
     inv
 }
 
@@ -53,15 +106,20 @@ impl<C: CacheConnection> CachedConnection<C> {
         self.invalidate_with(inv).map_err(Into::into)
     }
 
-    fn creation<M: CachedModel>(&self, rows: &[M]) -> Invalidation {
+    /// The invalidation of inserted rows; an upsert (`sql` updates existing rows) also
+    /// reaches the counts and aggregates the rows it updated may have left.
+    fn creation<M: CachedModel>(&self, rows: &[M], sql: &str) -> Invalidation {
         let mut inv = rows_invalidation(rows.iter());
+        if crate::sql::replaces_rows(sql) {
+            inv.old_values_unknown(M::SQL_TABLE);
+        }
         let whole_model = self
             .caches
             .all()
             .iter()
             .any(|c| c.config().invalidate_on_create == InvalidateOnCreate::WholeModel);
         if whole_model && !rows.is_empty() {
-            inv.whole_table(M::TABLE);
+            inv.merge(whole::<M>());
         }
         inv
     }
@@ -74,8 +132,8 @@ impl<C: CacheConnection> CachedConnection<C> {
         C: UpdateAndFetchResults<T, M>,
     {
         self.guard()?;
-        let row = self.conn.update_and_fetch(changes)?;
-        self.after_write(rows_invalidation([&row]))?;
+        let row = self.helper_write(|c| c.update_and_fetch(changes))?;
+        self.after_write(updated([&row]))?;
         Ok(row)
     }
 
@@ -100,11 +158,12 @@ impl<C: CacheConnection> CachedConnection<C> {
     pub fn insert<'query, M, S>(&mut self, statement: S) -> QueryResult<Vec<M>>
     where
         M: CachedModel,
-        S: LoadQuery<'query, C, M>,
+        S: LoadQuery<'query, C, M> + QueryFragment<C::Backend>,
     {
         self.guard()?;
-        let rows: Vec<M> = statement.get_results(&mut self.conn)?;
-        let inv = self.creation(&rows);
+        let sql = self.conn.query_identity(&statement)?.sql;
+        let rows: Vec<M> = self.helper_write(|c| statement.get_results(c))?;
+        let inv = self.creation(&rows, &sql);
         self.after_write(inv)?;
         Ok(rows)
     }
@@ -114,46 +173,67 @@ impl<C: CacheConnection> CachedConnection<C> {
     pub fn insert_for<M, S>(&mut self, rows: &[M], statement: S) -> QueryResult<usize>
     where
         M: CachedModel,
-        S: ExecuteDsl<C>,
+        S: ExecuteDsl<C> + QueryFragment<C::Backend>,
     {
         self.guard()?;
-        let n = ExecuteDsl::execute(statement, &mut self.conn)?;
-        let inv = self.creation(rows);
+        let sql = self.conn.query_identity(&statement)?.sql;
+        let n = self.helper_write(|c| ExecuteDsl::execute(statement, c))?;
+        let inv = self.creation(rows, &sql);
         self.after_write(inv)?;
         Ok(n)
     }
 
-    /// Runs an `UPDATE ... RETURNING` (bulk or single) and invalidates the returned rows.
+    /// Runs an `UPDATE ... RETURNING` (bulk or single) and invalidates the returned rows:
+    /// the queries they are in, the queries their new values enter, and the counts and
+    /// aggregates over their table (their old values are unknown).
     pub fn update<'query, M, S>(&mut self, statement: S) -> QueryResult<Vec<M>>
     where
         M: CachedModel,
         S: LoadQuery<'query, C, M>,
     {
         self.guard()?;
-        let rows: Vec<M> = statement.get_results(&mut self.conn)?;
-        self.after_write(rows_invalidation(rows.iter()))?;
+        let rows: Vec<M> = self.helper_write(|c| statement.get_results(c))?;
+        self.after_write(updated(rows.iter()))?;
         Ok(rows)
     }
 
-    /// Runs a `DELETE ... RETURNING` (bulk or single) and invalidates the deleted rows.
+    /// Runs a `DELETE ... RETURNING` (bulk or single) and invalidates the deleted rows: the
+    /// queries they were in, and those whose conditions their values matched (counts).
     pub fn delete<'query, M, S>(&mut self, statement: S) -> QueryResult<Vec<M>>
     where
         M: CachedModel,
         S: LoadQuery<'query, C, M>,
     {
-        self.update(statement)
+        self.guard()?;
+        let rows: Vec<M> = self.helper_write(|c| statement.get_results(c))?;
+        self.after_write(rows_invalidation(rows.iter()))?;
+        Ok(rows)
     }
 
     /// Runs any write statement and invalidates the given rows (use it when you know the rows
-    /// a statement writes: deleting or updating a loaded object on any backend).
+    /// a statement writes, on any backend): for a `DELETE` or an `INSERT`, `rows` are the
+    /// rows deleted or inserted and the invalidation is precise; for an `UPDATE` (or any
+    /// other statement) the new values are unknown, so every query of `M`'s table is
+    /// invalidated as well.
     pub fn execute_for<M, S>(&mut self, rows: &[M], statement: S) -> QueryResult<usize>
     where
         M: CachedModel,
-        S: ExecuteDsl<C>,
+        S: ExecuteDsl<C> + QueryFragment<C::Backend>,
     {
         self.guard()?;
-        let n = ExecuteDsl::execute(statement, &mut self.conn)?;
-        self.after_write(rows_invalidation(rows.iter()))?;
+        let sql = self.conn.query_identity(&statement)?.sql;
+        let n = self.helper_write(|c| ExecuteDsl::execute(statement, c))?;
+        let first = crate::sql::first_keyword(&sql);
+        let inv = match first.as_str() {
+            "delete" => rows_invalidation(rows.iter()),
+            "insert" | "replace" => self.creation(rows, &sql),
+            _ => {
+                let mut inv = updated(rows.iter());
+                inv.merge(whole::<M>());
+                inv
+            }
+        };
+        self.after_write(inv)?;
         Ok(n)
     }
 
@@ -165,22 +245,20 @@ impl<C: CacheConnection> CachedConnection<C> {
         S: ExecuteDsl<C>,
     {
         self.guard()?;
-        let n = ExecuteDsl::execute(statement, &mut self.conn)?;
-        let mut inv = Invalidation::new();
-        inv.whole_table(M::TABLE);
-        self.after_write(inv)?;
+        let n = self.helper_write(|c| ExecuteDsl::execute(statement, c))?;
+        self.after_write(whole::<M>())?;
         Ok(n)
     }
 
-    /// Invalidates rows written outside the helpers.
+    /// Invalidates rows written outside the helpers, given their current values (for
+    /// deleted rows, their last values): the queries they are in or can enter now, and the
+    /// counts and aggregates over their table.
     pub fn invalidate<M: CachedModel>(&mut self, rows: &[M]) -> QueryResult<()> {
-        self.after_write(rows_invalidation(rows.iter()))
+        self.after_write(updated(rows.iter()))
     }
 
     /// Invalidates every cached query of model `M` (for writes made outside the library).
     pub fn invalidate_all<M: CachedModel>(&mut self) -> QueryResult<()> {
-        let mut inv = Invalidation::new();
-        inv.whole_table(M::TABLE);
-        self.after_write(inv)
+        self.after_write(whole::<M>())
     }
 }

@@ -296,6 +296,9 @@ pub trait Writes: TestDb {
     fn bulk_delete_val(conn: &mut CachedConnection<Self>, v: i32) -> QueryResult<usize>;
     /// A bind placeholder (`?` or `$n`).
     fn placeholder(n: usize) -> String;
+    /// Inserts or replaces an add-on by primary key through the write helpers (an upsert:
+    /// `ON CONFLICT DO UPDATE` with `RETURNING`, MySQL `REPLACE INTO`).
+    fn upsert_addon(conn: &mut CachedConnection<Self>, a: &Addon) -> QueryResult<()>;
 }
 
 macro_rules! returning_writes {
@@ -333,6 +336,17 @@ macro_rules! returning_writes {
                 #[allow(clippy::redundant_closure_call)]
                 ($ph)(n)
             }
+            fn upsert_addon(conn: &mut CachedConnection<Self>, a: &Addon) -> QueryResult<()> {
+                let rows: Vec<Addon> = conn.insert(
+                    diesel::insert_into(addons::table)
+                        .values(a.clone())
+                        .on_conflict(addons::id)
+                        .do_update()
+                        .set(a.clone()),
+                )?;
+                assert_eq!(rows.len(), 1);
+                Ok(())
+            }
         }
     };
 }
@@ -368,6 +382,13 @@ impl Writes for diesel::MysqlConnection {
     }
     fn placeholder(_n: usize) -> String {
         "?".to_string()
+    }
+    fn upsert_addon(conn: &mut CachedConnection<Self>, a: &Addon) -> QueryResult<()> {
+        conn.insert_for(
+            std::slice::from_ref(a),
+            diesel::replace_into(addons::table).values(a.clone()),
+        )
+        .map(|_| ())
     }
 }
 

@@ -5,7 +5,7 @@
 //! Eviction is simulated by deleting the list, which is what memcached's LRU does to it.
 
 use caching_diesel::prelude::*;
-use caching_diesel::ObjectKey;
+use caching_diesel::{ObjectKey, PredicateValue};
 use caching_tests::db::schema::users;
 use caching_tests::db::{BackendKind, Env, User};
 
@@ -17,13 +17,20 @@ fn find(e: &mut Env<SqliteConnection>) -> User {
     users::table.find(1).cached().first(&mut e.conn).unwrap()
 }
 
+/// Evicts the lists `users.find(1)` is registered on: the row's flush list and the
+/// predicate list of its condition `users.id = 1`.
 fn evict_user_list(e: &Env<SqliteConnection>) {
-    let list = e.cache.keys().flush_key(&ObjectKey::new("users", &["1"]));
-    assert!(
-        e.cache.backend().get(&list).unwrap().is_some(),
-        "the fill registered on {list}"
-    );
-    e.cache.backend().delete(&list).unwrap();
+    let keys = e.cache.keys();
+    for list in [
+        keys.flush_key(&ObjectKey::new("users", &["1"])),
+        keys.predicate_key("users", "id", &PredicateValue::Int(1)),
+    ] {
+        assert!(
+            e.cache.backend().get(&list).unwrap().is_some(),
+            "the fill registered on {list}"
+        );
+        e.cache.backend().delete(&list).unwrap();
+    }
 }
 
 fn rename(e: &mut Env<SqliteConnection>, name: &str) {

@@ -322,12 +322,39 @@ enum Actor {
     /// A reader that starts only after every writer has finished: it must see the last
     /// committed row (a stale *read*, not only a stale final state).
     LateReader,
+    /// `users.filter(name.eq("moved")).cached().load()`: a value-filtered list that user 1
+    /// is not in at first.
+    FilterReader,
+    /// `save_changes` of user 1 renamed to "moved": the row *enters* the filtered list
+    /// (no flush list of the cached list names it; only its predicate list does).
+    MovingWriter,
+    /// [`Actor::FilterReader`] starting after every writer has finished.
+    LateFilterReader,
 }
+
+/// The name that moves user 1 into [`Actor::FilterReader`]'s list.
+const MOVED: &str = "moved";
 
 impl Actor {
     fn writes(self) -> bool {
-        matches!(self, Actor::Writer | Actor::NaiveWriter)
+        matches!(
+            self,
+            Actor::Writer | Actor::NaiveWriter | Actor::MovingWriter
+        )
     }
+
+    fn late(self) -> bool {
+        matches!(self, Actor::LateReader | Actor::LateFilterReader)
+    }
+
+    fn filters(self) -> bool {
+        matches!(self, Actor::FilterReader | Actor::LateFilterReader)
+    }
+}
+
+/// The filtered list's query.
+fn moved_users() -> diesel::dsl::Filter<users::table, diesel::dsl::Eq<users::name, &'static str>> {
+    users::table.filter(users::name.eq(MOVED))
 }
 
 struct World {
@@ -433,6 +460,8 @@ fn explore_with(name: &str, actors: &[Actor], eviction_safe: bool) -> Outcome {
             .shared_backend(backend.clone())
             .prefix("il")
             .eviction_safe(eviction_safe)
+            // The filtered list starts empty: it must be cached to be able to go stale.
+            .cache_empty_results(true)
             .build()
             .unwrap();
         for k in ["il:gen:users", "il:ver:users", "il:ns"] {
@@ -450,41 +479,61 @@ fn explore_with(name: &str, actors: &[Actor], eviction_safe: bool) -> Outcome {
                 let backend = backend.clone();
                 std::thread::spawn(move || {
                     ACTOR.with(|a| a.set(Some(i)));
-                    let mut conn = CachedConnection::with_caches(conn, CacheSet::new(cache));
-                    let mut seen: Option<User> = None;
-                    match actor {
-                        Actor::Reader | Actor::LateReader => {
-                            let u: User = users::table.find(1).cached().first(&mut conn).unwrap();
-                            seen = Some(u);
+                    let mut seen: Option<Vec<User>> = None;
+                    let raw = if actor == Actor::NaiveWriter {
+                        // A raw connection: the cached connection would see this write.
+                        let mut raw = conn;
+                        sched.point(true);
+                        diesel::update(users::table.find(1))
+                            .set(users::name.eq(format!("w{i}")))
+                            .execute(&mut raw)
+                            .unwrap();
+                        let list = "il:f:o:users:1";
+                        if let Some(item) = backend.get(list).unwrap() {
+                            let text = String::from_utf8(item.value).unwrap();
+                            let keys: Vec<&str> =
+                                text.split(' ').filter(|k| !k.is_empty()).collect();
+                            backend.delete_multi(&keys).unwrap();
                         }
-                        Actor::Writer => {
-                            let _: User = conn
-                                .save_changes(&User {
-                                    id: 1,
-                                    name: format!("w{i}"),
-                                })
-                                .unwrap();
-                        }
-                        Actor::NaiveWriter => {
-                            sched.point(true);
-                            diesel::update(users::table.find(1))
-                                .set(users::name.eq(format!("w{i}")))
-                                .execute(&mut *conn)
-                                .unwrap();
-                            let list = "il:f:o:users:1";
-                            if let Some(item) = backend.get(list).unwrap() {
-                                let text = String::from_utf8(item.value).unwrap();
-                                let keys: Vec<&str> =
-                                    text.split(' ').filter(|k| !k.is_empty()).collect();
-                                backend.delete_multi(&keys).unwrap();
+                        backend.delete(list).unwrap();
+                        raw
+                    } else {
+                        let mut conn = CachedConnection::with_caches(conn, CacheSet::new(cache));
+                        match actor {
+                            Actor::Reader | Actor::LateReader => {
+                                let u: User =
+                                    users::table.find(1).cached().first(&mut conn).unwrap();
+                                seen = Some(vec![u]);
                             }
-                            backend.delete(list).unwrap();
+                            Actor::FilterReader | Actor::LateFilterReader => {
+                                let list: Vec<User> =
+                                    moved_users().cached().load(&mut conn).unwrap();
+                                seen = Some(list);
+                            }
+                            Actor::MovingWriter => {
+                                let _: User = conn
+                                    .save_changes(&User {
+                                        id: 1,
+                                        name: MOVED.into(),
+                                    })
+                                    .unwrap();
+                            }
+                            Actor::Writer => {
+                                let _: User = conn
+                                    .save_changes(&User {
+                                        id: 1,
+                                        name: format!("w{i}"),
+                                    })
+                                    .unwrap();
+                            }
+                            Actor::NaiveWriter => unreachable!("handled above"),
                         }
-                    }
+                        conn.into_inner()
+                    };
                     sched.finish(i);
                     (
-                        conn.into_inner(),
-                        (actor == Actor::LateReader).then_some(seen).flatten(),
+                        raw,
+                        actor.late().then_some(seen).flatten().map(|s| (actor, s)),
                     )
                 })
             })
@@ -508,7 +557,7 @@ fn explore_with(name: &str, actors: &[Actor], eviction_safe: bool) -> Outcome {
             let enabled: Vec<usize> = waiting
                 .iter()
                 .map(|w| w.0)
-                .filter(|&j| writers_done || actors[j] != Actor::LateReader || steps[j] > 0)
+                .filter(|&j| writers_done || !actors[j].late() || steps[j] > 0)
                 .collect();
             let db: String = users::table
                 .find(1)
@@ -562,25 +611,43 @@ fn explore_with(name: &str, actors: &[Actor], eviction_safe: bool) -> Outcome {
             pool.push(conn);
             late_reads.extend(late);
         }
-        // The cache must not serve anything older than the committed row.
+        // The cache must not serve anything older than the committed rows.
         let committed: User = users::table.find(1).first(&mut coord).unwrap();
-        let mut reader = CachedConnection::with_caches(coord, CacheSet::new(plain.clone()));
-        // The readers' query: `first()` adds LIMIT 1.
-        let key = users::table
-            .find(1)
-            .limit(1)
-            .cached()
-            .key::<User, _>(&mut reader)
-            .unwrap();
-        coord = reader.into_inner();
-        let lookup = plain.lookup(&key, &["users"]).unwrap();
-        if late_reads.iter().any(|u| *u != committed) {
+        let committed_moved: Vec<User> = moved_users().load(&mut coord).unwrap();
+        let expected = |a: Actor| {
+            if a.filters() {
+                committed_moved.clone()
+            } else {
+                vec![committed.clone()]
+            }
+        };
+        if late_reads.iter().any(|(a, seen)| *seen != expected(*a)) {
             out.stale_reads += 1;
         }
-        if let Some(bytes) = lookup.hit {
-            let cached: Vec<User> = serde_json::from_slice(&bytes).unwrap();
-            if cached != vec![committed.clone()] {
-                out.stale += 1;
+        let mut reader = CachedConnection::with_caches(coord, CacheSet::new(plain.clone()));
+        // The readers' queries: `first()` adds LIMIT 1.
+        let keys = [
+            (
+                Actor::Reader,
+                users::table
+                    .find(1)
+                    .limit(1)
+                    .cached()
+                    .key::<User, _>(&mut reader)
+                    .unwrap(),
+            ),
+            (
+                Actor::FilterReader,
+                moved_users().cached().key::<User, _>(&mut reader).unwrap(),
+            ),
+        ];
+        coord = reader.into_inner();
+        for (a, key) in keys {
+            if let Some(bytes) = plain.lookup(&key, &["users"]).unwrap().hit {
+                let cached: Vec<User> = serde_json::from_slice(&bytes).unwrap();
+                if cached != expected(a) {
+                    out.stale += 1;
+                }
             }
         }
     }
@@ -659,5 +726,44 @@ fn eviction_safe_mode_reader_writer_late_reader() {
         true,
     );
     report("R,W,late R (eviction-safe)", &o);
+    assert_eq!((o.stale, o.stale_reads), (0, 0));
+}
+
+#[test]
+fn filter_reader_moving_writer() {
+    // Issue 8: a row that *enters* a cached value-filtered list. Flush lists cannot see it
+    // (the list did not contain the row); the predicate list `users.name = moved` does.
+    let o = explore("il_fm", &[Actor::FilterReader, Actor::MovingWriter]);
+    report("filter R,moving W", &o);
+    assert_eq!((o.stale, o.stale_reads), (0, 0));
+    assert!(o.schedules > 10);
+}
+
+#[test]
+fn filter_reader_moving_writer_late_filter_reader() {
+    let o = explore(
+        "il_fml",
+        &[
+            Actor::FilterReader,
+            Actor::MovingWriter,
+            Actor::LateFilterReader,
+        ],
+    );
+    report("filter R,moving W,late filter R", &o);
+    assert_eq!((o.stale, o.stale_reads), (0, 0));
+}
+
+#[test]
+fn eviction_safe_mode_filter_reader_moving_writer_late_filter_reader() {
+    let o = explore_with(
+        "il_fml_safe",
+        &[
+            Actor::FilterReader,
+            Actor::MovingWriter,
+            Actor::LateFilterReader,
+        ],
+        true,
+    );
+    report("filter R,moving W,late filter R (eviction-safe)", &o);
     assert_eq!((o.stale, o.stale_reads), (0, 0));
 }

@@ -1,0 +1,225 @@
+//! What a cached read depends on, from its SQL: the tables it reads and, per table, the
+//! equality conditions its rows must satisfy (predicate dependencies).
+//!
+//! For each table the statement reads:
+//!
+//! - the most selective usable equality condition (`col = v`, `col IN (..)`, see
+//!   [`crate::sql`]) registers the entry on the predicate list of each of its values: a write
+//!   whose new row (or deleted row) has that value invalidates it. A row entering the result
+//!   must satisfy every condition, so any one of them catches it, provided the writer knows
+//!   the row's value of that column: a write through a model that lacks a comparable column
+//!   another model of the table declares invalidates the whole table instead.
+//! - a table with no usable condition is *guarded*: the entry records the table's write
+//!   generation, and any write to the table makes it miss.
+//! - a table whose rows the result does not contain as models (counts, aggregates, raw rows,
+//!   subqueries, joined tables not loaded) also registers on the table's exit list: a row that
+//!   *leaves* such a result is not on any flush list of the entry, so an update that does not
+//!   know its rows' old values walks the exit list.
+//!
+//! A condition is usable only if its column is comparable (declared by a `Cached` model of
+//! the table with a comparable class, see [`crate::columns`]) and each value has a canonical
+//! form. On MySQL, text values are not used (collations make `'a' = 'A'` and `'e' = 'é'`).
+//! Dropping a condition only makes the dependency broader.
+
+use caching_core::{DependencyTracking, KeySpace, PredicateValue, Registrations};
+
+use crate::columns::{self, ColumnClass};
+use crate::key::{BindValue, QueryIdentity};
+use crate::sql::{self, Dialect, Literal, Operand, Statement};
+
+/// The dependencies of one cached read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Deps {
+    /// Every table read: SQL names, plus the model names of the rows loaded (their versions
+    /// are recorded), plus tables declared with `.tables()`.
+    pub tables: Vec<String>,
+    /// Tables any write to which makes the entry miss.
+    pub guarded: Vec<String>,
+    /// `(table, column, value)` predicate lists to register on.
+    pub predicates: Vec<(String, String, PredicateValue)>,
+    /// Tables whose exit list to register on.
+    pub exits: Vec<String>,
+    /// Whether the statement is a plain count (bounded by the count timeout).
+    pub counts: bool,
+}
+
+impl Deps {
+    /// Registers `key` on the predicate and exit lists.
+    pub(crate) fn register(&self, ks: &KeySpace, key: &str, regs: &mut Registrations) {
+        for (t, c, v) in &self.predicates {
+            regs.predicate(ks, t, c, v, key);
+        }
+        for t in &self.exits {
+            regs.exit(ks, t, key);
+        }
+    }
+}
+
+/// The dialect of a backend name.
+pub(crate) fn dialect_of(backend: &str) -> Dialect {
+    match backend {
+        "postgres" => Dialect::Postgres,
+        "mysql" => Dialect::Mysql,
+        _ => Dialect::Sqlite,
+    }
+}
+
+/// The dependencies of `identity`'s statement, whose result rows are made of models whose
+/// SQL tables are `row_tables` (model names `model_tables`), plus declared `extra` tables.
+/// `Err` if the statement cannot be understood (it must then not be cached).
+pub(crate) fn dependencies(
+    identity: &QueryIdentity,
+    dialect: Dialect,
+    row_tables: &[&str],
+    model_tables: &[&str],
+    extra: &[&str],
+    tracking: DependencyTracking,
+) -> Result<Deps, String> {
+    let analysis = sql::analysed(&identity.sql, dialect);
+    let (read_tables, counts) = match &*analysis {
+        Ok(Statement::Read { tables, counts }) => (tables, *counts),
+        Ok(Statement::Write { .. }) => return Err("the statement writes".into()),
+        Ok(Statement::Other) => return Err("not a query".into()),
+        Err(e) => return Err(e.clone()),
+    };
+    let mut deps = Deps {
+        counts,
+        ..Deps::default()
+    };
+    for t in read_tables {
+        // The most selective usable condition: a row entering the result satisfies all of
+        // them, so the one it is registered under catches it.
+        let best = t
+            .conditions
+            .iter()
+            .filter_map(|cond| {
+                let values = condition_values(
+                    &t.table,
+                    &cond.column,
+                    &cond.values,
+                    &identity.values,
+                    dialect,
+                )?;
+                Some((selectivity_rank(&cond.column, values.len()), cond, values))
+            })
+            .min_by_key(|(rank, _, _)| *rank);
+        if let Some((_, cond, values)) = &best {
+            for v in values {
+                deps.predicates
+                    .push((t.table.clone(), cond.column.clone(), v.clone()));
+            }
+        }
+        if best.is_none() {
+            deps.guarded.push(t.table.clone());
+        } else if !row_tables.contains(&t.table.as_str()) {
+            deps.exits.push(t.table.clone());
+        }
+        deps.tables.push(t.table.clone());
+    }
+    for t in extra {
+        deps.guarded.push((*t).to_string());
+    }
+    deps.tables
+        .extend(model_tables.iter().chain(extra).map(|t| (*t).to_string()));
+    match tracking {
+        DependencyTracking::Predicates => {}
+        DependencyTracking::TableLevel => {
+            deps.predicates.clear();
+            deps.exits.clear();
+            deps.guarded = deps.tables.clone();
+        }
+        DependencyTracking::FlushListsOnly => {
+            deps.predicates.clear();
+            deps.exits.clear();
+            deps.guarded.retain(|t| extra.contains(&t.as_str()));
+        }
+    }
+    for v in [&mut deps.tables, &mut deps.guarded, &mut deps.exits] {
+        v.sort_unstable();
+        v.dedup();
+    }
+    deps.predicates.sort_unstable();
+    deps.predicates.dedup();
+    Ok(deps)
+}
+
+/// How selective a condition on `column` with `n` values probably is (lower is better):
+/// primary keys, then foreign keys, then anything else; fewer values first.
+fn selectivity_rank(column: &str, n: usize) -> (u8, usize) {
+    let kind = if column == "id" {
+        0
+    } else if column.ends_with("_id") {
+        1
+    } else {
+        2
+    };
+    (kind, n)
+}
+
+/// The canonical values of one condition, or `None` if it cannot be used.
+fn condition_values(
+    table: &str,
+    column: &str,
+    operands: &[Operand],
+    binds: &[BindValue],
+    dialect: Dialect,
+) -> Option<Vec<PredicateValue>> {
+    let class = columns::class_of(table, column)?;
+    if !class.is_comparable() || operands.is_empty() {
+        return None;
+    }
+    let text = |s: &str| {
+        if dialect == Dialect::Mysql {
+            // Collations compare text loosely (case, accents, trailing spaces); only text
+            // that reads as a number is compared as one.
+            match PredicateValue::from_text(s)? {
+                v @ PredicateValue::Int(_) => Some(v),
+                PredicateValue::Text(_) => None,
+            }
+        } else {
+            PredicateValue::from_text(s)
+        }
+    };
+    let mut out = Vec::with_capacity(operands.len());
+    for op in operands {
+        let v = match op {
+            Operand::Bind(i) => match binds.get(*i)? {
+                BindValue::Int(n) => PredicateValue::from_int(*n),
+                BindValue::Text(s) => text(s)?,
+                BindValue::Other => return None,
+            },
+            Operand::Literal(Literal::Number(n)) => PredicateValue::from_text(n)?,
+            Operand::Literal(Literal::Text(s)) => text(s)?,
+            Operand::Literal(Literal::Bool(b)) => PredicateValue::from_bool(*b),
+            Operand::Literal(Literal::Null) => return None,
+        };
+        // A number column compares text as a number: text that is not one cannot match a
+        // row, but to be safe it makes the condition unusable rather than guessed.
+        if matches!(class, ColumnClass::Int | ColumnClass::Float)
+            && matches!(v, PredicateValue::Text(_))
+        {
+            return None;
+        }
+        out.push(v);
+    }
+    Some(out)
+}
+
+/// Logs, once per distinct SQL text, that a statement is read from the database because its
+/// dependencies cannot be told.
+pub(crate) fn warn_uncacheable(sql_text: &str, why: &str) {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static WARNED: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let mut warned = WARNED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if warned.len() < 1024 && warned.insert(sql_text.to_string()) {
+        tracing::warn!(
+            sql = sql_text,
+            why,
+            "query not cached: its dependencies cannot be read from its SQL"
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! Writes made outside the write helpers: plain Diesel (`diesel::update(..).execute(&mut
+//! conn)`, Diesel's own `save_changes`), raw `sql_query("UPDATE ..")`, or statements run on
+//! the wrapped connection through `*conn`.
+//!
+//! The cached connection's observer sees every statement through Diesel's instrumentation.
+//! A statement that writes is recognised from its SQL ([`crate::sql`]); the rows it wrote are
+//! unknown, so the tables it writes are invalidated whole (their versions bumped) once it has
+//! committed: right after the statement outside a transaction, after the outermost COMMIT
+//! inside one (dropped on ROLLBACK; a savepoint's own part dropped on its rollback). Reads
+//! inside that transaction bypass the cache for those tables. Each such write is counted in
+//! the `plain_writes` statistic and logged once per distinct SQL text at `warn` (at `error`
+//! with strict writes, which refuses them when they go through the cached connection itself).
+//! A write whose tables cannot be told (SQL the parser does not understand) invalidates the
+//! whole key space.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+
+use caching_core::Invalidation;
+use diesel::connection::InstrumentationEvent;
+
+use crate::caches::CacheSet;
+use crate::sql::{self, first_keyword, Dialect, Statement, EVERYTHING};
+
+/// How many distinct SQL texts are remembered as already warned about.
+const MAX_WARNED: usize = 1024;
+
+/// What the observer knows of plain writes on one connection.
+pub(crate) struct PlainWrites {
+    caches: CacheSet,
+    dialect: Dialect,
+    helpers: u32,
+    strict: bool,
+    current: Option<BTreeSet<String>>,
+    levels: Vec<BTreeSet<String>>,
+    committing: Option<BTreeSet<String>>,
+    warned: HashSet<String>,
+}
+
+impl PlainWrites {
+    pub(crate) fn new(caches: CacheSet, dialect: Dialect) -> Self {
+        let strict = caches.all().iter().any(|c| c.config().strict_writes);
+        PlainWrites {
+            caches,
+            dialect,
+            helpers: 0,
+            strict,
+            current: None,
+            levels: Vec::new(),
+            committing: None,
+            warned: HashSet::new(),
+        }
+    }
+
+    fn run(&mut self, tables: BTreeSet<String>) {
+        if tables.is_empty() {
+            return;
+        }
+        for cache in self.caches.all() {
+            if tables.contains(EVERYTHING) {
+                let _ = cache.invalidate_everything();
+                continue;
+            }
+            let mut inv = Invalidation::new();
+            for t in &tables {
+                inv.whole_table(t);
+            }
+            inv.plain_write();
+            // Failures are queued, retried, logged and counted inside.
+            let _ = cache.invalidate(&inv);
+        }
+    }
+
+    fn settle(&mut self) {
+        if let Some(tables) = self.committing.take() {
+            self.run(tables);
+        }
+    }
+
+    fn warn_once(&mut self, sql: &str, tables: &BTreeSet<String>) {
+        if self.warned.len() >= MAX_WARNED || !self.warned.insert(sql.to_string()) {
+            return;
+        }
+        if self.strict {
+            tracing::error!(sql, ?tables, "write on the wrapped connection outside the write helpers (strict writes): its tables are invalidated whole");
+        } else {
+            tracing::warn!(sql, ?tables, "write outside the write helpers: its tables are invalidated whole once it commits (use the write helpers for precise invalidation)");
+        }
+    }
+}
+
+/// The statement text of an instrumentation event's query (without Diesel's bind comment).
+pub(crate) fn statement_text(query: &dyn std::fmt::Display) -> String {
+    let mut text = query.to_string();
+    if let Some(i) = text.rfind(" -- binds: ") {
+        text.truncate(i);
+    }
+    text
+}
+
+/// The tables a statement writes, if it writes (`*` when it writes tables it cannot name).
+pub(crate) fn written_tables(sql_text: &str, dialect: Dialect) -> Option<BTreeSet<String>> {
+    if !sql::may_write(sql_text) {
+        return None;
+    }
+    match &*sql::analysed(sql_text, dialect) {
+        Ok(Statement::Write { tables }) => Some(tables.iter().cloned().collect()),
+        Ok(_) => None,
+        Err(_) => {
+            let first = first_keyword(sql_text);
+            let writes = matches!(
+                first.as_str(),
+                "insert"
+                    | "update"
+                    | "delete"
+                    | "replace"
+                    | "merge"
+                    | "truncate"
+                    | "drop"
+                    | "alter"
+                    | "with"
+            );
+            writes.then(|| BTreeSet::from([EVERYTHING.to_string()]))
+        }
+    }
+}
+
+/// Whether a write helper's statement is running.
+pub(crate) fn in_helper(state: &Mutex<PlainWrites>) -> bool {
+    state.lock().unwrap_or_else(|e| e.into_inner()).helpers > 0
+}
+
+/// Handles one instrumentation event.
+pub(crate) fn observe(state: &Mutex<PlainWrites>, event: &InstrumentationEvent<'_>) {
+    let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+    match event {
+        InstrumentationEvent::StartQuery { query, .. } => {
+            s.current = None;
+            if s.helpers > 0 {
+                return;
+            }
+            let text = statement_text(query);
+            if let Some(tables) = written_tables(&text, s.dialect) {
+                s.warn_once(&text, &tables);
+                s.current = Some(tables);
+            }
+        }
+        InstrumentationEvent::FinishQuery { error, .. } => {
+            if let Some(tables) = s.current.take() {
+                // A statement that failed outside a transaction wrote nothing; inside one,
+                // what it may have written is dropped or kept with the transaction.
+                match s.levels.last_mut() {
+                    Some(level) => level.extend(tables),
+                    None if error.is_none() => s.run(tables),
+                    None => {}
+                }
+            }
+            // The COMMIT (or whatever ran after it) has finished.
+            s.settle();
+        }
+        InstrumentationEvent::BeginTransaction { depth, .. } => {
+            s.settle();
+            let keep = depth.get().saturating_sub(1) as usize;
+            s.levels.truncate(keep);
+            while s.levels.len() < depth.get() as usize {
+                s.levels.push(BTreeSet::new());
+            }
+        }
+        InstrumentationEvent::CommitTransaction { depth, .. } => {
+            // Sent before the COMMIT runs: the invalidation waits for its end.
+            let top = s.levels.pop().unwrap_or_default();
+            if depth.get() > 1 {
+                if let Some(parent) = s.levels.last_mut() {
+                    parent.extend(top);
+                }
+            } else {
+                s.committing.get_or_insert_with(BTreeSet::new).extend(top);
+            }
+        }
+        InstrumentationEvent::RollbackTransaction { .. } => {
+            s.levels.pop();
+        }
+        _ => {}
+    }
+}
+
+/// Runs what a finished COMMIT owes, if the observer did not see its end.
+pub(crate) fn settle(state: &Mutex<PlainWrites>) {
+    state.lock().unwrap_or_else(|e| e.into_inner()).settle();
+}
+
+/// Whether the open transaction wrote one of `tables` through plain writes.
+pub(crate) fn dirties(state: &Mutex<PlainWrites>, tables: &[&str]) -> bool {
+    let s = state.lock().unwrap_or_else(|e| e.into_inner());
+    s.levels
+        .iter()
+        .any(|l| l.contains(EVERYTHING) || tables.iter().any(|t| l.contains(*t)))
+}
+
+/// Marks a write helper's statements: the helper invalidates them precisely.
+pub(crate) struct HelperScope(Arc<Mutex<PlainWrites>>);
+
+impl HelperScope {
+    pub(crate) fn enter(state: &Arc<Mutex<PlainWrites>>) -> Self {
+        state.lock().unwrap_or_else(|e| e.into_inner()).helpers += 1;
+        HelperScope(state.clone())
+    }
+}
+
+impl Drop for HelperScope {
+    fn drop(&mut self) {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        s.helpers = s.helpers.saturating_sub(1);
+    }
+}
