@@ -28,6 +28,10 @@ bench:
 stress:
     cargo run --release -p caching-tests --all-features --bin stress -- --seconds 60 --readers 8 --writers 2
 
+# The same with writes moving add-ons between the `author2_id` lists readers read.
+stress-moving:
+    cargo run --release -p caching-tests --all-features --bin stress -- --seconds 60 --readers 8 --writers 2 --moving
+
 # Every fault mode of the stress harness for 60 s each, in the default and the eviction-safe
 # mode, on private memcached servers (default-mode evict reports its documented exposure).
 chaos:

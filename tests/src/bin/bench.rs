@@ -4,11 +4,17 @@
 //!
 //! `cargo run --release -p caching-tests --bin bench` runs SQLite with locmem (and memcached
 //! when `MEMCACHED_URL` is set); with `--all-features` and `PG_DATABASE_URL`, PostgreSQL too.
+//!
+//! `-- --mix` runs only the write-heavy mix (issue 8): 90% cached reads (author lists and
+//! rows by key), 10% writes that move a row to another author, under each
+//! [`DependencyTracking`]: predicate dependencies, table-level, and flush lists only (the
+//! original's model). It reports throughput, hit rate and how many cached lists a final sweep
+//! finds stale; then the SQL analysis cost per statement, cached and uncached.
 
 use std::time::{Duration, Instant};
 
 use caching_diesel::prelude::*;
-use caching_diesel::{Cache, CacheSet, CachedConnection};
+use caching_diesel::{Cache, CacheSet, CachedConnection, DependencyTracking};
 use caching_tests::db::schema::addons;
 use caching_tests::db::Addon;
 use diesel::connection::SimpleConnection;
@@ -45,6 +51,62 @@ fn seed(conn: &mut impl SimpleConnection) {
         conn.batch_execute(&format!("INSERT INTO addons VALUES {}", values.join(",")))
             .unwrap();
     }
+}
+
+/// A small deterministic generator (xorshift), so every mode sees the same operations.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const MIX_OPS: usize = 4000;
+const MIX_AUTHORS: u64 = 50;
+const MIX_HOT_ROWS: u64 = 500;
+
+/// The tracking modes compared by the mix.
+/// Their names are the `dependencies` URL parameter's values.
+fn trackings() -> [(&'static str, DependencyTracking); 3] {
+    [
+        ("predicates", DependencyTracking::Predicates),
+        ("table", DependencyTracking::TableLevel),
+        ("flush-lists", DependencyTracking::FlushListsOnly),
+    ]
+}
+
+/// Cache builders for the mix: locmem, and memcached when `MEMCACHED_URL` is set.
+fn mix_caches(tracking: DependencyTracking, run: &str) -> Vec<(&'static str, Cache)> {
+    let mut out = vec![(
+        "locmem",
+        Cache::builder()
+            .locmem()
+            .dependency_tracking(tracking)
+            .build()
+            .unwrap(),
+    )];
+    if let Ok(url) = std::env::var("MEMCACHED_URL") {
+        let url = format!(
+            "{url}?prefix=mix{}{}&dependencies={run}",
+            std::process::id(),
+            run.replace('-', "")
+        );
+        match Cache::from_url(&url) {
+            Ok(c) => out.push(("memcached", c)),
+            Err(e) => println!("skipped memcached mix: {e}"),
+        }
+    } else {
+        println!("skipped memcached mix ({run}): MEMCACHED_URL unset");
+    }
+    out
 }
 
 fn caches() -> Vec<(&'static str, Cache)> {
@@ -131,7 +193,181 @@ macro_rules! bench_db {
     }};
 }
 
+mod mix_schema {
+    diesel::table! {
+        posts (id) {
+            id -> Integer,
+            author_id -> Integer,
+            val -> Integer,
+        }
+    }
+}
+use mix_schema::posts;
+
+/// The mix's model: no foreign key declared for the cache, so a write invalidates what its
+/// dependencies say and nothing through a parent's flush list (the foreign-key fan-out is
+/// measured elsewhere).
+#[derive(
+    Queryable,
+    Selectable,
+    Identifiable,
+    AsChangeset,
+    Cached,
+    serde::Serialize,
+    serde::Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
+)]
+#[diesel(table_name = posts)]
+struct Post {
+    id: i32,
+    author_id: i32,
+    val: i32,
+}
+
+fn seed_posts(conn: &mut impl SimpleConnection) {
+    conn.batch_execute(
+        "DROP TABLE IF EXISTS posts; CREATE TABLE posts (id INTEGER PRIMARY KEY, author_id INTEGER NOT NULL, val INTEGER NOT NULL)",
+    )
+    .unwrap();
+    for chunk in (1..=ROWS).collect::<Vec<_>>().chunks(1000) {
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|i| format!("({i}, {}, 0)", i % MIX_AUTHORS as i32 + 1))
+            .collect();
+        conn.batch_execute(&format!("INSERT INTO posts VALUES {}", values.join(",")))
+            .unwrap();
+    }
+    conn.batch_execute("CREATE INDEX posts_author ON posts (author_id)")
+        .unwrap();
+}
+
+/// The write-heavy mix on one connection: throughput, hit rate, stale lists at the end.
+macro_rules! mix_db {
+    ($db:expr, $raw:expr) => {{
+        for (mode, tracking) in trackings() {
+            for (backend, cache) in mix_caches(tracking, mode) {
+                let mut raw = $raw;
+                seed_posts(&mut raw);
+                let mut conn = CachedConnection::with_caches(raw, CacheSet::new(cache.clone()));
+                let list = |u: i32| {
+                    posts::table
+                        .filter(posts::author_id.eq(u))
+                        .order(posts::id)
+                        .limit(20)
+                };
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+                // Warm: every list and hot row once.
+                for u in 1..=MIX_AUTHORS as i32 {
+                    let _: Vec<Post> = list(u).cached().load(&mut conn).unwrap();
+                }
+                for id in 1..=MIX_HOT_ROWS as i32 {
+                    let _: Post = posts::table.find(id).cached().first(&mut conn).unwrap();
+                }
+                let before = cache.stats();
+                let start = Instant::now();
+                let mut writes = 0;
+                for _ in 0..MIX_OPS {
+                    let roll = rng.below(100);
+                    if roll < 10 {
+                        // Move a hot post (low ids are in their lists' first 20) to another
+                        // author: it leaves one cached list and enters another.
+                        let id = rng.below(MIX_HOT_ROWS) as i32 + 1;
+                        let to = rng.below(MIX_AUTHORS) as i32 + 1;
+                        let mut p: Post = posts::table.find(id).first(&mut *conn).unwrap();
+                        p.author_id = to;
+                        p.val += 1;
+                        let _: Post = conn.save_changes(&p).unwrap();
+                        writes += 1;
+                    } else if roll < 55 {
+                        let u = rng.below(MIX_AUTHORS) as i32 + 1;
+                        let _: Vec<Post> = list(u).cached().load(&mut conn).unwrap();
+                    } else {
+                        let id = rng.below(MIX_HOT_ROWS) as i32 + 1;
+                        let _: Post = posts::table.find(id).cached().first(&mut conn).unwrap();
+                    }
+                }
+                let elapsed = start.elapsed();
+                let s = cache.stats();
+                let (hits, misses) = (s.hits - before.hits, s.misses - before.misses);
+                let mut stale = 0;
+                for u in 1..=MIX_AUTHORS as i32 {
+                    let cached: Vec<Post> = list(u).cached().load(&mut conn).unwrap();
+                    let direct: Vec<Post> = list(u).load(&mut *conn).unwrap();
+                    if cached != direct {
+                        stale += 1;
+                    }
+                }
+                let name = format!("mix_{}_{}_{}", $db, backend, mode);
+                println!(
+                    "metric {name}_throughput {:.0} ops/s",
+                    MIX_OPS as f64 / elapsed.as_secs_f64()
+                );
+                println!(
+                    "metric {name}_hit_rate {:.3} ratio",
+                    hits as f64 / (hits + misses).max(1) as f64
+                );
+                println!(
+                    "metric {name}_stale_lists {stale} of {MIX_AUTHORS} (after {writes} writes)"
+                );
+            }
+        }
+    }};
+}
+
+/// The SQL analysis: per statement, through the per-process cache (every hit) and parsed
+/// afresh (the first time a statement is seen).
+fn parse_cost() {
+    let statements = [
+        ("sqlite", "SELECT `addons`.`id`, `addons`.`val`, `addons`.`author1_id`, `addons`.`author2_id` FROM `addons` WHERE (`addons`.`author1_id` = ?) ORDER BY `addons`.`id` LIMIT ?"),
+        ("postgres", r#"SELECT "users"."id", "users"."name", "addons"."id", "addons"."val" FROM ("users" INNER JOIN "addons" ON ("addons"."author1_id" = "users"."id")) WHERE ("addons"."val" = $1) AND ("users"."name" = $2) ORDER BY "addons"."id" DESC LIMIT $3"#),
+    ];
+    for (backend, sql) in statements {
+        let uncached = sample(SAMPLES, |_| {
+            timed(|| caching_diesel::__private::analyse_sql(sql, backend, false))
+        });
+        let cached = sample(SAMPLES * 10, |_| {
+            timed(|| caching_diesel::__private::analyse_sql(sql, backend, true))
+        });
+        println!(
+            "metric parse_{backend}_uncached {:.1} us",
+            uncached.as_secs_f64() * 1e6
+        );
+        println!(
+            "metric parse_{backend}_cached {:.2} us",
+            cached.as_secs_f64() * 1e6
+        );
+        println!(
+            "ratio parse_{backend}_uncached_over_cached {:.0}",
+            uncached.as_secs_f64() / cached.as_secs_f64()
+        );
+    }
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "--mix") {
+        println!("write-heavy mix: {MIX_OPS} ops (10% writes moving a post to another author, 45% author lists of 20, 45% posts by key among {MIX_HOT_ROWS}), {ROWS} posts, {MIX_AUTHORS} authors");
+        mix_db!(
+            "sqlite",
+            diesel::SqliteConnection::establish(":memory:").unwrap()
+        );
+        #[cfg(feature = "postgres")]
+        match std::env::var("PG_DATABASE_URL") {
+            Ok(url) => mix_db!("postgres", {
+                let mut c = diesel::PgConnection::establish(&url).unwrap();
+                let schema = caching_tests::db::unique_name("mix");
+                c.batch_execute(&format!(
+                    "CREATE SCHEMA {schema}; SET search_path TO {schema}"
+                ))
+                .unwrap();
+                c
+            }),
+            Err(_) => println!("skipped postgres mix: PG_DATABASE_URL unset"),
+        }
+        parse_cost();
+        return;
+    }
     println!("medians of {SAMPLES} reads (100 misses / writes); {ROWS} rows; ratios measured in this run");
     bench_db!(
         "sqlite",

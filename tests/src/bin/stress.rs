@@ -5,10 +5,14 @@
 //!
 //! ```text
 //! cargo run --release -p caching-tests --all-features --bin stress -- \
-//!     --seconds 60 --readers 8 --writers 2 [--fault MODE] [--eviction-safe] \
+//!     --seconds 60 --readers 8 --writers 2 [--moving] [--fault MODE] [--eviction-safe] \
 //!     [--kill-memcached-at 20 --kill-for 10] [--write-pause-ms 0] \
 //!     [--grace-ms N] [--stale-bound-ms N]
 //! ```
+//!
+//! `--moving`: writers also move add-ons between value-filtered lists (each write sets a new
+//! `author2_id`), and readers also read `addons` by `author2_id`, so a write that moves a row
+//! *into* a cached list must invalidate it (see "Moving rows" below).
 //!
 //! Fault modes (`--fault`), all but `none` on a private memcached the harness starts itself
 //! (a free loopback port; never the shared server of `MEMCACHED_URL`):
@@ -42,17 +46,40 @@
 //!
 //! How staleness is judged. Writers only change `val` of existing add-ons, always to the
 //! previous value + 1, under a per-row mutex, so the committed values of a row form an
-//! increasing sequence in commit order. After `save_changes` (and, half of the time, the
-//! enclosing `transaction`) returns, the commit and its invalidation are done; only then the
-//! writer publishes `(val, now)` to the row's history. A read that started at `t0` and returned
-//! `v` for a row is stale if the history holds a value `> v` published before `t0`. The publish
-//! time is taken under the history lock, after the invalidation returned, so the check has no
-//! false positives; a value whose commit finished but which is not yet published is simply
-//! not required of the read (a small, harmless blind spot). Readers read add-ons by primary
-//! key and by `author1_id` (a column writes never change, so those lists always hold the
-//! same rows). The age of a stale read is how long before `t0` the first value newer than
+//! increasing sequence in commit order. Holding the mutex, a writer first records the write in
+//! the row's history as begun (`begun = now`), then sends it; after `save_changes` (and, half
+//! of the time, the enclosing `transaction`) returns, the commit and its invalidation are done;
+//! only then the writer marks the entry published (`published = now`). A write that fails
+//! stays unpublished (it may or may not have committed). A read that started at `t0` and
+//! returned `v` for a row is stale if the history holds a value `> v` published before `t0`.
+//! The publish time is taken under the history lock, after the invalidation returned, so the
+//! check has no false positives; a value whose commit finished but which is not yet published
+//! is simply not required of the read (a small, harmless blind spot). Readers read add-ons by
+//! primary key and by `author1_id` (a column writes never change, so those lists always hold
+//! the same rows). The age of a stale read is how long before `t0` the first value newer than
 //! `v` was published: a fault that leaves the cache stale forever shows ages growing with the
 //! run, a fault the library recovers from shows ages bounded by its recovery time.
+//!
+//! Moving rows (`--moving`). Each write also sets `author2_id` to another user (drawn from
+//! `1..=USERS`; writes still go through `Addon`), so history entries are `(val, author2_id,
+//! begun, published)`, and readers also load `addons.filter(author2_id = u)` (a third of the
+//! reads), between `t0` and `t1`. Such a read is stale if a returned row fails the `val`
+//! check above (a returned row whose `author2_id` is not `u` is a wrong row), or if a row it
+//! did *not* return belongs in it: the newest entry of the row published before `t0` has
+//! `author2_id = u`, and no later write of the row had begun before `t1` (begun, published or
+//! not: it might have moved the row away). Writes to a row are serialized by its mutex, so in
+//! that case the row held `u` throughout the read, committed and invalidated before it
+//! started: no false positives. Its age is how long before `t0` that entry was published.
+//! Rows returned by any read must carry a `(val, author2_id)` pair some write produced. The
+//! final sweep also compares every `author2_id` list.
+//!
+//! Every read of a moving run (and of its sweep) loads `UnlinkedAddon`, the same table without
+//! the cache foreign keys `Addon` declares. Through those, a write to a row invalidates its
+//! new author's flush list, which links the rows of every `Addon` result on that author, so a
+//! move into a non-empty list would be caught without any predicate list (and, the rows'
+//! flush lists being shared, one `Addon` read anywhere in the run is enough for that). So
+//! moving runs fail, within seconds, when predicate lists are not registered (with
+//! `DependencyTracking::FlushListsOnly`, say).
 //!
 //! After the workers and the faults stopped (the server running again), the harness waits
 //! until every cache has delivered its queued invalidations (`Cache::wait_for_delivery`,
@@ -64,7 +91,7 @@
 //! reads=.. writes=.. hits=.. misses=.. fills=.. skipped=.. backend_errors=..
 //! failed_invalidations=.. decode_errors=.. failed_queries=..` (cache counters summed over
 //! every worker's cache), a line `fault=.. eviction_safe=.. faults_injected=.. evictions=..
-//! grace_ms=..`, then `final_sweep_mismatches=..`. Exit status 1 when any of stale reads,
+//! grace_ms=.. moving=..`, then `final_sweep_mismatches=..`. Exit status 1 when any of stale reads,
 //! failed queries, sweep mismatches or fault-injection errors is non-zero (stale reads: only
 //! those older than `--stale-bound-ms`, default 0, so every stale read); in `evict` mode
 //! without `--eviction-safe`, stale reads and mismatches are reported but do not fail.
@@ -95,6 +122,36 @@ use caching_tests::{
 };
 use diesel::connection::SimpleConnection;
 use diesel::PgConnection;
+
+/// `addons` as a cached model with no foreign key for the cache, which `--moving` runs read
+/// through. [`Addon`] declares `author1_id` and `author2_id` as foreign keys: a result of it
+/// links its rows' flush lists into their authors' lists, and a write invalidates its row's
+/// (new) authors' lists, so a row moving into a non-empty `author2_id = u` result reaches it
+/// through `users:u` and the flush list of any row already in it, without any predicate list.
+/// A result of this model is linked to no author, so only the predicate list catches the
+/// move. It has the same table and model name (`addons`), so the same row flush lists:
+/// writes through `Addon` reach its results as they reach `Addon`'s. The reads of a run must
+/// all go through it, as the row flush lists are shared: one `Addon` read linking row `r`
+/// into `users:u` makes a move into `u` invalidate every result that holds `r`.
+#[derive(Queryable, Cached, serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+#[diesel(table_name = addons)]
+struct UnlinkedAddon {
+    id: i32,
+    val: i32,
+    author1_id: i32,
+    author2_id: i32,
+}
+
+impl From<UnlinkedAddon> for Addon {
+    fn from(a: UnlinkedAddon) -> Addon {
+        Addon {
+            id: a.id,
+            val: a.val,
+            author1_id: a.author1_id,
+            author2_id: a.author2_id,
+        }
+    }
+}
 
 const USERS: i32 = 20;
 const ADDONS: i32 = 200;
@@ -188,6 +245,8 @@ struct Args {
     grace: Option<Duration>,
     /// Stale reads younger than this do not fail the run.
     stale_bound: Duration,
+    /// `--moving`: writes also change `author2_id`, reads also filter on it.
+    moving: bool,
 }
 
 impl Args {
@@ -219,7 +278,7 @@ impl Args {
     }
 }
 
-const USAGE: &str = "usage: stress --seconds N --readers N --writers N \
+const USAGE: &str = "usage: stress --seconds N --readers N --writers N [--moving] \
                      [--fault none|restart|stall|stall2|evict|corrupt] [--eviction-safe] \
                      [--kill-memcached-at S --kill-for S] [--write-pause-ms N] \
                      [--grace-ms N] [--stale-bound-ms N]";
@@ -236,6 +295,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         eviction_safe: false,
         grace: None,
         stale_bound: Duration::ZERO,
+        moving: false,
     };
     let mut kill_for_given = false;
     let mut it = args.into_iter();
@@ -262,6 +322,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
             }
             "--fault" => out.fault = Fault::parse(&text("--fault")?)?,
             "--eviction-safe" => out.eviction_safe = true,
+            "--moving" => out.moving = true,
             "--grace-ms" => out.grace = Some(Duration::from_millis(value("--grace-ms")?)),
             "--stale-bound-ms" => {
                 out.stale_bound = Duration::from_millis(value("--stale-bound-ms")?)
@@ -323,43 +384,120 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What a row holds as far as its writers know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Current {
+    val: i32,
+    author2_id: i32,
+}
+
+/// One write of a row, in the row's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    val: i32,
+    author2_id: i32,
+    /// Taken (holding the row's write mutex) before the write was sent.
+    begun: Instant,
+    /// Taken after the commit and its invalidation returned; `None` while the write is in
+    /// flight, and for good if it failed (it may or may not have committed).
+    published: Option<Instant>,
+}
+
 /// One add-on as the harness tracks it.
 struct Row {
     fixture: Addon,
-    /// The last value this process committed; held for the whole write, so writes to a row
-    /// commit in `val` order.
-    write: Mutex<i32>,
-    /// `(val, time)` for every committed value, published after its commit and invalidation
-    /// returned. Sorted by both.
-    history: Mutex<Vec<(i32, Instant)>>,
+    /// What the row holds after the last write this process committed; held for the whole
+    /// write, so writes to a row are serialized and commit in `val` order.
+    write: Mutex<Current>,
+    /// Every write of the row, in the order they were begun (so by `val`, and the published
+    /// ones by publish time too); the first entry is the fixture, published at the start.
+    history: Mutex<Vec<Entry>>,
 }
 
 impl Row {
-    fn publish(&self, val: i32) {
+    fn new(fixture: Addon, start: Instant) -> Row {
+        let first = Entry {
+            val: fixture.val,
+            author2_id: fixture.author2_id,
+            begun: start,
+            published: Some(start),
+        };
+        Row {
+            write: Mutex::new(Current {
+                val: fixture.val,
+                author2_id: fixture.author2_id,
+            }),
+            history: Mutex::new(vec![first]),
+            fixture,
+        }
+    }
+
+    /// Records a write about to be sent (the caller holds `write`); returns its index for
+    /// [`Row::publish`].
+    fn begin(&self, val: i32, author2_id: i32) -> usize {
         let mut h = lock(&self.history);
-        h.push((val, Instant::now()));
+        h.push(Entry {
+            val,
+            author2_id,
+            begun: Instant::now(),
+            published: None,
+        });
+        h.len() - 1
+    }
+
+    /// Marks write `i` committed and invalidated, now.
+    fn publish(&self, i: usize) {
+        let mut h = lock(&self.history);
+        h[i].published = Some(Instant::now());
+    }
+
+    /// The newest entry published before `t0`, with its index.
+    fn published_before(&self, t0: Instant) -> Option<(usize, Entry)> {
+        let h = lock(&self.history);
+        h.iter()
+            .enumerate()
+            .rev()
+            .find(|(_, e)| e.published.is_some_and(|p| p < t0))
+            .map(|(i, e)| (i, *e))
     }
 
     /// The newest value published before `t0`.
     fn floor_at(&self, t0: Instant) -> i32 {
-        let h = lock(&self.history);
-        let n = h.partition_point(|(_, t)| *t < t0);
-        if n == 0 {
-            0
-        } else {
-            h[n - 1].0
-        }
+        self.published_before(t0).map_or(0, |(_, e)| e.val)
     }
 
     /// When the first value newer than `v` was published (since then, `v` is outdated).
     fn outdated_since(&self, v: i32) -> Option<Instant> {
         let h = lock(&self.history);
-        h.iter().find(|(val, _)| *val > v).map(|(_, t)| *t)
+        h.iter().filter(|e| e.val > v).find_map(|e| e.published)
+    }
+
+    /// Whether some write (or the fixture) gave the row `val` and `author2_id` together.
+    fn produced(&self, val: i32, author2_id: i32) -> bool {
+        let h = lock(&self.history);
+        h.iter().any(|e| (e.val, e.author2_id) == (val, author2_id))
+    }
+
+    /// For a read of `author2_id = u` from `t0` to `t1` that did not return this row: the
+    /// entry that puts the row in the result, if the row held `u` throughout the read,
+    /// committed and invalidated before it began (the newest entry published before `t0` has
+    /// `u`, and no later write had begun before `t1`: one might have moved the row away).
+    fn missed_by(&self, u: i32, t0: Instant, t1: Instant) -> Option<Entry> {
+        let (i, f) = self.published_before(t0)?;
+        if f.author2_id != u {
+            return None;
+        }
+        let h = lock(&self.history);
+        // Later entries were begun after `f` was published, under the row's mutex.
+        let moved = h[i + 1..].iter().any(|e| e.val > f.val && e.begun < t1);
+        (!moved).then_some(f)
     }
 }
 
 struct Shared {
     rows: Vec<Row>,
+    /// `--moving`: writes move rows between `author2_id` lists.
+    moving: bool,
     deadline: Instant,
     /// Stale reads younger than this are counted but do not fail the run.
     stale_bound: Duration,
@@ -404,7 +542,12 @@ impl Shared {
         for a in got {
             let row = self.row(a.id);
             let f = &row.fixture;
-            if (a.author1_id, a.author2_id) != (f.author1_id, f.author2_id) {
+            let wrong = if self.moving {
+                a.author1_id != f.author1_id || !row.produced(a.val, a.author2_id)
+            } else {
+                (a.author1_id, a.author2_id) != (f.author1_id, f.author2_id)
+            };
+            if wrong {
                 eprintln!("wrong row: {what} returned {a:?}");
                 stale = Some(Duration::MAX);
                 continue;
@@ -422,6 +565,48 @@ impl Shared {
                         a.val
                     );
                 }
+            }
+        }
+        stale
+    }
+
+    /// Checks the result `got` of `filter(author2_id = u)`, a read from `t0` to `t1`
+    /// (`--moving`): every row returned must have `author2_id = u` and pass [`Shared::check`],
+    /// and every row not returned must not have held `u` throughout the read, committed and
+    /// invalidated before it (see [`Row::missed_by`]).
+    fn check_author2(
+        &self,
+        what: &str,
+        u: i32,
+        t0: Instant,
+        t1: Instant,
+        got: &[Addon],
+    ) -> Option<Duration> {
+        let mut returned = vec![false; ADDONS as usize];
+        for a in got {
+            let known = (1..=ADDONS).contains(&a.id);
+            if !known || a.author2_id != u || returned[(a.id - 1) as usize] {
+                eprintln!("wrong rows: {what} returned {a:?}");
+                return Some(Duration::MAX);
+            }
+            returned[(a.id - 1) as usize] = true;
+        }
+        let mut stale = self.check(what, t0, got);
+        for (row, _) in self.rows.iter().zip(returned).filter(|(_, r)| !r) {
+            let Some(f) = row.missed_by(u, t0, t1) else {
+                continue;
+            };
+            let age = f
+                .published
+                .map_or(Duration::ZERO, |p| t0.saturating_duration_since(p));
+            stale = Some(stale.map_or(age, |s| s.max(age)));
+            if self.stale_reads.load(Ordering::Relaxed) < MAX_REPORTED {
+                eprintln!(
+                    "stale read: {what} did not return add-on {}; its author2_id {u} (val {}) \
+                     had been committed and invalidated {age:?} before the read started, and no \
+                     later write of it had begun before the read ended",
+                    row.fixture.id, f.val
+                );
             }
         }
         stale
@@ -750,9 +935,30 @@ fn reader(shared: &Shared, mut conn: CachedConnection<PgConnection>, stream: u64
     let mut rng = Rng::seeded(stream);
     while Instant::now() < shared.deadline {
         let t0 = Instant::now();
-        let stale = if rng.coin() {
+        // By primary key, by `author1_id`, or (`--moving`, a third of the reads) by
+        // `author2_id`.
+        let kind = if shared.moving {
+            rng.next() % 3
+        } else {
+            u64::from(!rng.coin())
+        };
+        // `--moving` reads every row as `UnlinkedAddon` (see there).
+        let unlinked = shared.moving;
+        let stale = if kind == 2 {
+            let u = rng.pick(USERS);
+            let what = format!("filter(author2_id = {u})");
+            let got = cached_author2(&mut conn, u, unlinked);
+            let t1 = Instant::now();
+            match got {
+                Ok(list) => shared.check_author2(&what, u, t0, t1, &list),
+                Err(e) => {
+                    shared.failed(&what, &e);
+                    None
+                }
+            }
+        } else if kind == 0 {
             let id = rng.pick(ADDONS);
-            match addons::table.find(id).cached().first::<Addon, _>(&mut conn) {
+            match cached_find(&mut conn, id, unlinked) {
                 Ok(a) if a.id == id => shared.check(&format!("find({id})"), t0, &[a]),
                 Ok(a) => {
                     eprintln!("wrong row: find({id}) returned {a:?}");
@@ -765,11 +971,7 @@ fn reader(shared: &Shared, mut conn: CachedConnection<PgConnection>, stream: u64
             }
         } else {
             let u = rng.pick(USERS);
-            match addons::table
-                .filter(addons::author1_id.eq(u))
-                .cached()
-                .load::<Addon, _>(&mut conn)
-            {
+            match cached_author1(&mut conn, u, unlinked) {
                 Ok(list) => {
                     let mut ids: Vec<i32> = list.iter().map(|a| a.id).collect();
                     ids.sort_unstable();
@@ -802,10 +1004,24 @@ fn writer(
         let id = rng.pick(ADDONS);
         let row = shared.row(id);
         let mut current = lock(&row.write);
+        let author2_id = if shared.moving {
+            // Uniform among the other users.
+            let u = rng.pick(USERS - 1);
+            if u >= current.author2_id {
+                u + 1
+            } else {
+                u
+            }
+        } else {
+            current.author2_id
+        };
         let next = Addon {
-            val: *current + 1,
+            val: current.val + 1,
+            author2_id,
             ..row.fixture.clone()
         };
+        // Before the write is sent: from now on it may have committed.
+        let entry = row.begin(next.val, next.author2_id);
         let saved: QueryResult<Addon> = if rng.coin() {
             conn.transaction(|c| c.save_changes(&next))
         } else {
@@ -814,21 +1030,24 @@ fn writer(
         match saved {
             Ok(a) => {
                 assert_eq!(a, next, "save_changes returned another row");
-                *current = next.val;
+                *current = Current {
+                    val: next.val,
+                    author2_id: next.author2_id,
+                };
                 // After the commit and its invalidation returned.
-                row.publish(next.val);
+                row.publish(entry);
                 shared.writes.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
                 shared.failed(&format!("save_changes(addon {id} val {})", next.val), &e);
                 // The write may or may not have committed: learn what the row holds, so later
                 // writes keep increasing (an unpublished value only weakens the check).
-                if let Ok(v) = addons::table
+                if let Ok((val, author2_id)) = addons::table
                     .find(id)
-                    .select(addons::val)
-                    .first::<i32>(&mut *conn)
+                    .select((addons::val, addons::author2_id))
+                    .first::<(i32, i32)>(&mut *conn)
                 {
-                    *current = v;
+                    *current = Current { val, author2_id };
                 }
             }
         }
@@ -840,11 +1059,87 @@ fn writer(
     }
 }
 
-/// Every add-on and every author list, through the cache and from the database.
-fn final_sweep(conn: &mut CachedConnection<PgConnection>) -> u64 {
+/// `find(id)` through the cache, as [`Addon`] or (`unlinked`) as [`UnlinkedAddon`].
+fn cached_find(
+    conn: &mut CachedConnection<PgConnection>,
+    id: i32,
+    unlinked: bool,
+) -> QueryResult<Addon> {
+    let query = addons::table.find(id);
+    if unlinked {
+        query
+            .cached()
+            .first::<UnlinkedAddon, _>(conn)
+            .map(Addon::from)
+    } else {
+        query.cached().first::<Addon, _>(conn)
+    }
+}
+
+/// Loads a list through the cache, as [`Addon`] or (`unlinked`) as [`UnlinkedAddon`].
+macro_rules! cached_list {
+    ($query:expr, $conn:expr, $unlinked:expr) => {
+        if $unlinked {
+            $query
+                .cached()
+                .load::<UnlinkedAddon, _>($conn)
+                .map(|v| v.into_iter().map(Addon::from).collect::<Vec<Addon>>())
+        } else {
+            $query.cached().load::<Addon, _>($conn)
+        }
+    };
+}
+
+/// `filter(author1_id = u)` through the cache (see [`cached_list!`]).
+fn cached_author1(
+    conn: &mut CachedConnection<PgConnection>,
+    u: i32,
+    unlinked: bool,
+) -> QueryResult<Vec<Addon>> {
+    cached_list!(
+        addons::table.filter(addons::author1_id.eq(u)),
+        conn,
+        unlinked
+    )
+}
+
+/// `filter(author2_id = u)` through the cache (see [`cached_list!`]).
+fn cached_author2(
+    conn: &mut CachedConnection<PgConnection>,
+    u: i32,
+    unlinked: bool,
+) -> QueryResult<Vec<Addon>> {
+    cached_list!(
+        addons::table.filter(addons::author2_id.eq(u)),
+        conn,
+        unlinked
+    )
+}
+
+/// Compares a list read through the cache (sorted here) with the same list from the
+/// database (sorted by id); `false` (and a line on standard error) if they differ.
+fn same_list(what: &str, cached: QueryResult<Vec<Addon>>, direct: QueryResult<Vec<Addon>>) -> bool {
+    let cached = cached.map(|mut v| {
+        v.sort_by_key(|a| a.id);
+        v
+    });
+    match (cached, direct) {
+        (Ok(c), Ok(d)) if c == d => true,
+        (c, d) => {
+            eprintln!("sweep mismatch: {what}: cached {c:?}, database {d:?}");
+            false
+        }
+    }
+}
+
+/// Every add-on and every author list (`author2_id` lists only with `moving`), through the
+/// cache and from the database.
+fn final_sweep(conn: &mut CachedConnection<PgConnection>, moving: bool) -> u64 {
+    // What the workers read, so what they left in the cache (see `UnlinkedAddon`).
+    let unlinked = moving;
     let mut mismatches = 0;
     for id in 1..=ADDONS {
-        let cached = addons::table.find(id).cached().first::<Addon, _>(conn);
+        let cached = cached_find(conn, id, unlinked);
         let direct = addons::table.find(id).first::<Addon>(&mut **conn);
         match (cached, direct) {
             (Ok(c), Ok(d)) if c == d => {}
@@ -855,23 +1150,24 @@ fn final_sweep(conn: &mut CachedConnection<PgConnection>) -> u64 {
         }
     }
     for u in 1..=USERS {
-        let cached = addons::table
-            .filter(addons::author1_id.eq(u))
-            .cached()
-            .load::<Addon, _>(conn)
-            .map(|mut v| {
-                v.sort_by_key(|a| a.id);
-                v
-            });
+        let cached = cached_author1(conn, u, unlinked);
         let direct = addons::table
             .filter(addons::author1_id.eq(u))
             .order(addons::id)
             .load::<Addon>(&mut **conn);
-        match (cached, direct) {
-            (Ok(c), Ok(d)) if c == d => {}
-            (c, d) => {
+        if !same_list(&format!("addons of user {u}"), cached, direct) {
+            mismatches += 1;
+        }
+    }
+    if moving {
+        for u in 1..=USERS {
+            let cached = cached_author2(conn, u, unlinked);
+            let direct = addons::table
+                .filter(addons::author2_id.eq(u))
+                .order(addons::id)
+                .load::<Addon>(&mut **conn);
+            if !same_list(&format!("addons with author2_id {u}"), cached, direct) {
                 mismatches += 1;
-                eprintln!("sweep mismatch: addons of user {u}: cached {c:?}, database {d:?}");
             }
         }
     }
@@ -990,12 +1286,9 @@ fn main() -> ExitCode {
     let shared = Shared {
         rows: fixture()
             .into_iter()
-            .map(|fixture| Row {
-                fixture,
-                write: Mutex::new(0),
-                history: Mutex::new(vec![(0, start)]),
-            })
+            .map(|fixture| Row::new(fixture, start))
             .collect(),
+        moving: args.moving,
         deadline: start + Duration::from_secs(args.seconds),
         stale_bound: args.stale_bound,
         stale_reads: AtomicU64::new(0),
@@ -1007,7 +1300,8 @@ fn main() -> ExitCode {
         fault_errors: AtomicU64::new(0),
     };
     eprintln!(
-        "stress: {}s, {} readers, {} writers (a cache each), schema {}, memcached {}, fault {}{}{}",
+        "stress: {}s, {} readers, {} writers (a cache each), schema {}, memcached {}, \
+         fault {}{}{}{}",
         args.seconds,
         args.readers,
         args.writers,
@@ -1022,7 +1316,8 @@ fn main() -> ExitCode {
         match args.kill_at {
             Some(at) => format!(", killed at {at}s for {}s", args.kill_for),
             None => String::new(),
-        }
+        },
+        if args.moving { ", moving rows" } else { "" },
     );
 
     let injected = AtomicU64::new(0);
@@ -1112,17 +1407,18 @@ fn main() -> ExitCode {
     };
     println!(
         "fault={} eviction_safe={} faults_injected={} fault_errors={fault_errors} evictions={evicted} \
-         grace_ms={} pending_invalidations_at_sweep={}",
+         grace_ms={} pending_invalidations_at_sweep={} moving={}",
         args.fault.name(),
         args.eviction_safe,
         injected.load(Ordering::Relaxed),
         waited.as_millis(),
         pending,
+        args.moving,
     );
     // Swept through a fresh cache: no state of the workers' clients can hide a stale entry.
     let sweeper = factory.build();
     let mut conn = connect(&schema.name, &sweeper);
-    let mismatches = final_sweep(&mut conn);
+    let mismatches = final_sweep(&mut conn, args.moving);
     println!("final_sweep_mismatches={mismatches}");
     if process.is_none() && evicted != "0" {
         eprintln!(
@@ -1215,19 +1511,61 @@ mod tests {
     }
 
     #[test]
+    fn parses_moving() {
+        assert!(!args("--seconds 4").unwrap().moving);
+        let m = args("--seconds 20 --readers 4 --writers 2 --moving").unwrap();
+        assert!(m.moving && !m.private_server());
+    }
+
+    fn tick() -> Instant {
+        std::thread::sleep(Duration::from_millis(2));
+        Instant::now()
+    }
+
+    #[test]
     fn floor_is_the_newest_value_published_before_the_read() {
         let t = Instant::now();
-        let row = Row {
-            fixture: fixture()[0].clone(),
-            write: Mutex::new(0),
-            history: Mutex::new(vec![(0, t)]),
-        };
-        row.publish(1);
-        let mid = Instant::now();
-        std::thread::sleep(Duration::from_millis(2));
-        row.publish(2);
+        let row = Row::new(fixture()[0].clone(), t);
+        let w1 = row.begin(1, 5);
+        row.publish(w1);
+        let mid = tick();
+        let w2 = row.begin(2, 6);
+        // Begun, not yet published: not required of a read.
+        assert_eq!(row.floor_at(tick()), 1);
+        row.publish(w2);
+        let failed = row.begin(3, 7);
         assert_eq!(row.floor_at(t), 0);
         assert_eq!(row.floor_at(mid), 1);
-        assert_eq!(row.floor_at(Instant::now()), 2);
+        assert_eq!(row.floor_at(tick()), 2);
+        assert!(row.outdated_since(1).is_some());
+        assert_eq!(
+            row.outdated_since(2),
+            None,
+            "write {failed} never published"
+        );
+        assert!(row.produced(0, row.fixture.author2_id) && row.produced(3, 7));
+        assert!(!row.produced(2, 5));
+    }
+
+    #[test]
+    fn a_row_is_missed_only_if_it_held_the_value_throughout_the_read() {
+        let row = Row::new(fixture()[0].clone(), Instant::now());
+        let w = row.begin(1, 5);
+        row.publish(w);
+        let t0 = tick();
+        let t1 = tick();
+        assert!(row.missed_by(5, t0, t1).is_some_and(|e| e.val == 1));
+        assert!(row.missed_by(6, t0, t1).is_none());
+        // A move begun before the read ended (published or not) may have taken it away.
+        let m = row.begin(2, 6);
+        let after = tick();
+        assert!(row.missed_by(5, t0, t1).is_some(), "begun after the read");
+        assert!(row.missed_by(5, t0, after).is_none());
+        row.publish(m);
+        assert!(row.missed_by(5, t0, after).is_none());
+        // Once published before a read, the row belongs to the new list.
+        let (t0, t1) = (tick(), tick());
+        assert!(row.missed_by(6, t0, t1).is_some_and(|e| e.val == 2));
+        assert!(row.missed_by(5, t0, t1).is_none());
     }
 }
