@@ -26,6 +26,9 @@ pub struct StructAttrs {
     pub primary_key: Option<PrimaryKey>,
     pub belongs_to: Vec<BelongsTo>,
     pub model: Option<LitStr>,
+    /// `#[cached(sql_table = "...")]`: the table's name in SQL, when Diesel's `table!` renames
+    /// it (`#[sql_name = "..."]`).
+    pub sql_table: Option<LitStr>,
 }
 
 fn parse_belongs_to(input: ParseStream) -> syn::Result<BelongsTo> {
@@ -142,11 +145,22 @@ impl Parse for CachedOptions {
                     }
                     out.model = Some(lit);
                 }
+                "sql_table" => {
+                    input.parse::<Token![=]>()?;
+                    let lit: LitStr = input.parse()?;
+                    if lit.value().trim().is_empty() {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            "the SQL table name must not be empty\nhelp: remove `sql_table = \"\"` to use the table name",
+                        ));
+                    }
+                    out.sql_table = Some(lit);
+                }
                 "belongs_to" => out.belongs_to.push(parse_belongs_to(input)?),
                 other => {
                     return Err(syn::Error::new(
                         name.span(),
-                        format!("unknown #[cached] option `{other}`\nhelp: expected `model = \"name\"` or `belongs_to(Parent, foreign_key = column)`"),
+                        format!("unknown #[cached] option `{other}`\nhelp: expected `model = \"name\"`, `sql_table = \"name\"` or `belongs_to(Parent, foreign_key = column)`"),
                     ))
                 }
             }
@@ -207,6 +221,9 @@ pub fn parse_struct_attrs(attrs: &[syn::Attribute]) -> syn::Result<StructAttrs> 
         }
         if opts.model.is_some() {
             out.model = opts.model;
+        }
+        if opts.sql_table.is_some() {
+            out.sql_table = opts.sql_table;
         }
         out.belongs_to.extend(opts.belongs_to);
     }

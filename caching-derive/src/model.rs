@@ -239,7 +239,11 @@ impl<'a> Model<'a> {
             .as_ref()
             .map(|l| l.value())
             .unwrap_or_else(|| table.clone());
-        let sql_table = table.to_lowercase();
+        let sql_table = attrs
+            .sql_table
+            .as_ref()
+            .map_or_else(|| table.clone(), |l| l.value())
+            .to_lowercase();
         let columns = fields
             .iter()
             .map(|f| PredicateColumn {

@@ -119,6 +119,25 @@ pub(crate) fn dependencies(
     for t in extra {
         deps.guarded.push((*t).to_string());
     }
+    // A loaded model whose table the SQL does not name (a view, or a `table!` renamed with
+    // `#[sql_name]` without `#[cached(sql_table = ..)]`): the rows that enter the result are
+    // written under another name. Guard the model's table, so at least the helpers' writes
+    // through that model reach the entry, and say so once.
+    for rt in row_tables {
+        if !read_tables.iter().any(|t| t.table == *rt) {
+            deps.guarded.push((*rt).to_string());
+            deps.tables.push((*rt).to_string());
+            warn_once(
+                &identity.sql,
+                &format!(
+                    "a loaded model's table `{rt}` is not named by the SQL: if it is renamed \
+                     with #[sql_name], add #[cached(sql_table = \"..\")] to the model; if the \
+                     query reads a view, declare its base tables with .tables(&[..])"
+                ),
+                "cached query guarded at table level: its SQL does not name a loaded model's table",
+            );
+        }
+    }
     deps.tables
         .extend(model_tables.iter().chain(extra).map(|t| (*t).to_string()));
     match tracking {
@@ -208,18 +227,23 @@ fn condition_values(
 /// Logs, once per distinct SQL text, that a statement is read from the database because its
 /// dependencies cannot be told.
 pub(crate) fn warn_uncacheable(sql_text: &str, why: &str) {
+    warn_once(
+        sql_text,
+        why,
+        "query not cached: its dependencies cannot be read from its SQL",
+    );
+}
+
+/// Logs `message` at `warn`, once per distinct SQL text and message (up to a bound).
+fn warn_once(sql_text: &str, why: &str, message: &'static str) {
     use std::collections::HashSet;
     use std::sync::{Mutex, OnceLock};
-    static WARNED: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    static WARNED: OnceLock<Mutex<HashSet<(&'static str, String)>>> = OnceLock::new();
     let mut warned = WARNED
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    if warned.len() < 1024 && warned.insert(sql_text.to_string()) {
-        tracing::warn!(
-            sql = sql_text,
-            why,
-            "query not cached: its dependencies cannot be read from its SQL"
-        );
+    if warned.len() < 1024 && warned.insert((message, sql_text.to_string())) {
+        tracing::warn!(sql = sql_text, why, "{message}");
     }
 }

@@ -400,6 +400,124 @@ macro_rules! suite {
             assert_eq!(count(&mut e, 1), 3, "the count the row entered");
         }
 
+        mod renamed {
+            diesel::table! {
+                /// `users` under another Rust name.
+                #[sql_name = "users"]
+                people (id) {
+                    id -> Integer,
+                    name -> Text,
+                }
+            }
+        }
+        use renamed::people;
+
+        /// A model of a `table!` renamed with `#[sql_name]`, telling the cache its SQL name.
+        #[derive(
+            Queryable,
+            Selectable,
+            Identifiable,
+            AsChangeset,
+            Cached,
+            serde::Serialize,
+            serde::Deserialize,
+            Debug,
+            Clone,
+            PartialEq,
+        )]
+        #[diesel(table_name = people)]
+        #[cached(sql_table = "users")]
+        struct Person {
+            id: i32,
+            name: String,
+        }
+
+        /// The same without `sql_table`: its SQL does not name its table, so its reads are
+        /// guarded by its own table's generation.
+        #[derive(
+            Queryable,
+            Selectable,
+            Identifiable,
+            AsChangeset,
+            Cached,
+            serde::Serialize,
+            serde::Deserialize,
+            Debug,
+            Clone,
+            PartialEq,
+        )]
+        #[diesel(table_name = people)]
+        #[cached(model = "people_unnamed")]
+        struct PersonUnnamed {
+            id: i32,
+            name: String,
+        }
+
+        #[test]
+        fn a_table_renamed_with_sql_name_sees_rows_enter() {
+            let Some(mut e) = env("p_sqlname") else {
+                return;
+            };
+            let named = |e: &mut Env<Db>| -> Vec<i32> {
+                let rows: Vec<Person> = people::table
+                    .filter(people::name.eq("fliggy"))
+                    .order(people::id)
+                    .cached()
+                    .load(&mut e.conn)
+                    .unwrap();
+                rows.iter().map(|p| p.id).collect()
+            };
+            let unnamed = |e: &mut Env<Db>| -> Vec<i32> {
+                let rows: Vec<PersonUnnamed> = people::table
+                    .filter(people::name.eq("fliggy"))
+                    .order(people::id)
+                    .cached()
+                    .load(&mut e.conn)
+                    .unwrap();
+                rows.iter().map(|p| p.id).collect()
+            };
+            assert_eq!(cached_twice(&mut e, named), [1]);
+            // With `sql_table`: a row entering through the model is seen precisely.
+            let _: Person = e
+                .conn
+                .save_changes(&Person {
+                    id: 2,
+                    name: "fliggy".into(),
+                })
+                .unwrap();
+            e.queries();
+            assert_eq!(
+                named(&mut e),
+                [1, 2],
+                "the row entered the renamed table's list"
+            );
+            // Without it: the model's writes name the wrong table, but its reads are guarded
+            // by that table's generation, which they bump.
+            assert_eq!(cached_twice(&mut e, unnamed), [1, 2]);
+            let _: PersonUnnamed = e
+                .conn
+                .save_changes(&PersonUnnamed {
+                    id: 2,
+                    name: "zzz".into(),
+                })
+                .unwrap();
+            e.queries();
+            assert_eq!(cached_twice(&mut e, unnamed), [1], "the row left");
+            let _: PersonUnnamed = e
+                .conn
+                .save_changes(&PersonUnnamed {
+                    id: 2,
+                    name: "fliggy".into(),
+                })
+                .unwrap();
+            e.queries();
+            assert_eq!(
+                unnamed(&mut e),
+                [1, 2],
+                "the row entered, seen through the guard"
+            );
+        }
+
         #[test]
         fn a_range_condition_falls_back_to_the_table() {
             let Some(mut e) = env("p_range") else { return };
