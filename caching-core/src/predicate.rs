@@ -54,10 +54,11 @@ impl PredicateValue {
         PredicateValue::Int(i64::from(b))
     }
 
-    /// A float: only an integral one in the exactly representable range has a canonical form.
+    /// A float: only an integral one below 2^53 (where every integer is exactly representable)
+    /// has a canonical form.
     pub fn from_float(f: f64) -> Option<Self> {
         const LIMIT: f64 = 9_007_199_254_740_992.0; // 2^53
-        (f.is_finite() && f.fract() == 0.0 && f.abs() <= LIMIT).then_some(Self::Int(f as i64))
+        (f.is_finite() && f.fract() == 0.0 && f.abs() < LIMIT).then_some(Self::Int(f as i64))
     }
 
     /// Text: numbers and booleans written as text become those; other text is trimmed and
@@ -68,6 +69,15 @@ impl PredicateValue {
             return Some(Self::Int(i));
         }
         if looks_numeric(t) {
+            // `7.000` is exactly 7: read the integer part as an integer, not through a float
+            // (which rounds above 2^53).
+            if let Some((int, frac)) = t.split_once('.') {
+                if frac.bytes().all(|b| b == b'0') {
+                    if let Ok(i) = int.parse::<i64>() {
+                        return Some(Self::Int(i));
+                    }
+                }
+            }
             return t.parse::<f64>().ok().and_then(Self::from_float);
         }
         let lower = t.to_lowercase();

@@ -151,7 +151,26 @@ impl<C: CacheConnection> CachedConnection<C> {
         f: impl FnOnce(&mut C) -> diesel::QueryResult<T>,
     ) -> diesel::QueryResult<T> {
         let _helper = crate::plain::HelperScope::enter(&self.plain);
+        crate::plain::take_helper_tables(&self.plain);
         f(&mut self.conn)
+    }
+
+    /// Adds to a helper's invalidation the tables its statements wrote that the helper's
+    /// model does not cover (`execute_bulk::<User, _>(delete(addons))`, an insert into another
+    /// table): those are invalidated whole. (A helper statement whose tables cannot be told
+    /// is logged; its model's invalidation is all it gets.)
+    pub(crate) fn with_helper_tables(&self, mut inv: Invalidation) -> Invalidation {
+        let known: std::collections::BTreeSet<String> = inv.tables().map(str::to_string).collect();
+        for t in crate::plain::take_helper_tables(&self.plain) {
+            if t == crate::sql::EVERYTHING {
+                tracing::warn!(
+                    "a write helper's statement writes tables its SQL does not name; only its model is invalidated"
+                );
+            } else if !known.contains(&t) {
+                inv.whole_table(&t);
+            }
+        }
+        inv
     }
 
     /// Runs the invalidations of plain writes whose COMMIT has completed (normally the
@@ -232,6 +251,7 @@ impl<C: CacheConnection> CachedConnection<C> {
     /// Whether a transaction is open that was not begun through this wrapper.
     pub(crate) fn in_foreign_transaction(&self) -> bool {
         self.observed_depth.load(Ordering::Relaxed) as usize > self.tx.depth()
+            || crate::plain::in_raw_transaction(&self.plain)
     }
 
     /// Whether a transaction (of either kind) is open.

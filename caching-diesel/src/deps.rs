@@ -76,8 +76,12 @@ pub(crate) fn dependencies(
     tracking: DependencyTracking,
 ) -> Result<Deps, String> {
     let analysis = sql::analysed(&identity.sql, dialect);
-    let (read_tables, counts) = match &*analysis {
-        Ok(Statement::Read { tables, counts }) => (tables, *counts),
+    let (read_tables, counts, shifts) = match &*analysis {
+        Ok(Statement::Read {
+            tables,
+            counts,
+            shifts,
+        }) => (tables, *counts, *shifts),
         Ok(Statement::Write { .. }) => return Err("the statement writes".into()),
         Ok(Statement::Other) => return Err("not a query".into()),
         Err(e) => return Err(e.clone()),
@@ -111,7 +115,9 @@ pub(crate) fn dependencies(
         }
         if best.is_none() {
             deps.guarded.push(t.table.clone());
-        } else if !row_tables.contains(&t.table.as_str()) {
+        } else if shifts || !row_tables.contains(&t.table.as_str()) {
+            // Rows the result does not contain can still change it: they are counted or
+            // aggregated, or (OFFSET) they are skipped before it.
             deps.exits.push(t.table.clone());
         }
         deps.tables.push(t.table.clone());
@@ -187,17 +193,17 @@ fn condition_values(
     if !class.is_comparable() || operands.is_empty() {
         return None;
     }
+    // MySQL compares text loosely (collations: case, accents, trailing spaces) and converts
+    // between text and numbers (`name = 0` matches 'abc'; `flag = 'true'` means 0): no
+    // condition on a text column, and only numeric text against a number column.
+    if dialect == Dialect::Mysql && class == ColumnClass::Text {
+        return None;
+    }
     let text = |s: &str| {
         if dialect == Dialect::Mysql {
-            // Collations compare text loosely (case, accents, trailing spaces); only text
-            // that reads as a number is compared as one.
-            match PredicateValue::from_text(s)? {
-                v @ PredicateValue::Int(_) => Some(v),
-                PredicateValue::Text(_) => None,
-            }
-        } else {
-            PredicateValue::from_text(s)
+            s.trim().parse::<f64>().ok()?;
         }
+        PredicateValue::from_text(s)
     };
     let mut out = Vec::with_capacity(operands.len());
     for op in operands {
@@ -216,6 +222,14 @@ fn condition_values(
         // row, but to be safe it makes the condition unusable rather than guessed.
         if matches!(class, ColumnClass::Int | ColumnClass::Float)
             && matches!(v, PredicateValue::Text(_))
+        {
+            return None;
+        }
+        // A float column holds integers exactly only below 2^53: a row's value there could
+        // not be canonicalised the same way.
+        const EXACT: i64 = 1 << 53;
+        if class == ColumnClass::Float
+            && matches!(v, PredicateValue::Int(n) if n.unsigned_abs() >= EXACT.unsigned_abs())
         {
             return None;
         }

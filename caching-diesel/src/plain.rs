@@ -20,7 +20,7 @@ use caching_core::Invalidation;
 use diesel::connection::InstrumentationEvent;
 
 use crate::caches::CacheSet;
-use crate::sql::{self, first_keyword, Dialect, Statement, EVERYTHING};
+use crate::sql::{self, Dialect, Statement, EVERYTHING};
 
 /// How many distinct SQL texts are remembered as already warned about.
 const MAX_WARNED: usize = 1024;
@@ -33,6 +33,15 @@ pub(crate) struct PlainWrites {
     strict: bool,
     current: Option<BTreeSet<String>>,
     levels: Vec<BTreeSet<String>>,
+    /// Transactions and savepoints opened with raw SQL (`BEGIN`, `SAVEPOINT` run as
+    /// statements, which Diesel's transaction manager does not know about).
+    raw: Vec<BTreeSet<String>>,
+    /// Diesel announced a transaction event: the next statement is its own `BEGIN`,
+    /// `COMMIT`, `SAVEPOINT`, .., not a raw one.
+    diesel_statement_next: bool,
+    /// Tables the running write helper's statements write (a helper invalidates its model's
+    /// table precisely; any other table it writes, whole).
+    helper_tables: BTreeSet<String>,
     committing: Option<BTreeSet<String>>,
     warned: HashSet<String>,
 }
@@ -47,6 +56,9 @@ impl PlainWrites {
             strict,
             current: None,
             levels: Vec::new(),
+            raw: Vec::new(),
+            diesel_statement_next: false,
+            helper_tables: BTreeSet::new(),
             committing: None,
             warned: HashSet::new(),
         }
@@ -75,6 +87,55 @@ impl PlainWrites {
         if let Some(tables) = self.committing.take() {
             self.run(tables);
         }
+    }
+
+    /// The innermost open transaction level (raw SQL ones first), if any.
+    fn level(&mut self) -> Option<&mut BTreeSet<String>> {
+        if self.raw.is_empty() {
+            self.levels.last_mut()
+        } else {
+            self.raw.last_mut()
+        }
+    }
+
+    /// Tracks a transaction-control statement run as raw SQL.
+    fn raw_control(&mut self, sql_text: &str) {
+        let lower = sql_text.trim_start().to_ascii_lowercase();
+        let mut words = lower
+            .split(|c: char| c.is_whitespace() || c == ';')
+            .filter(|w| !w.is_empty());
+        let first = words.next().unwrap_or_default();
+        let rest: Vec<&str> = words.take(2).collect();
+        match first {
+            "begin" | "start" => self.raw.push(BTreeSet::new()),
+            "savepoint" if !self.raw.is_empty() => self.raw.push(BTreeSet::new()),
+            "release" if self.raw.len() > 1 => {
+                let top = self.raw.pop().unwrap_or_default();
+                if let Some(parent) = self.raw.last_mut() {
+                    parent.extend(top);
+                }
+            }
+            "rollback" | "abort" if rest.contains(&"to") => {
+                // Back to a savepoint (which stays): what was written since is undone.
+                let n = self.raw.len();
+                if n > 1 {
+                    self.raw[n - 1].clear();
+                }
+            }
+            "rollback" | "abort" => self.raw.clear(),
+            "commit" | "end" if !self.raw.is_empty() => {
+                let all = self.raw.drain(..).flatten().collect::<BTreeSet<_>>();
+                self.committing
+                    .get_or_insert_with(BTreeSet::new)
+                    .extend(all);
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether a transaction opened with raw SQL is open.
+    fn in_raw_transaction(&self) -> bool {
+        !self.raw.is_empty()
     }
 
     fn warn_once(&mut self, sql: &str, tables: &BTreeSet<String>) {
@@ -106,23 +167,20 @@ pub(crate) fn written_tables(sql_text: &str, dialect: Dialect) -> Option<BTreeSe
     match &*sql::analysed(sql_text, dialect) {
         Ok(Statement::Write { tables }) => Some(tables.iter().cloned().collect()),
         Ok(_) => None,
-        Err(_) => {
-            let first = first_keyword(sql_text);
-            let writes = matches!(
-                first.as_str(),
-                "insert"
-                    | "update"
-                    | "delete"
-                    | "replace"
-                    | "merge"
-                    | "truncate"
-                    | "drop"
-                    | "alter"
-                    | "with"
-            );
-            writes.then(|| BTreeSet::from([EVERYTHING.to_string()]))
-        }
+        // SQL the parser cannot read that is not a plain read (checked above) may write
+        // anything.
+        Err(_) => Some(BTreeSet::from([EVERYTHING.to_string()])),
     }
+}
+
+/// The tables the write helper's statements wrote since the last call.
+pub(crate) fn take_helper_tables(state: &Mutex<PlainWrites>) -> BTreeSet<String> {
+    std::mem::take(
+        &mut state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .helper_tables,
+    )
 }
 
 /// Whether a write helper's statement is running.
@@ -136,29 +194,38 @@ pub(crate) fn observe(state: &Mutex<PlainWrites>, event: &InstrumentationEvent<'
     match event {
         InstrumentationEvent::StartQuery { query, .. } => {
             s.current = None;
+            let diesel_statement = std::mem::take(&mut s.diesel_statement_next);
+            let text = statement_text(query);
             if s.helpers > 0 {
+                if let Some(tables) = written_tables(&text, s.dialect) {
+                    s.helper_tables.extend(tables);
+                }
                 return;
             }
-            let text = statement_text(query);
+            if !diesel_statement && is_transaction_control(&text) {
+                s.raw_control(&text);
+                return;
+            }
             if let Some(tables) = written_tables(&text, s.dialect) {
                 s.warn_once(&text, &tables);
                 s.current = Some(tables);
             }
         }
-        InstrumentationEvent::FinishQuery { error, .. } => {
+        InstrumentationEvent::FinishQuery { .. } => {
             if let Some(tables) = s.current.take() {
-                // A statement that failed outside a transaction wrote nothing; inside one,
-                // what it may have written is dropped or kept with the transaction.
-                match s.levels.last_mut() {
+                // Outside a transaction, even a failed statement may have written (the first
+                // statements of a failed batch committed); inside one, what it may have
+                // written is dropped or kept with the transaction.
+                match s.level() {
                     Some(level) => level.extend(tables),
-                    None if error.is_none() => s.run(tables),
-                    None => {}
+                    None => s.run(tables),
                 }
             }
             // The COMMIT (or whatever ran after it) has finished.
             s.settle();
         }
         InstrumentationEvent::BeginTransaction { depth, .. } => {
+            s.diesel_statement_next = true;
             s.settle();
             let keep = depth.get().saturating_sub(1) as usize;
             s.levels.truncate(keep);
@@ -167,6 +234,7 @@ pub(crate) fn observe(state: &Mutex<PlainWrites>, event: &InstrumentationEvent<'
             }
         }
         InstrumentationEvent::CommitTransaction { depth, .. } => {
+            s.diesel_statement_next = true;
             // Sent before the COMMIT runs: the invalidation waits for its end.
             let top = s.levels.pop().unwrap_or_default();
             if depth.get() > 1 {
@@ -178,6 +246,7 @@ pub(crate) fn observe(state: &Mutex<PlainWrites>, event: &InstrumentationEvent<'
             }
         }
         InstrumentationEvent::RollbackTransaction { .. } => {
+            s.diesel_statement_next = true;
             s.levels.pop();
         }
         _ => {}
@@ -189,11 +258,35 @@ pub(crate) fn settle(state: &Mutex<PlainWrites>) {
     state.lock().unwrap_or_else(|e| e.into_inner()).settle();
 }
 
+/// Whether a transaction opened with raw SQL (`BEGIN` run as a statement) is open: the cache
+/// treats it like any transaction begun behind its back.
+pub(crate) fn in_raw_transaction(state: &Mutex<PlainWrites>) -> bool {
+    state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .in_raw_transaction()
+}
+
+/// Whether `sql_text` is one transaction-control statement (`BEGIN`, `START TRANSACTION`,
+/// `COMMIT`, `END`, `ROLLBACK [TO]`, `ABORT`, `SAVEPOINT`, `RELEASE`).
+fn is_transaction_control(sql_text: &str) -> bool {
+    if sql_text.trim_end().trim_end_matches(';').contains(';') {
+        return false;
+    }
+    let first = crate::sql::first_keyword(sql_text);
+    match first.as_str() {
+        "begin" | "commit" | "end" | "rollback" | "abort" | "savepoint" | "release" => true,
+        "start" => sql_text.to_ascii_lowercase().contains("transaction"),
+        _ => false,
+    }
+}
+
 /// Whether the open transaction wrote one of `tables` through plain writes.
 pub(crate) fn dirties(state: &Mutex<PlainWrites>, tables: &[&str]) -> bool {
     let s = state.lock().unwrap_or_else(|e| e.into_inner());
     s.levels
         .iter()
+        .chain(&s.raw)
         .any(|l| l.contains(EVERYTHING) || tables.iter().any(|t| l.contains(*t)))
 }
 

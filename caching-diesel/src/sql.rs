@@ -102,6 +102,9 @@ pub(crate) enum Statement {
         /// Whether it is a plain count (`SELECT COUNT(..) FROM ..` without `GROUP BY`), which
         /// the cache's count timeout bounds.
         counts: bool,
+        /// Whether it skips rows (`OFFSET`): a row leaving the skipped part shifts the result
+        /// without being in it, or matching any condition's new value.
+        shifts: bool,
     },
     /// A statement that writes these tables ([`EVERYTHING`] when unknown).
     Write { tables: Vec<String> },
@@ -138,6 +141,10 @@ pub(crate) fn analysed(sql: &str, dialect: Dialect) -> Arc<Result<Statement, Str
 /// Whether `sql` may write: `false` only for statements that certainly do not (`SELECT`,
 /// `SHOW`, transaction control, ..), so that reads skip the parser.
 pub(crate) fn may_write(sql: &str) -> bool {
+    // Several statements (`BEGIN; UPDATE ..; COMMIT`): the first keyword tells nothing.
+    if sql.trim_end().trim_end_matches(';').contains(';') {
+        return true;
+    }
     !matches!(
         first_keyword(sql).as_str(),
         "select"
@@ -155,15 +162,33 @@ pub(crate) fn may_write(sql: &str) -> bool {
     )
 }
 
-/// Whether an insert may update existing rows (an upsert: `ON CONFLICT .. DO UPDATE`,
-/// `ON DUPLICATE KEY UPDATE`, `REPLACE`, `INSERT OR REPLACE`): their old values are unknown.
-/// A text check, conservative (a false positive only costs invalidations).
-pub(crate) fn replaces_rows(sql: &str) -> bool {
+/// How an insert may change existing rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Upsert {
+    /// A plain insert: only new rows.
+    No,
+    /// `ON CONFLICT ..`: the conflicting row is updated (or left); `RETURNING` reports it.
+    OnConflict,
+    /// `REPLACE`, `INSERT OR REPLACE`, `ON DUPLICATE KEY UPDATE`: rows conflicting on any
+    /// unique key are deleted or updated, and neither `RETURNING` nor the caller's rows tell
+    /// which.
+    Replaces,
+}
+
+/// How an insert statement may change existing rows. A text check, conservative (a false
+/// positive only costs invalidations).
+pub(crate) fn upsert_kind(sql: &str) -> Upsert {
     let lower = sql.to_ascii_lowercase();
-    first_keyword(&lower) == "replace"
-        || lower.contains("on conflict")
-        || lower.contains("on duplicate key")
+    if first_keyword(&lower) == "replace"
         || lower.contains("or replace")
+        || lower.contains("on duplicate key")
+    {
+        Upsert::Replaces
+    } else if lower.contains("on conflict") {
+        Upsert::OnConflict
+    } else {
+        Upsert::No
+    }
 }
 
 /// The first keyword of a statement, lowercased (after whitespace, comments and parentheses).
@@ -229,7 +254,10 @@ fn analyse_here(sql: &str, dialect: Dialect) -> Result<Statement, String> {
         return Err(format!("statement longer than {MAX_SQL_LEN} bytes"));
     }
     let statements = parse(sql, dialect)?;
-    let mut results = statements.iter().map(statement).collect::<Vec<_>>();
+    let mut results = statements
+        .iter()
+        .map(|s| statement(s, dialect))
+        .collect::<Vec<_>>();
     if results.len() == 1 {
         return Ok(results.remove(0));
     }
@@ -256,11 +284,19 @@ fn parse(sql: &str, dialect: Dialect) -> Result<Vec<ast::Statement>, String> {
     let mut tokens = Tokenizer::new(d, sql)
         .tokenize_with_location()
         .map_err(|e| e.to_string())?;
-    // `?` placeholders carry no number: name each after its position in the text.
+    // `?` placeholders carry no number: name each after its position in the text. On SQLite,
+    // numbered and named parameters (`?2`, `$x`, `:x`) renumber the bare `?` after them:
+    // then no placeholder's position is trusted.
+    let mixed = dialect == Dialect::Sqlite
+        && tokens
+            .iter()
+            .any(|t| matches!(&t.token, Token::Placeholder(p) if p != "?"));
     let mut n = 0usize;
     for t in &mut tokens {
         if let Token::Placeholder(p) = &mut t.token {
-            if p == "?" {
+            if mixed {
+                *p = format!("{NUMBERED}?");
+            } else if p == "?" {
                 *p = format!("{NUMBERED}{n}");
                 n += 1;
             }
@@ -273,7 +309,7 @@ fn parse(sql: &str, dialect: Dialect) -> Result<Vec<ast::Statement>, String> {
         .map_err(|e| e.to_string())
 }
 
-fn statement(s: &ast::Statement) -> Statement {
+fn statement(s: &ast::Statement, dialect: Dialect) -> Statement {
     use ast::Statement as S;
     let write = |tables: Vec<String>| Statement::Write {
         tables: unique(tables),
@@ -283,12 +319,13 @@ fn statement(s: &ast::Statement) -> Statement {
             if query_writes(q) {
                 return write(relations(s));
             }
-            if locks_or_creates(q) {
+            if locks_or_creates(q) || names_tables_bare(&q.body) {
                 return Statement::Other;
             }
             Statement::Read {
-                tables: read_tables(s, q),
+                tables: read_tables(s, q, dialect),
                 counts: is_count(q),
+                shifts: skips_rows(q),
             }
         }
         S::Insert(i) => write(vec![match &i.table {
@@ -301,10 +338,17 @@ fn statement(s: &ast::Statement) -> Statement {
             write(tables)
         }
         S::Delete(d) => {
+            // `DELETE a FROM addons a JOIN ..` names aliases: with a table list, every table
+            // of the FROM and USING clauses may be written (a superset).
             let mut tables: Vec<String> = d.tables.iter().map(table_name).collect();
+            let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &d.from;
+            let using = d.using.iter().flatten();
             if tables.is_empty() {
-                let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &d.from;
                 for twj in from {
+                    base_tables(twj, &mut tables);
+                }
+            } else {
+                for twj in from.iter().chain(using) {
                     base_tables(twj, &mut tables);
                 }
             }
@@ -322,6 +366,14 @@ fn statement(s: &ast::Statement) -> Statement {
             ..
         } => write(names.iter().map(table_name).collect()),
         S::AlterTable(a) => write(vec![table_name(&a.name)]),
+        // A view's (or materialized view's) contents change: reads of it depend on its name.
+        S::CreateView(v) => write(vec![table_name(&v.name)]),
+        S::Drop {
+            object_type: ObjectType::View | ObjectType::MaterializedView,
+            names,
+            ..
+        } => write(names.iter().map(table_name).collect()),
+        S::RefreshMaterializedView(r) => write(vec![table_name(&r.name)]),
         S::RenameTable(r) => write(
             r.iter()
                 .flat_map(|r| [table_name(&r.old_name), table_name(&r.new_name)])
@@ -331,7 +383,7 @@ fn statement(s: &ast::Statement) -> Statement {
             analyze: true,
             statement,
             ..
-        } => match self::statement(statement) {
+        } => match self::statement(statement, dialect) {
             w @ Statement::Write { .. } => w,
             _ => Statement::Other,
         },
@@ -388,6 +440,27 @@ fn locks_or_creates(q: &Query) -> bool {
     body(&q.body)
 }
 
+/// Whether a query body uses `TABLE t`, whose table the relation visitor does not report.
+fn names_tables_bare(e: &SetExpr) -> bool {
+    match e {
+        SetExpr::Table(_) => true,
+        SetExpr::Query(q) => names_tables_bare(&q.body),
+        SetExpr::SetOperation { left, right, .. } => {
+            names_tables_bare(left) || names_tables_bare(right)
+        }
+        _ => false,
+    }
+}
+
+/// Whether a query skips rows (`OFFSET`, `LIMIT skip, n`).
+fn skips_rows(q: &Query) -> bool {
+    match &q.limit_clause {
+        Some(ast::LimitClause::LimitOffset { offset, .. }) => offset.is_some(),
+        Some(ast::LimitClause::OffsetCommaLimit { .. }) => true,
+        None => false,
+    }
+}
+
 /// Whether a query is `SELECT COUNT(..) FROM ..` without `GROUP BY`.
 fn is_count(q: &Query) -> bool {
     let SetExpr::Select(s) = &*q.body else {
@@ -408,7 +481,7 @@ fn is_count(q: &Query) -> bool {
 
 /// The tables of a read, each once, with the conditions of those named exactly once at the
 /// top level of a `SELECT` (or of a set operation's arm).
-fn read_tables(s: &ast::Statement, q: &Query) -> Vec<TableDeps> {
+fn read_tables(s: &ast::Statement, q: &Query, dialect: Dialect) -> Vec<TableDeps> {
     let all = relations(s);
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for t in &all {
@@ -421,11 +494,24 @@ fn read_tables(s: &ast::Statement, q: &Query) -> Vec<TableDeps> {
         .map(|c| ident(&c.alias.name))
         .collect();
     let mut conditions: HashMap<String, Vec<Condition>> = HashMap::new();
-    body_conditions(&q.body, &mut |table, conds| {
-        if counts.get(table.as_str()) == Some(&1) && !ctes.contains(&table) {
-            conditions.insert(table, conds);
-        }
-    });
+    // MySQL reads `||` as OR and gives XOR a precedence the parser does not: an `AND` split
+    // of such an expression could name a condition MySQL does not apply.
+    let misparsed = dialect == Dialect::Mysql
+        && ast::visit_expressions(s, |e: &Expr| match e {
+            Expr::BinaryOp {
+                op: BinaryOperator::StringConcat | BinaryOperator::Xor,
+                ..
+            } => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        })
+        .is_break();
+    if !misparsed {
+        body_conditions(&q.body, &mut |table, conds| {
+            if counts.get(table.as_str()) == Some(&1) && !ctes.contains(&table) {
+                conditions.insert(table, conds);
+            }
+        });
+    }
     let mut out: Vec<TableDeps> = Vec::new();
     for t in all {
         if out.iter().any(|d| d.table == t) {
@@ -918,6 +1004,41 @@ mod tests {
     }
 
     #[test]
+    fn mysql_or_and_xor_operators_drop_every_condition() {
+        for w in ["id = 1 AND flag || val = 7", "id = 1 AND id = 2 XOR flag"] {
+            let sql = format!("SELECT * FROM addons WHERE {w}");
+            assert_eq!(
+                read(&sql, Dialect::Mysql),
+                vec![deps("addons", vec![])],
+                "{w}"
+            );
+        }
+    }
+
+    #[test]
+    fn sqlite_named_parameters_make_positions_unknown() {
+        let sql = "SELECT * FROM users WHERE name = $2 AND id = ?";
+        assert_eq!(read(sql, Dialect::Sqlite), vec![deps("users", vec![])]);
+    }
+
+    #[test]
+    fn offsets_and_bare_tables_are_told() {
+        let shifts = |sql: &str| match analyse(sql, Dialect::Sqlite) {
+            Ok(Statement::Read { shifts, .. }) => shifts,
+            other => panic!("{other:?}"),
+        };
+        assert!(shifts("SELECT * FROM users WHERE id = ? LIMIT ? OFFSET ?"));
+        assert!(!shifts("SELECT * FROM users WHERE id = ? LIMIT ?"));
+        assert_eq!(
+            analyse(
+                "SELECT id FROM users UNION TABLE archived",
+                Dialect::Postgres
+            ),
+            Ok(Statement::Other)
+        );
+    }
+
+    #[test]
     fn counts_are_told() {
         let counts = |sql: &str| match analyse(sql, Dialect::Sqlite) {
             Ok(Statement::Read { counts, .. }) => counts,
@@ -981,13 +1102,6 @@ mod tests {
         );
         assert_eq!(
             written(
-                "DELETE a FROM addons a JOIN users u ON u.id = a.author1_id",
-                Mysql
-            ),
-            ["a"]
-        );
-        assert_eq!(
-            written(
                 "DELETE FROM users USING addons WHERE addons.id = 1",
                 Postgres
             ),
@@ -1010,6 +1124,19 @@ mod tests {
             ["d", "users"]
         );
         assert_eq!(written("CALL refresh()", Mysql), [EVERYTHING]);
+        assert_eq!(
+            written(
+                "DELETE a FROM addons a JOIN users u ON u.id = a.author1_id",
+                Mysql
+            ),
+            ["a", "addons", "users"]
+        );
+        assert_eq!(written("REFRESH MATERIALIZED VIEW mv", Postgres), ["mv"]);
+        assert_eq!(
+            written("CREATE OR REPLACE VIEW v AS SELECT 1", Postgres),
+            ["v"]
+        );
+        assert_eq!(written("DROP VIEW v", Postgres), ["v"]);
         assert_eq!(
             written("UPDATE users SET name = 'a'; DELETE FROM addons", Sqlite),
             ["addons", "users"]
@@ -1053,15 +1180,23 @@ mod tests {
 
     #[test]
     fn upserts_are_told() {
+        assert_eq!(
+            upsert_kind(
+                r#"INSERT INTO "users" ("id") VALUES ($1) ON CONFLICT ("id") DO UPDATE SET "id" = excluded."id""#
+            ),
+            Upsert::OnConflict
+        );
         for sql in [
-            r#"INSERT INTO "users" ("id") VALUES ($1) ON CONFLICT ("id") DO UPDATE SET "id" = excluded."id""#,
             "INSERT INTO `users` (`id`) VALUES (?) ON DUPLICATE KEY UPDATE `id` = VALUES(`id`)",
             "REPLACE INTO `users` (`id`) VALUES (?)",
             "INSERT OR REPLACE INTO `users` (`id`) VALUES (?)",
         ] {
-            assert!(replaces_rows(sql), "{sql}");
+            assert_eq!(upsert_kind(sql), Upsert::Replaces, "{sql}");
         }
-        assert!(!replaces_rows("INSERT INTO `users` (`id`) VALUES (?)"));
+        assert_eq!(
+            upsert_kind("INSERT INTO `users` (`id`) VALUES (?)"),
+            Upsert::No
+        );
     }
 
     #[test]
@@ -1071,6 +1206,9 @@ mod tests {
         assert!(may_write("-- x\nUPDATE users SET id = 1"));
         assert!(may_write("WITH d AS (DELETE FROM users) SELECT 1"));
         assert!(may_write("EXPLAIN ANALYZE DELETE FROM users"));
+        assert!(may_write("BEGIN; UPDATE users SET name = 'x'; COMMIT"));
+        assert!(may_write("SELECT 1; DELETE FROM users"));
+        assert!(!may_write("SELECT 1;"));
     }
 
     #[test]

@@ -22,6 +22,8 @@
 //! ([`crate::plain`]).
 
 use caching_core::{InvalidateOnCreate, Invalidation};
+
+use crate::sql::Upsert;
 use diesel::query_dsl::methods::ExecuteDsl;
 use diesel::query_dsl::{LoadQuery, UpdateAndFetchResults};
 use diesel::QueryResult;
@@ -103,15 +105,25 @@ impl<C: CacheConnection> CachedConnection<C> {
     }
 
     fn after_write(&mut self, inv: Invalidation) -> QueryResult<()> {
+        let inv = self.with_helper_tables(inv);
         self.invalidate_with(inv).map_err(Into::into)
     }
 
-    /// The invalidation of inserted rows; an upsert (`sql` updates existing rows) also
-    /// reaches the counts and aggregates the rows it updated may have left.
-    fn creation<M: CachedModel>(&self, rows: &[M], sql: &str) -> Invalidation {
+    /// The invalidation of inserted rows (`returned`: the rows come from `RETURNING`, not
+    /// from the caller). An `ON CONFLICT` upsert whose rows are returned also reaches the
+    /// counts and aggregates the rows it updated may have left; any other upsert (`REPLACE`,
+    /// `ON DUPLICATE KEY UPDATE`, or rows the caller only claims) may change rows nobody
+    /// named: the whole table.
+    fn creation<M: CachedModel>(&self, rows: &[M], sql: &str, returned: bool) -> Invalidation {
         let mut inv = rows_invalidation(rows.iter());
-        if crate::sql::replaces_rows(sql) {
-            inv.old_values_unknown(M::SQL_TABLE);
+        match (crate::sql::upsert_kind(sql), returned) {
+            (Upsert::No, _) => {}
+            (Upsert::OnConflict, true) => {
+                inv.old_values_unknown(M::SQL_TABLE);
+            }
+            _ => {
+                inv.merge(whole::<M>());
+            }
         }
         let whole_model = self
             .caches
@@ -163,7 +175,7 @@ impl<C: CacheConnection> CachedConnection<C> {
         self.guard()?;
         let sql = self.conn.query_identity(&statement)?.sql;
         let rows: Vec<M> = self.helper_write(|c| statement.get_results(c))?;
-        let inv = self.creation(&rows, &sql);
+        let inv = self.creation(&rows, &sql, true);
         self.after_write(inv)?;
         Ok(rows)
     }
@@ -178,7 +190,7 @@ impl<C: CacheConnection> CachedConnection<C> {
         self.guard()?;
         let sql = self.conn.query_identity(&statement)?.sql;
         let n = self.helper_write(|c| ExecuteDsl::execute(statement, c))?;
-        let inv = self.creation(rows, &sql);
+        let inv = self.creation(rows, &sql, false);
         self.after_write(inv)?;
         Ok(n)
     }
@@ -226,7 +238,7 @@ impl<C: CacheConnection> CachedConnection<C> {
         let first = crate::sql::first_keyword(&sql);
         let inv = match first.as_str() {
             "delete" => rows_invalidation(rows.iter()),
-            "insert" | "replace" => self.creation(rows, &sql),
+            "insert" | "replace" => self.creation(rows, &sql, false),
             _ => {
                 let mut inv = updated(rows.iter());
                 inv.merge(whole::<M>());

@@ -301,6 +301,63 @@ macro_rules! suite {
         }
 
         #[test]
+        fn a_transaction_opened_with_raw_sql_is_tracked() {
+            use diesel::connection::SimpleConnection;
+            let Some(mut e) = env("p_rawtx") else { return };
+            assert_eq!(cached_twice(&mut e, |e| by_author(e, 1)), [1, 2]);
+            let begin = if <Db as TestDb>::NAME == "mysql" {
+                "START TRANSACTION"
+            } else {
+                "BEGIN"
+            };
+            e.conn.batch_execute(begin).unwrap();
+            diesel::sql_query("UPDATE addons SET author1_id = 1 WHERE id = 3")
+                .execute(&mut e.conn)
+                .unwrap();
+            e.queries();
+            // Inside: the transaction's own write is visible, and nothing is cached.
+            assert_eq!(by_author(&mut e, 1), [1, 2, 3]);
+            assert_eq!(by_author(&mut e, 1), [1, 2, 3]);
+            assert_eq!(
+                e.queries(),
+                2,
+                "reads inside a raw transaction bypass the cache"
+            );
+            e.conn.batch_execute("ROLLBACK").unwrap();
+            e.queries();
+            assert_eq!(by_author(&mut e, 1), [1, 2]);
+            assert_eq!(
+                e.queries(),
+                0,
+                "a rolled-back raw transaction invalidates nothing"
+            );
+            e.conn.batch_execute(begin).unwrap();
+            diesel::sql_query("UPDATE addons SET author1_id = 1 WHERE id = 3")
+                .execute(&mut e.conn)
+                .unwrap();
+            e.conn.batch_execute("COMMIT").unwrap();
+            e.queries();
+            assert_eq!(by_author(&mut e, 1), [1, 2, 3]);
+            assert_eq!(e.queries(), 1, "committed: invalidated");
+        }
+
+        #[test]
+        fn a_helper_writing_another_table_than_its_model_invalidates_that_table() {
+            let Some(mut e) = env("p_helper_other") else {
+                return;
+            };
+            assert_eq!(cached_twice(&mut e, |e| by_author(e, 2)), [3]);
+            // The model named is User; the statement writes addons.
+            let n = e
+                .conn
+                .execute_bulk::<User, _>(diesel::delete(addons::table.filter(addons::id.eq(3))))
+                .unwrap();
+            assert_eq!(n, 1);
+            e.queries();
+            assert_eq!(by_author(&mut e, 2), Vec::<i32>::new());
+        }
+
+        #[test]
         fn strict_writes_refuse_plain_writes_through_the_wrapper() {
             let Some(mut e) = env_with("p_strict", |b| b.strict_writes(true)) else {
                 return;
@@ -516,6 +573,42 @@ macro_rules! suite {
                 [1, 2],
                 "the row entered, seen through the guard"
             );
+        }
+
+        #[test]
+        fn a_row_leaving_the_rows_an_offset_skips_shifts_the_page() {
+            let Some(mut e) = env("p_offset") else { return };
+            let page2 = |e: &mut Env<Db>| -> Vec<i32> {
+                let rows: Vec<Person> = people::table
+                    .filter(people::name.eq("fliggy"))
+                    .order(people::id)
+                    .limit(1)
+                    .offset(1)
+                    .cached()
+                    .load(&mut e.conn)
+                    .unwrap();
+                rows.iter().map(|p| p.id).collect()
+            };
+            let _: Person = e
+                .conn
+                .save_changes(&Person {
+                    id: 2,
+                    name: "fliggy".into(),
+                })
+                .unwrap();
+            assert_eq!(cached_twice(&mut e, page2), [2]);
+            // User 1 leaves the list: it was skipped, not in the page, and its new value
+            // matches nothing the page depends on; the page shifts all the same.
+            let _: Person = e
+                .conn
+                .save_changes(&Person {
+                    id: 1,
+                    name: "other".into(),
+                })
+                .unwrap();
+            e.queries();
+            assert_eq!(page2(&mut e), Vec::<i32>::new());
+            assert_eq!(e.queries(), 1);
         }
 
         #[test]
