@@ -74,17 +74,26 @@ impl Cache {
     /// ```
     /// let c = caching_core::Cache::from_url("locmem://?prefix=app&count_timeout=5").unwrap();
     /// assert_eq!(c.config().prefix, "app");
-    /// assert!(caching_core::Cache::from_url("memcached://nohostport").is_err());
+    /// assert!(caching_core::Cache::from_url("memcached://127.0.0.1:notaport").is_err());
     /// ```
     pub fn from_url(url: &str) -> Result<Cache> {
         Ok(crate::config::parse_url(url)?.build()?)
     }
 
-    /// A cache from the `CACHE_URL` environment variable; `locmem://` when unset.
+    /// A cache from the `CACHE_URL` environment variable; `locmem://` when unset (said once
+    /// per process at `info`).
     pub fn from_env() -> Result<Cache> {
         match std::env::var("CACHE_URL") {
             Ok(url) => Cache::from_url(&url),
-            Err(std::env::VarError::NotPresent) => Cache::from_url("locmem://"),
+            Err(std::env::VarError::NotPresent) => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    tracing::info!(
+                        "CACHE_URL is unset: using an in-process cache (locmem://); set CACHE_URL=memcached://host:port to share one"
+                    )
+                });
+                Cache::from_url("locmem://")
+            }
             Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::Url {
                 url: "<CACHE_URL>".into(),
                 reason: "not valid unicode".into(),

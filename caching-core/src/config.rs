@@ -7,6 +7,9 @@
 //! memcached://127.0.0.1:11211,127.0.0.1:11212?prefix=app&connect_timeout_ms=250&io_timeout_ms=500&op_timeout_ms=2000&pool_size=16&retry_after_ms=1000
 //! ```
 //!
+//! A memcached host without a port gets 11211 ([`DEFAULT_MEMCACHED_PORT`]); a trailing `/`
+//! after the hosts is ignored.
+//!
 //! Parameters for every scheme:
 //!
 //! | parameter | meaning | default |
@@ -319,6 +322,9 @@ fn parse_bool(name: &'static str, v: &str) -> Result<bool, ConfigError> {
 }
 
 /// Parses a cache URL into a builder. See the module docs for the parameters.
+/// The port a `memcached://` host without one gets.
+pub const DEFAULT_MEMCACHED_PORT: u16 = 11211;
+
 pub(crate) fn parse_url(url: &str) -> Result<CacheBuilder, crate::Error> {
     let bad = |reason: &str| ConfigError::Url {
         url: url.to_string(),
@@ -331,6 +337,9 @@ pub(crate) fn parse_url(url: &str) -> Result<CacheBuilder, crate::Error> {
         .split_once("://")
         .ok_or_else(|| bad("expected scheme://..."))?;
     let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
+    // `memcached://host:11211/` and `locmem:///` are common spellings: a trailing `/` is
+    // not part of the host list.
+    let hosts = hosts.trim_end_matches('/');
     let mut b = CacheBuilder::new();
     let mut limits = LocMemLimits::default();
     #[cfg(feature = "memcached")]
@@ -462,18 +471,31 @@ pub(crate) fn parse_url(url: &str) -> Result<CacheBuilder, crate::Error> {
             if locmem_params {
                 return Err(bad("locmem parameters given to memcached://").into());
             }
-            let servers: Vec<&str> = hosts.split(',').filter(|s| !s.is_empty()).collect();
+            // A host without a port gets memcached's default, 11211.
+            let servers: Vec<String> = hosts
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    let bare_v6 = s.starts_with('[') && s.ends_with(']');
+                    if bare_v6 || !s.contains(':') {
+                        format!("{s}:{DEFAULT_MEMCACHED_PORT}")
+                    } else {
+                        s.to_string()
+                    }
+                })
+                .collect();
             if servers.is_empty() {
-                return Err(bad("memcached:// needs at least one host:port").into());
+                return Err(bad("memcached:// needs at least one host or host:port").into());
             }
             for s in &servers {
                 let ok = s
                     .rsplit_once(':')
                     .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
                 if !ok {
-                    return Err(bad(&format!("{s:?} is not host:port")).into());
+                    return Err(bad(&format!("{s:?} is not host or host:port")).into());
                 }
             }
+            let servers: Vec<&str> = servers.iter().map(String::as_str).collect();
             b.memcached(&servers, mc)
         }
         other => {
@@ -486,6 +508,22 @@ pub(crate) fn parse_url(url: &str) -> Result<CacheBuilder, crate::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "memcached")]
+    #[test]
+    fn memcached_hosts_default_their_port_and_ignore_a_trailing_slash() {
+        for url in [
+            "memcached://127.0.0.1",
+            "memcached://127.0.0.1/",
+            "memcached://127.0.0.1:11211/?prefix=a",
+            "memcached://[::1]",
+        ] {
+            assert!(parse_url(url).is_ok(), "{url}");
+        }
+        assert!(parse_url("memcached://127.0.0.1:notaport").is_err());
+        assert!(parse_url("memcached:///").is_err());
+        assert!(parse_url("locmem:///").is_ok());
+    }
 
     #[test]
     fn parses_every_parameter() {
@@ -515,7 +553,7 @@ mod tests {
             ("locmem://?nope=1", "unknown"),
             ("locmem://?count_timeout=99999999999", "out of range"),
             ("memcached://", "host:port"),
-            ("memcached://localhost", "host:port"),
+            ("memcached://localhost:x", "host:port"),
             ("memcached://h:0", "host:port"),
             ("locmem://?max_entries=0", "positive"),
             ("locmem://?invalidate_on_create=sometimes", "whole-model"),

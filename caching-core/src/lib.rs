@@ -34,7 +34,9 @@ mod timeout;
 
 pub use backend::{AppendOutcome, Backend, CasOutcome, Item};
 pub use cache::Cache;
-pub use config::{CacheBuilder, CacheConfig, DependencyTracking, InvalidateOnCreate};
+pub use config::{
+    CacheBuilder, CacheConfig, DependencyTracking, InvalidateOnCreate, DEFAULT_MEMCACHED_PORT,
+};
 pub use error::{ConfigError, Error, Result};
 pub use flush::{InvalidationReport, Registrations};
 pub use hooks::StepHook;

@@ -482,6 +482,7 @@ fn hosts() -> impl Strategy<Value = Vec<&'static str>> {
         "[::1]:65535",
         "",
         "127.0.0.1",
+        "[::1]",
         "127.0.0.1:0",
         "127.0.0.1:65536",
         ":11211",
@@ -546,9 +547,17 @@ fn expected(scheme: &str, hosts: &[&str], params: &[Param]) -> Option<String> {
         "memcached"
             if !locmem_params
                 && !servers.is_empty()
-                && servers
-                    .iter()
-                    .all(|s| ["127.0.0.1:11211", "10.1.2.3:1", "[::1]:65535"].contains(s)) =>
+                && servers.iter().all(|s| {
+                    // A host without a port gets 11211.
+                    [
+                        "127.0.0.1:11211",
+                        "10.1.2.3:1",
+                        "[::1]:65535",
+                        "127.0.0.1",
+                        "[::1]",
+                    ]
+                    .contains(s)
+                }) =>
         {
             Some(prefix)
         }
@@ -615,7 +624,8 @@ proptest! {
             any::<String>(),
             nasty(),
             "locmem://[ -~]{0,40}".prop_map(String::from),
-            // No `:` in the host part: no DNS look-up.
+            // Digits, dots and brackets only: a host without a port gets 11211 and is
+            // resolved, which for these is an IP literal or fails without a DNS query.
             r"memcached://[0-9.,\[\]]{0,12}(\?[ -~]{0,30})?".prop_map(String::from),
             r"locmem://\?([a-z_]{1,14}=[!-~]{0,8}&?){0,4}".prop_map(String::from),
         ],

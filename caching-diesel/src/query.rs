@@ -47,10 +47,12 @@ impl<Q> CachedQuery<Q> {
     }
 
     /// Sets this query's timeout (overrides the cache's default; the cache's maximum timeout
-    /// still applies). A query that reads no table (`SELECT 1`, `SELECT now()`) is cached
-    /// only with an explicit timeout.
+    /// still applies), and turns caching on: like the original's `no_cache().cache(12)`,
+    /// whatever is set last sticks. A query that reads no table (`SELECT 1`, `SELECT now()`)
+    /// is cached only with an explicit timeout.
     pub fn timeout(mut self, timeout: impl Into<Timeout>) -> Self {
         self.options.timeout = Some(timeout.into());
+        self.options.disabled = false;
         self
     }
 

@@ -238,6 +238,27 @@ macro_rules! suite {
             e.queries();
             let _: Addon = q2().first(&mut e.conn).unwrap();
             assert_eq!(e.queries(), 0);
+            // Turning caching off and then giving a timeout caches (the original's
+            // `no_cache().cache(12)`); the other order does not.
+            let on = || {
+                users::table
+                    .find(1)
+                    .cached()
+                    .enabled(false)
+                    .cached_for(Duration::from_secs(60))
+            };
+            let off = || {
+                users::table
+                    .find(2)
+                    .cached()
+                    .cached_for(Duration::from_secs(60))
+                    .enabled(false)
+            };
+            for _ in 0..2 {
+                let _: User = on().first(&mut e.conn).unwrap();
+                let _: User = off().first(&mut e.conn).unwrap();
+            }
+            assert_eq!(e.queries(), 3, "enabled(false) then a timeout: cached");
         }
 
         #[test]
