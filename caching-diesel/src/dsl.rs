@@ -10,7 +10,8 @@ use crate::connection::CachedConnection;
 use crate::key::CacheConnection;
 use crate::query::CachedQuery;
 
-/// Adds `.cached()` to every Diesel query (query builder, boxed, `sql_query`).
+/// Adds `.cached()` to every Diesel query (query builder, boxed, `sql_query`): any type that
+/// implements Diesel's `AsQuery`.
 ///
 /// ```
 /// use caching_diesel::prelude::*;
@@ -52,4 +53,15 @@ pub trait CacheDsl: Sized {
     }
 }
 
-impl<T> CacheDsl for T {}
+/// Every Diesel query: query builders, boxed queries, `sql_query` (all implement `AsQuery`).
+/// Nothing else, so that `cache.cached(key, timeout, f)` on a [`Cache`](crate::Cache) with
+/// the prelude imported is [`Cache::cached`](crate::Cache::cached), not this trait's method.
+///
+/// ```
+/// use caching_diesel::prelude::*;
+/// use caching_diesel::{Cache, Timeout};
+/// let cache = Cache::locmem();
+/// let v: u32 = cache.cached("answer", Timeout::Forever, || 42);
+/// assert_eq!(v, 42);
+/// ```
+impl<T: AsQuery> CacheDsl for T {}
