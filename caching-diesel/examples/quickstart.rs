@@ -312,11 +312,11 @@ macro_rules! tour {
             let rows = rows?;
             line("uncached (plain Diesel)", statements.take(), "not asked", Some(t), &rows);
             let before = cache.stats();
-            let (rows, t) = timed(|| top_of(&fliggy).cached().load::<Addon, _>(&mut conn));
+            let (rows, t) = timed(|| top_of(&fliggy).cached().load::<Addon>(&mut conn));
             let rows = rows?;
             line("cached, first read", statements.take(), &outcome(&before, &cache.stats()), Some(t), &rows);
             let before = cache.stats();
-            let (rows, t) = timed(|| top_of(&fliggy).cached().load::<Addon, _>(&mut conn));
+            let (rows, t) = timed(|| top_of(&fliggy).cached().load::<Addon>(&mut conn));
             let rows = rows?;
             line("cached, second read", statements.take(), &outcome(&before, &cache.stats()), Some(t), &rows);
             println!();
@@ -330,7 +330,7 @@ macro_rules! tour {
                 r?;
                 plain.push(t);
                 plain_sent += statements.take();
-                let (r, t) = timed(|| top_of(&fliggy).cached().load::<Addon, _>(&mut conn));
+                let (r, t) = timed(|| top_of(&fliggy).cached().load::<Addon>(&mut conn));
                 r?;
                 cached.push(t);
                 cached_sent += statements.take();

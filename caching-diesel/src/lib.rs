@@ -61,7 +61,7 @@ pub use dsl::CacheDsl;
 pub use error::Error;
 pub use key::{CacheConnection, QueryIdentity, DIESEL_KEY_TAG};
 pub use model::{CacheableRow, CachedModel};
-pub use query::{CachedQuery, QueryOptions};
+pub use query::{CachedQuery, CachedRunQueryDsl, FirstCached, LoadCached, QueryOptions};
 pub use write::rows_invalidation;
 
 /// Everything a module using cached queries needs: Diesel's prelude, `.cached()`, and the
@@ -69,6 +69,7 @@ pub use write::rows_invalidation;
 pub mod prelude {
     pub use crate::dsl::CacheDsl;
     pub use crate::model::{CacheableRow, CachedModel};
+    pub use crate::query::CachedRunQueryDsl;
     pub use caching_derive::{Cached, CachedRow};
     pub use diesel::prelude::*;
 }

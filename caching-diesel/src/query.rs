@@ -207,78 +207,6 @@ impl<Q> CachedQuery<Q> {
         )
     }
 
-    /// Loads every row, through the cache.
-    ///
-    /// ```
-    /// use caching_diesel::prelude::*;
-    /// use caching_diesel::{Cache, CacheSet, CachedConnection};
-    /// let raw = SqliteConnection::establish(":memory:").unwrap();
-    /// let mut conn = CachedConnection::with_caches(raw, CacheSet::new(Cache::locmem()));
-    /// // A query that reads no table is cached only with an explicit timeout.
-    /// let v: Vec<i32> = diesel::select(1.into_sql::<diesel::sql_types::Integer>())
-    ///     .cached()
-    ///     .cached_for(std::time::Duration::from_secs(60))
-    ///     .load(&mut conn)
-    ///     .unwrap();
-    /// assert_eq!(v, vec![1]);
-    /// ```
-    pub fn load<'query, U, C>(self, conn: &mut CachedConnection<C>) -> QueryResult<Vec<U>>
-    where
-        C: CacheConnection,
-        U: CacheableRow + 'static,
-        Q: AsQuery,
-        Q::Query: QueryFragment<C::Backend> + LoadQuery<'query, C, U> + 'query,
-    {
-        conn.settle_plain_writes();
-        let query = self.query.as_query();
-        CachedQuery {
-            query: (),
-            options: self.options,
-        }
-        .read(conn, "query", query)
-    }
-
-    /// Same as [`load`](CachedQuery::load).
-    pub fn get_results<'query, U, C>(self, conn: &mut CachedConnection<C>) -> QueryResult<Vec<U>>
-    where
-        C: CacheConnection,
-        U: CacheableRow + 'static,
-        Q: AsQuery,
-        Q::Query: QueryFragment<C::Backend> + LoadQuery<'query, C, U> + 'query,
-    {
-        self.load(conn)
-    }
-
-    /// The first row of the result (`Err(NotFound)` if empty), through the cache.
-    pub fn get_result<'query, U, C>(self, conn: &mut CachedConnection<C>) -> QueryResult<U>
-    where
-        C: CacheConnection,
-        U: CacheableRow + 'static,
-        Q: AsQuery,
-        Q::Query: QueryFragment<C::Backend> + LoadQuery<'query, C, U> + 'query,
-    {
-        self.load(conn)?
-            .into_iter()
-            .next()
-            .ok_or(diesel::result::Error::NotFound)
-    }
-
-    /// The first row with `LIMIT 1` (like Diesel's `first`), through the cache.
-    pub fn first<'query, U, C>(self, conn: &mut CachedConnection<C>) -> QueryResult<U>
-    where
-        C: CacheConnection,
-        U: CacheableRow + 'static,
-        Q: LimitDsl,
-        Limit<Q>: AsQuery,
-        <Limit<Q> as AsQuery>::Query: QueryFragment<C::Backend> + LoadQuery<'query, C, U> + 'query,
-    {
-        CachedQuery {
-            query: self.query.limit(1),
-            options: self.options,
-        }
-        .get_result(conn)
-    }
-
     /// `COUNT(*)` of the query, through the cache. The count depends on the equality
     /// conditions of its WHERE clause (a matching insert, delete or update invalidates it at
     /// once) or, without one, on every write to its tables. The cache's count timeout, if
@@ -313,6 +241,117 @@ impl<Q> CachedQuery<Q> {
         rows.into_iter()
             .next()
             .ok_or(diesel::result::Error::NotFound)
+    }
+}
+
+/// The reads of a cached query, shaped like Diesel's `RunQueryDsl` (`load::<User>(&mut conn)`
+/// with one type parameter, as in Diesel): `load`, `get_results`, `get_result` and `first`
+/// through the cache. In the [prelude](crate::prelude).
+///
+/// ```
+/// use caching_diesel::prelude::*;
+/// use caching_diesel::{Cache, CacheSet, CachedConnection};
+/// let raw = SqliteConnection::establish(":memory:").unwrap();
+/// let mut conn = CachedConnection::with_caches(raw, CacheSet::new(Cache::locmem()));
+/// // A query that reads no table is cached only with an explicit timeout.
+/// let v = diesel::select(1.into_sql::<diesel::sql_types::Integer>())
+///     .cached()
+///     .cached_for(std::time::Duration::from_secs(60))
+///     .load::<i32>(&mut conn)
+///     .unwrap();
+/// assert_eq!(v, vec![1]);
+/// let one: i32 = diesel::select(1.into_sql::<diesel::sql_types::Integer>())
+///     .cached()
+///     .cached_for(std::time::Duration::from_secs(60))
+///     .first(&mut conn)
+///     .unwrap();
+/// assert_eq!(one, 1);
+/// ```
+pub trait CachedRunQueryDsl<Conn>: Sized {
+    /// Loads every row, through the cache.
+    fn load<'query, U>(self, conn: &mut Conn) -> QueryResult<Vec<U>>
+    where
+        Self: LoadCached<'query, Conn, U>,
+    {
+        self.load_cached(conn)
+    }
+
+    /// Same as [`load`](CachedRunQueryDsl::load).
+    fn get_results<'query, U>(self, conn: &mut Conn) -> QueryResult<Vec<U>>
+    where
+        Self: LoadCached<'query, Conn, U>,
+    {
+        self.load_cached(conn)
+    }
+
+    /// The first row of the result (`Err(NotFound)` if empty), through the cache.
+    fn get_result<'query, U>(self, conn: &mut Conn) -> QueryResult<U>
+    where
+        Self: LoadCached<'query, Conn, U>,
+    {
+        self.load_cached(conn)?
+            .into_iter()
+            .next()
+            .ok_or(diesel::result::Error::NotFound)
+    }
+
+    /// The first row with `LIMIT 1` (like Diesel's `first`), through the cache.
+    fn first<'query, U>(self, conn: &mut Conn) -> QueryResult<U>
+    where
+        Self: FirstCached<'query, Conn, U>,
+    {
+        self.first_cached(conn)
+    }
+}
+
+impl<Q, Conn> CachedRunQueryDsl<Conn> for CachedQuery<Q> {}
+
+/// Loads the rows of a cached query on a connection (the bounds behind
+/// [`CachedRunQueryDsl::load`]; Diesel's `LoadQuery` plays this part for `RunQueryDsl`).
+pub trait LoadCached<'query, Conn, U> {
+    /// Loads every row, through the cache.
+    fn load_cached(self, conn: &mut Conn) -> QueryResult<Vec<U>>;
+}
+
+impl<'query, Q, C, U> LoadCached<'query, CachedConnection<C>, U> for CachedQuery<Q>
+where
+    C: CacheConnection,
+    U: CacheableRow + 'static,
+    Q: AsQuery,
+    Q::Query: QueryFragment<C::Backend> + LoadQuery<'query, C, U> + 'query,
+{
+    fn load_cached(self, conn: &mut CachedConnection<C>) -> QueryResult<Vec<U>> {
+        conn.settle_plain_writes();
+        let query = self.query.as_query();
+        CachedQuery {
+            query: (),
+            options: self.options,
+        }
+        .read(conn, "query", query)
+    }
+}
+
+/// The first row of a cached query with `LIMIT 1` (the bounds behind
+/// [`CachedRunQueryDsl::first`]).
+pub trait FirstCached<'query, Conn, U> {
+    /// The first row, through the cache.
+    fn first_cached(self, conn: &mut Conn) -> QueryResult<U>;
+}
+
+impl<'query, Q, C, U> FirstCached<'query, CachedConnection<C>, U> for CachedQuery<Q>
+where
+    C: CacheConnection,
+    U: CacheableRow + 'static,
+    Q: LimitDsl,
+    Limit<Q>: AsQuery,
+    <Limit<Q> as AsQuery>::Query: QueryFragment<C::Backend> + LoadQuery<'query, C, U> + 'query,
+{
+    fn first_cached(self, conn: &mut CachedConnection<C>) -> QueryResult<U> {
+        CachedQuery {
+            query: self.query.limit(1),
+            options: self.options,
+        }
+        .get_result(conn)
     }
 }
 

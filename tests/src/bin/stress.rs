@@ -1067,12 +1067,9 @@ fn cached_find(
 ) -> QueryResult<Addon> {
     let query = addons::table.find(id);
     if unlinked {
-        query
-            .cached()
-            .first::<UnlinkedAddon, _>(conn)
-            .map(Addon::from)
+        query.cached().first::<UnlinkedAddon>(conn).map(Addon::from)
     } else {
-        query.cached().first::<Addon, _>(conn)
+        query.cached().first::<Addon>(conn)
     }
 }
 
@@ -1082,10 +1079,10 @@ macro_rules! cached_list {
         if $unlinked {
             $query
                 .cached()
-                .load::<UnlinkedAddon, _>($conn)
+                .load::<UnlinkedAddon>($conn)
                 .map(|v| v.into_iter().map(Addon::from).collect::<Vec<Addon>>())
         } else {
-            $query.cached().load::<Addon, _>($conn)
+            $query.cached().load::<Addon>($conn)
         }
     };
 }
