@@ -250,7 +250,7 @@ impl Cache {
         });
         if let Some(why) = bypass {
             self.inner.stats.inc(Counter::BypassedReads);
-            tracing::debug!(key, why, "cache bypassed");
+            tracing::debug!(key, tables = ?plan.tables, why, "cache bypassed");
             return load().map(|v| (v, ReadOutcome::Bypassed(why)));
         }
         let guarded: &[&str] = match plan.guarded {
@@ -269,14 +269,14 @@ impl Cache {
             match JsonCodec::decode::<T>(bytes) {
                 Ok(v) => {
                     self.inner.stats.inc(Counter::Hits);
-                    tracing::debug!(key, "cache hit");
+                    tracing::debug!(key, tables = ?plan.tables, "cache hit");
                     return Ok((v, ReadOutcome::Hit));
                 }
                 Err(e) => self.record_decode_error(key, &e),
             }
         }
         self.inner.stats.inc(Counter::Misses);
-        tracing::debug!(key, "cache miss");
+        tracing::debug!(key, tables = ?plan.tables, "cache miss");
         self.step("read");
         let value = load()?;
         let Some(lookup) = lookup else {
@@ -288,7 +288,7 @@ impl Cache {
             .map_or_else(|| register(&value, &mut regs), Err);
         if let Err(why) = refused {
             self.inner.stats.inc(Counter::SkippedFills);
-            tracing::debug!(key, why, "cache fill skipped");
+            tracing::debug!(key, tables = ?plan.tables, why, "cache fill skipped");
             return Ok((value, ReadOutcome::Miss));
         }
         let payload = match JsonCodec::encode(&value) {

@@ -51,7 +51,7 @@ mod write;
 pub use caches::{install, process_caches, CacheSet};
 pub use caching_core::{
     self as core, Cache, CacheBuilder, CacheConfig, DependencyTracking, InvalidateOnCreate,
-    Invalidation, ObjectKey, PredicateValue, StatsSnapshot, Timeout,
+    Invalidation, ObjectKey, PredicateValue, ReadOutcome, StatsSnapshot, Timeout,
 };
 pub use caching_derive::{Cached, CachedRow};
 pub use columns::{ColumnClass, ModelInfo};

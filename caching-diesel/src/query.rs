@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use caching_core::{Cache, Expiry, ReadPlan, Registrations, Timeout};
+use caching_core::{Cache, Expiry, ReadOutcome, ReadPlan, Registrations, Timeout};
 use diesel::dsl::{CountStar, Limit, Select};
 use diesel::query_builder::{AsQuery, QueryFragment};
 use diesel::query_dsl::methods::{LimitDsl, SelectDsl};
@@ -134,14 +134,19 @@ impl<Q> CachedQuery<Q> {
         conn: &mut CachedConnection<C>,
         kind: &str,
         query: X,
-    ) -> QueryResult<Vec<U>>
+    ) -> QueryResult<(Vec<U>, ReadOutcome)>
     where
         C: CacheConnection,
         U: CacheableRow + 'static,
         X: QueryFragment<C::Backend> + LoadQuery<'query, C, U> + 'query,
     {
+        let bypassed = |conn: &mut CachedConnection<C>, query: X, why: &'static str| {
+            query
+                .load(&mut conn.conn)
+                .map(|rows| (rows, ReadOutcome::Bypassed(why)))
+        };
         if self.options.disabled {
-            return query.load(&mut conn.conn);
+            return bypassed(conn, query, "caching turned off for this query");
         }
         let cache = conn.caches.get(self.options.cache.as_deref())?.clone();
         let model_tables = self.tables_of::<U>();
@@ -149,7 +154,7 @@ impl<Q> CachedQuery<Q> {
             Ok(i) => i,
             Err(e) => {
                 tracing::warn!(error = %e, "could not build a cache key; reading the database");
-                return query.load(&mut conn.conn);
+                return bypassed(conn, query, "no cache key");
             }
         };
         let mut models = Vec::new();
@@ -169,13 +174,13 @@ impl<Q> CachedQuery<Q> {
             Ok(d) => d,
             Err(why) => {
                 crate::deps::warn_uncacheable(&identity.sql, &why);
-                return query.load(&mut conn.conn);
+                return bypassed(conn, query, "dependencies cannot be read from the SQL");
             }
         };
         if deps.tables.is_empty() && self.options.timeout.is_none() {
             // No table: a constant, or a function whose value no write changes (`now()`).
             // Cached only for an explicit timeout.
-            return query.load(&mut conn.conn);
+            return bypassed(conn, query, "reads no table and has no timeout");
         }
         let key = key_of::<U, C>(conn, &cache, kind, &model_tables, &identity);
         let timeout = self.options.timeout.unwrap_or_default();
@@ -237,7 +242,8 @@ impl<Q> CachedQuery<Q> {
             query: (),
             options: self.options,
         }
-        .read::<i64, C, _>(conn, "count", query)?;
+        .read::<i64, C, _>(conn, "count", query)?
+        .0;
         rows.into_iter()
             .next()
             .ok_or(diesel::result::Error::NotFound)
@@ -276,6 +282,35 @@ pub trait CachedRunQueryDsl<Conn>: Sized {
         self.load_cached(conn)
     }
 
+    /// [`load`](CachedRunQueryDsl::load), and how the read was answered: a hit, a miss, or
+    /// bypassed and why (caching turned off for the query, dependencies that cannot be read
+    /// from its SQL, a transaction that must see its own writes, ...).
+    ///
+    /// ```
+    /// use caching_diesel::prelude::*;
+    /// use caching_diesel::{Cache, CacheSet, CachedConnection, ReadOutcome};
+    /// diesel::table! { users (id) { id -> Integer, name -> Text } }
+    /// #[derive(Queryable, Selectable, Identifiable, Cached, serde::Serialize, serde::Deserialize)]
+    /// #[diesel(table_name = users)]
+    /// struct User { id: i32, name: String }
+    /// let raw = SqliteConnection::establish(":memory:").unwrap();
+    /// let mut conn = CachedConnection::with_caches(raw, CacheSet::new(Cache::locmem()));
+    /// diesel::sql_query("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL)").execute(&mut conn).unwrap();
+    /// diesel::sql_query("INSERT INTO users VALUES (1, 'fliggy')").execute(&mut conn).unwrap();
+    /// let q = || users::table.find(1).cached();
+    /// let (_, first) = q().load_with_outcome::<User>(&mut conn).unwrap();
+    /// let (_, second) = q().load_with_outcome::<User>(&mut conn).unwrap();
+    /// assert_eq!((first, second), (ReadOutcome::Miss, ReadOutcome::Hit));
+    /// let (_, off) = q().enabled(false).load_with_outcome::<User>(&mut conn).unwrap();
+    /// assert!(matches!(off, ReadOutcome::Bypassed(_)));
+    /// ```
+    fn load_with_outcome<'query, U>(self, conn: &mut Conn) -> QueryResult<(Vec<U>, ReadOutcome)>
+    where
+        Self: LoadCached<'query, Conn, U>,
+    {
+        LoadCached::load_with_outcome(self, conn)
+    }
+
     /// Same as [`load`](CachedRunQueryDsl::load).
     fn get_results<'query, U>(self, conn: &mut Conn) -> QueryResult<Vec<U>>
     where
@@ -308,9 +343,14 @@ impl<Q, Conn> CachedRunQueryDsl<Conn> for CachedQuery<Q> {}
 
 /// Loads the rows of a cached query on a connection (the bounds behind
 /// [`CachedRunQueryDsl::load`]; Diesel's `LoadQuery` plays this part for `RunQueryDsl`).
-pub trait LoadCached<'query, Conn, U> {
+pub trait LoadCached<'query, Conn, U>: Sized {
+    /// Loads every row, through the cache, and says how the read was answered.
+    fn load_with_outcome(self, conn: &mut Conn) -> QueryResult<(Vec<U>, ReadOutcome)>;
+
     /// Loads every row, through the cache.
-    fn load_cached(self, conn: &mut Conn) -> QueryResult<Vec<U>>;
+    fn load_cached(self, conn: &mut Conn) -> QueryResult<Vec<U>> {
+        self.load_with_outcome(conn).map(|(rows, _)| rows)
+    }
 }
 
 impl<'query, Q, C, U> LoadCached<'query, CachedConnection<C>, U> for CachedQuery<Q>
@@ -320,7 +360,10 @@ where
     Q: AsQuery,
     Q::Query: QueryFragment<C::Backend> + LoadQuery<'query, C, U> + 'query,
 {
-    fn load_cached(self, conn: &mut CachedConnection<C>) -> QueryResult<Vec<U>> {
+    fn load_with_outcome(
+        self,
+        conn: &mut CachedConnection<C>,
+    ) -> QueryResult<(Vec<U>, ReadOutcome)> {
         conn.settle_plain_writes();
         let query = self.query.as_query();
         CachedQuery {
@@ -384,7 +427,7 @@ pub(crate) fn read_through<C, U, R, G>(
     guarded: &[&str],
     read: R,
     register: G,
-) -> QueryResult<Vec<U>>
+) -> QueryResult<(Vec<U>, ReadOutcome)>
 where
     C: CacheConnection,
     U: serde::Serialize + serde::de::DeserializeOwned,
@@ -410,7 +453,7 @@ where
     }
     let cache_empty = cache.config().cache_empty_results;
     let inner = &mut conn.conn;
-    let (rows, _) = cache.read_through(
+    cache.read_through(
         &plan,
         || read(inner),
         |rows: &Vec<U>, regs: &mut Registrations| {
@@ -420,6 +463,5 @@ where
             register(rows, regs);
             Ok(())
         },
-    )?;
-    Ok(rows)
+    )
 }

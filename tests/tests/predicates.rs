@@ -358,6 +358,34 @@ macro_rules! suite {
         }
 
         #[test]
+        fn read_outcomes_tell_hits_misses_and_bypasses() {
+            use caching_diesel::ReadOutcome;
+            let Some(mut e) = env("p_outcome") else {
+                return;
+            };
+            let q = || addons::table.filter(addons::author1_id.eq(1)).cached();
+            let (_, a) = q().load_with_outcome::<Addon>(&mut e.conn).unwrap();
+            let (_, b) = q().load_with_outcome::<Addon>(&mut e.conn).unwrap();
+            assert_eq!((a, b), (ReadOutcome::Miss, ReadOutcome::Hit));
+            assert_eq!(e.queries(), 1);
+            let (_, off) = q()
+                .enabled(false)
+                .load_with_outcome::<Addon>(&mut e.conn)
+                .unwrap();
+            assert!(matches!(off, ReadOutcome::Bypassed(_)), "{off:?}");
+            let (_, in_tx) = e
+                .conn
+                .transaction(|c| {
+                    diesel::update(addons::table.find(3))
+                        .set(addons::val.eq(9))
+                        .execute(c)?;
+                    q().load_with_outcome::<Addon>(c)
+                })
+                .unwrap();
+            assert!(matches!(in_tx, ReadOutcome::Bypassed(_)), "{in_tx:?}");
+        }
+
+        #[test]
         fn strict_writes_refuse_plain_writes_through_the_wrapper() {
             let Some(mut e) = env_with("p_strict", |b| b.strict_writes(true)) else {
                 return;
