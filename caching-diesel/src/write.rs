@@ -86,6 +86,13 @@ fn updated<'a, M: CachedModel + 'a>(rows: impl IntoIterator<Item = &'a M>) -> In
     inv
 }
 
+/// The first of the rows a single-row helper wrote, or `NotFound`.
+fn first_row<M>(rows: Vec<M>) -> QueryResult<M> {
+    rows.into_iter()
+        .next()
+        .ok_or(diesel::result::Error::NotFound)
+}
+
 /// Whole-table invalidation of `M` (model name and SQL table).
 fn whole<M: CachedModel>() -> Invalidation {
     let mut inv = Invalidation::new();
@@ -220,6 +227,59 @@ impl<C: CacheConnection> CachedConnection<C> {
         let rows: Vec<M> = self.helper_write(|c| statement.get_results(c))?;
         self.after_write(rows_invalidation(rows.iter()))?;
         Ok(rows)
+    }
+
+    /// [`insert`](Self::insert) of one row: the inserted row (`Err(NotFound)` if the
+    /// statement returned none, e.g. `ON CONFLICT DO NOTHING`; the first if it returned
+    /// several, all of which are invalidated).
+    ///
+    /// ```
+    /// use caching_diesel::prelude::*;
+    /// use caching_diesel::{Cache, CacheSet, CachedConnection};
+    /// diesel::table! { users (id) { id -> Integer, name -> Text } }
+    /// #[derive(Queryable, Selectable, Insertable, Identifiable, AsChangeset, Cached, serde::Serialize, serde::Deserialize)]
+    /// #[diesel(table_name = users)]
+    /// struct User { id: i32, name: String }
+    /// let raw = SqliteConnection::establish(":memory:").unwrap();
+    /// let mut conn = CachedConnection::with_caches(raw, CacheSet::new(Cache::locmem()));
+    /// diesel::sql_query("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL)").execute(&mut conn).unwrap();
+    /// let u: User = conn
+    ///     .insert_one(diesel::insert_into(users::table).values(User { id: 1, name: "fliggy".into() }))
+    ///     .unwrap();
+    /// let u: User = conn
+    ///     .update_one(diesel::update(users::table.find(u.id)).set(users::name.eq("clouseroo")))
+    ///     .unwrap();
+    /// assert_eq!(u.name, "clouseroo");
+    /// let gone: User = conn.delete_one(diesel::delete(users::table.find(1))).unwrap();
+    /// assert_eq!(gone.id, 1);
+    /// assert!(conn.delete_one::<User, _>(diesel::delete(users::table.find(1))).is_err());
+    /// ```
+    pub fn insert_one<'query, M, S>(&mut self, statement: S) -> QueryResult<M>
+    where
+        M: CachedModel,
+        S: LoadQuery<'query, C, M> + QueryFragment<C::Backend>,
+    {
+        first_row(self.insert(statement)?)
+    }
+
+    /// [`update`](Self::update) of one row: the updated row (`Err(NotFound)` if none matched;
+    /// the first if several did, all of which are invalidated).
+    pub fn update_one<'query, M, S>(&mut self, statement: S) -> QueryResult<M>
+    where
+        M: CachedModel,
+        S: LoadQuery<'query, C, M>,
+    {
+        first_row(self.update(statement)?)
+    }
+
+    /// [`delete`](Self::delete) of one row: the deleted row (`Err(NotFound)` if none matched;
+    /// the first if several did, all of which are invalidated).
+    pub fn delete_one<'query, M, S>(&mut self, statement: S) -> QueryResult<M>
+    where
+        M: CachedModel,
+        S: LoadQuery<'query, C, M>,
+    {
+        first_row(self.delete(statement)?)
     }
 
     /// Runs any write statement and invalidates the given rows (use it when you know the rows
