@@ -182,7 +182,7 @@ impl<C: CacheConnection> CachedConnection<C> {
 
     /// Whether strict writes are on (any cache of the set asks for them).
     pub(crate) fn strict_writes(&self) -> bool {
-        self.caches.all().iter().any(|c| c.config().strict_writes)
+        crate::plain::strict(&self.plain)
     }
 
     /// Sets the database label (part of every query key: a primary and a replica, or two

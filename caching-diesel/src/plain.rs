@@ -258,6 +258,11 @@ pub(crate) fn settle(state: &Mutex<PlainWrites>) {
     state.lock().unwrap_or_else(|e| e.into_inner()).settle();
 }
 
+/// Whether strict writes are on (any cache of the connection's set asks for them).
+pub(crate) fn strict(state: &Mutex<PlainWrites>) -> bool {
+    state.lock().unwrap_or_else(|e| e.into_inner()).strict
+}
+
 /// Whether a transaction opened with raw SQL (`BEGIN` run as a statement) is open: the cache
 /// treats it like any transaction begun behind its back.
 pub(crate) fn in_raw_transaction(state: &Mutex<PlainWrites>) -> bool {
@@ -270,7 +275,7 @@ pub(crate) fn in_raw_transaction(state: &Mutex<PlainWrites>) -> bool {
 /// Whether `sql_text` is one transaction-control statement (`BEGIN`, `START TRANSACTION`,
 /// `COMMIT`, `END`, `ROLLBACK [TO]`, `ABORT`, `SAVEPOINT`, `RELEASE`).
 fn is_transaction_control(sql_text: &str) -> bool {
-    if sql_text.trim_end().trim_end_matches(';').contains(';') {
+    if !crate::sql::single_statement(sql_text) {
         return false;
     }
     let first = crate::sql::first_keyword(sql_text);

@@ -244,9 +244,7 @@ impl<Q> CachedQuery<Q> {
         }
         .read::<i64, C, _>(conn, "count", query)?
         .0;
-        rows.into_iter()
-            .next()
-            .ok_or(diesel::result::Error::NotFound)
+        first_row(rows)
     }
 }
 
@@ -324,10 +322,7 @@ pub trait CachedRunQueryDsl<Conn>: Sized {
     where
         Self: LoadCached<'query, Conn, U>,
     {
-        self.load_cached(conn)?
-            .into_iter()
-            .next()
-            .ok_or(diesel::result::Error::NotFound)
+        first_row(self.load_cached(conn)?)
     }
 
     /// The first row with `LIMIT 1` (like Diesel's `first`), through the cache.
@@ -396,6 +391,13 @@ where
         }
         .get_result(conn)
     }
+}
+
+/// The first of `rows`, or `NotFound` (`get_result`, `first`, counts, single-row writes).
+pub(crate) fn first_row<T>(rows: Vec<T>) -> QueryResult<T> {
+    rows.into_iter()
+        .next()
+        .ok_or(diesel::result::Error::NotFound)
 }
 
 pub(crate) fn key_of<U, C>(

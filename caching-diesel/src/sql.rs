@@ -138,11 +138,17 @@ pub(crate) fn analysed(sql: &str, dialect: Dialect) -> Arc<Result<Statement, Str
     result
 }
 
+/// Whether `sql` holds one statement (no `;` but trailing ones; a `;` inside a string literal
+/// counts too, which only makes callers more careful).
+pub(crate) fn single_statement(sql: &str) -> bool {
+    !sql.trim_end().trim_end_matches(';').contains(';')
+}
+
 /// Whether `sql` may write: `false` only for statements that certainly do not (`SELECT`,
 /// `SHOW`, transaction control, ..), so that reads skip the parser.
 pub(crate) fn may_write(sql: &str) -> bool {
     // Several statements (`BEGIN; UPDATE ..; COMMIT`): the first keyword tells nothing.
-    if sql.trim_end().trim_end_matches(';').contains(';') {
+    if !single_statement(sql) {
         return true;
     }
     !matches!(

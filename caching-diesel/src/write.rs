@@ -23,6 +23,7 @@
 
 use caching_core::{InvalidateOnCreate, Invalidation};
 
+use crate::query::first_row;
 use crate::sql::Upsert;
 use diesel::query_dsl::methods::ExecuteDsl;
 use diesel::query_dsl::{LoadQuery, UpdateAndFetchResults};
@@ -84,13 +85,6 @@ fn updated<'a, M: CachedModel + 'a>(rows: impl IntoIterator<Item = &'a M>) -> In
     let mut inv = rows_invalidation(rows);
     inv.old_values_unknown(M::SQL_TABLE);
     inv
-}
-
-/// The first of the rows a single-row helper wrote, or `NotFound`.
-fn first_row<M>(rows: Vec<M>) -> QueryResult<M> {
-    rows.into_iter()
-        .next()
-        .ok_or(diesel::result::Error::NotFound)
 }
 
 /// Whole-table invalidation of `M` (model name and SQL table).
