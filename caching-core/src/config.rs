@@ -5,10 +5,14 @@
 //! ```text
 //! locmem://?prefix=app&max_entries=100000&max_bytes=268435456&item_size=1048576
 //! memcached://127.0.0.1:11211,127.0.0.1:11212?prefix=app&connect_timeout_ms=250&io_timeout_ms=500&op_timeout_ms=2000&pool_size=16&retry_after_ms=1000
+//! redis://127.0.0.1:6379/0?prefix=app&connect_timeout_ms=250&io_timeout_ms=500&pool_size=16&retry_after_ms=1000&item_size=1048576&client_name=app
 //! ```
 //!
 //! A memcached host without a port gets 11211 ([`DEFAULT_MEMCACHED_PORT`]); a trailing `/`
-//! after the hosts is ignored.
+//! after the hosts is ignored. A Redis URL names one host (port 6379 by default,
+//! [`DEFAULT_REDIS_PORT`]), optionally a database number (`/2`) and credentials
+//! (`redis://user:password@host`, `redis://:password@host`; taken literally, so the password
+//! cannot contain `@`, `/` or `?`; error messages show it as `***`).
 //!
 //! Parameters for every scheme:
 //!
@@ -174,6 +178,30 @@ impl CacheBuilder {
         Ok(self.backend(crate::backend::memcached::Memcached::new(servers, options)?))
     }
 
+    /// Uses a Redis backend on `server`: `host[:port]` or
+    /// `redis://[[user]:password@]host[:port][/db]` (see
+    /// [`Redis::new`](crate::backend::redis::Redis::new)).
+    ///
+    /// ```
+    /// use caching_core::backend::redis::RedisOptions;
+    /// use caching_core::Cache;
+    /// let cache = Cache::builder()
+    ///     .redis("127.0.0.1:6379", RedisOptions::default())
+    ///     .unwrap()
+    ///     .prefix("app")
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(cache.backend().name(), "redis");
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn redis(
+        self,
+        server: &str,
+        options: crate::backend::redis::RedisOptions,
+    ) -> Result<Self, crate::Error> {
+        Ok(self.backend(crate::backend::redis::Redis::new(server, options)?))
+    }
+
     /// Uses `backend`.
     pub fn backend(self, backend: impl Backend) -> Self {
         self.shared_backend(Arc::new(backend))
@@ -321,13 +349,68 @@ fn parse_bool(name: &'static str, v: &str) -> Result<bool, ConfigError> {
     }
 }
 
-/// Parses a cache URL into a builder. See the module docs for the parameters.
 /// The port a `memcached://` host without one gets.
 pub const DEFAULT_MEMCACHED_PORT: u16 = 11211;
 
+/// The port a `redis://` host without one gets.
+pub const DEFAULT_REDIS_PORT: u16 = 6379;
+
+/// The URL schemes this build supports, for error messages.
+pub(crate) fn supported_schemes() -> &'static str {
+    match (cfg!(feature = "memcached"), cfg!(feature = "redis")) {
+        (true, true) => "locmem://, memcached:// or redis://",
+        (true, false) => "locmem:// or memcached://",
+        (false, true) => "locmem:// or redis://",
+        (false, false) => "locmem://",
+    }
+}
+
+/// `url` with the credentials of its authority (`user:password@`) replaced by `***`, for
+/// error messages and logs.
+pub(crate) fn redact_credentials(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let sep = if url.contains("://") { "://" } else { "" };
+            format!("{scheme}{sep}***{}", &rest[at..])
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Connection parameters of the server backends (`memcached://`, `redis://`), which share
+/// their names.
+#[derive(Debug, Default)]
+struct ServerParams {
+    connect_timeout: Option<Duration>,
+    io_timeout: Option<Duration>,
+    op_timeout: Option<Duration>,
+    pool_size: Option<usize>,
+    retry_after: Option<Duration>,
+    /// `redis://` only.
+    client_name: Option<String>,
+}
+
+impl ServerParams {
+    fn any(&self) -> bool {
+        self.connect_timeout.is_some()
+            || self.io_timeout.is_some()
+            || self.op_timeout.is_some()
+            || self.pool_size.is_some()
+            || self.retry_after.is_some()
+            || self.client_name.is_some()
+    }
+}
+
+fn parse_ms(name: &'static str, v: &str) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_millis(parse_usize(name, v)? as u64))
+}
+
+/// Parses a cache URL into a builder. See the module docs for the parameters.
 pub(crate) fn parse_url(url: &str) -> Result<CacheBuilder, crate::Error> {
     let bad = |reason: &str| ConfigError::Url {
-        url: url.to_string(),
+        url: redact_credentials(url),
         reason: reason.to_string(),
     };
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -342,9 +425,8 @@ pub(crate) fn parse_url(url: &str) -> Result<CacheBuilder, crate::Error> {
     let hosts = hosts.trim_end_matches('/');
     let mut b = CacheBuilder::new();
     let mut limits = LocMemLimits::default();
-    #[cfg(feature = "memcached")]
-    let mut mc = crate::backend::memcached::MemcachedOptions::default();
-    let mut mc_params = false;
+    let mut server = ServerParams::default();
+    let mut item_size = None;
     let mut locmem_params = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair
@@ -423,35 +505,25 @@ pub(crate) fn parse_url(url: &str) -> Result<CacheBuilder, crate::Error> {
                 locmem_params = true;
                 limits.max_bytes = parse_usize("max_bytes", v)?
             }
-            "item_size" => {
-                locmem_params = true;
-                limits.max_item_size = parse_usize("item_size", v)?
-            }
-            #[cfg(feature = "memcached")]
+            // locmem:// and redis:// (memcached asks its servers).
+            "item_size" => item_size = Some(parse_usize("item_size", v)?),
             "connect_timeout_ms" => {
-                mc_params = true;
-                mc.connect_timeout =
-                    Duration::from_millis(parse_usize("connect_timeout_ms", v)? as u64)
+                server.connect_timeout = Some(parse_ms("connect_timeout_ms", v)?)
             }
-            #[cfg(feature = "memcached")]
-            "io_timeout_ms" => {
-                mc_params = true;
-                mc.io_timeout = Duration::from_millis(parse_usize("io_timeout_ms", v)? as u64)
-            }
-            #[cfg(feature = "memcached")]
-            "op_timeout_ms" => {
-                mc_params = true;
-                mc.op_timeout = Duration::from_millis(parse_usize("op_timeout_ms", v)? as u64)
-            }
-            #[cfg(feature = "memcached")]
-            "pool_size" => {
-                mc_params = true;
-                mc.pool_size = parse_usize("pool_size", v)?
-            }
-            #[cfg(feature = "memcached")]
-            "retry_after_ms" => {
-                mc_params = true;
-                mc.retry_after = Duration::from_millis(parse_usize("retry_after_ms", v)? as u64)
+            "io_timeout_ms" => server.io_timeout = Some(parse_ms("io_timeout_ms", v)?),
+            "op_timeout_ms" => server.op_timeout = Some(parse_ms("op_timeout_ms", v)?),
+            "pool_size" => server.pool_size = Some(parse_usize("pool_size", v)?),
+            "retry_after_ms" => server.retry_after = Some(parse_ms("retry_after_ms", v)?),
+            "client_name" => {
+                if v.is_empty() || !v.chars().all(|c| c.is_ascii_graphic()) {
+                    return Err(param_err(
+                        "client_name",
+                        v,
+                        "expected printable ASCII without spaces",
+                    )
+                    .into());
+                }
+                server.client_name = Some(v.to_string())
             }
             other => return Err(ConfigError::UnknownParameter(other.to_string()).into()),
         }
@@ -461,16 +533,30 @@ pub(crate) fn parse_url(url: &str) -> Result<CacheBuilder, crate::Error> {
             if !hosts.is_empty() {
                 return Err(bad("locmem:// takes no host").into());
             }
-            if mc_params {
-                return Err(bad("memcached parameters given to locmem://").into());
+            if server.any() {
+                return Err(bad("server parameters given to locmem://").into());
+            }
+            if let Some(n) = item_size {
+                limits.max_item_size = n;
             }
             Ok(b.backend(LocMem::with_limits(limits)))
         }
         #[cfg(feature = "memcached")]
         "memcached" => {
-            if locmem_params {
+            if locmem_params || item_size.is_some() {
                 return Err(bad("locmem parameters given to memcached://").into());
             }
+            if server.client_name.is_some() {
+                return Err(bad("client_name is a redis:// parameter").into());
+            }
+            let defaults = crate::backend::memcached::MemcachedOptions::default();
+            let mc = crate::backend::memcached::MemcachedOptions {
+                connect_timeout: server.connect_timeout.unwrap_or(defaults.connect_timeout),
+                io_timeout: server.io_timeout.unwrap_or(defaults.io_timeout),
+                op_timeout: server.op_timeout.unwrap_or(defaults.op_timeout),
+                pool_size: server.pool_size.unwrap_or(defaults.pool_size),
+                retry_after: server.retry_after.unwrap_or(defaults.retry_after),
+            };
             // A host without a port gets memcached's default, 11211.
             let servers: Vec<String> = hosts
                 .split(',')
@@ -498,9 +584,39 @@ pub(crate) fn parse_url(url: &str) -> Result<CacheBuilder, crate::Error> {
             let servers: Vec<&str> = servers.iter().map(String::as_str).collect();
             b.memcached(&servers, mc)
         }
+        #[cfg(feature = "redis")]
+        "redis" => {
+            if locmem_params {
+                return Err(bad("locmem parameters given to redis://").into());
+            }
+            if server.op_timeout.is_some() {
+                return Err(bad(
+                    "op_timeout_ms is not supported by redis:// (each read or write is bounded by io_timeout_ms)",
+                )
+                .into());
+            }
+            let defaults = crate::backend::redis::RedisOptions::default();
+            let options = crate::backend::redis::RedisOptions {
+                connect_timeout: server.connect_timeout.unwrap_or(defaults.connect_timeout),
+                io_timeout: server.io_timeout.unwrap_or(defaults.io_timeout),
+                pool_size: server.pool_size.unwrap_or(defaults.pool_size),
+                retry_after: server.retry_after.unwrap_or(defaults.retry_after),
+                item_size: item_size.unwrap_or(defaults.item_size),
+                client_name: server.client_name,
+                ..defaults
+            };
+            // `hosts` still holds any credentials and `/db`: Redis::new parses them.
+            b.redis(&format!("redis://{hosts}"), options)
+        }
         other => {
-            let _ = (mc_params, locmem_params);
-            Err(ConfigError::Scheme(other.to_string()).into())
+            let _ = (&server, item_size, locmem_params);
+            match other {
+                "memcached" | "redis" => Err(ConfigError::FeatureDisabled {
+                    scheme: other.to_string(),
+                }
+                .into()),
+                _ => Err(ConfigError::Scheme(other.to_string()).into()),
+            }
         }
     }
 }
@@ -523,6 +639,69 @@ mod tests {
         assert!(parse_url("memcached://127.0.0.1:notaport").is_err());
         assert!(parse_url("memcached:///").is_err());
         assert!(parse_url("locmem:///").is_ok());
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_urls_parse_into_a_redis_backend() {
+        for url in [
+            "redis://127.0.0.1",
+            "redis://127.0.0.1:6379/",
+            "redis://127.0.0.1:6379/2?prefix=a&item_size=4096&pool_size=2&client_name=app",
+            "redis://:secret@[::1]:6380/1?connect_timeout_ms=100&io_timeout_ms=100&retry_after_ms=10",
+        ] {
+            let cache = parse_url(url)
+                .unwrap_or_else(|e| panic!("{url}: {e}"))
+                .build()
+                .unwrap();
+            assert_eq!(cache.backend().name(), "redis", "{url}");
+        }
+        let cache = parse_url("redis://127.0.0.1/2?item_size=4096")
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(cache.backend().max_item_size(), 4096);
+        for (url, needle) in [
+            ("redis://", "no host"),
+            ("redis://a:1,b:2", "one host"),
+            ("redis://h:0", "host:port"),
+            ("redis://h/x", "database"),
+            ("redis://h?op_timeout_ms=5", "op_timeout_ms"),
+            ("redis://h?max_entries=5", "locmem parameters"),
+            ("redis://user@h", "password"),
+        ] {
+            let err = parse_url(url)
+                .err()
+                .unwrap_or_else(|| panic!("{url} parsed"))
+                .to_string();
+            assert!(err.contains(needle), "{url}: {err}");
+        }
+        // A password never appears in an error.
+        let err = parse_url("redis://user:hunter2@h:x")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!err.contains("hunter2") && err.contains("***"), "{err}");
+    }
+
+    #[cfg(not(feature = "redis"))]
+    #[test]
+    fn redis_urls_name_the_missing_feature() {
+        let err = parse_url("redis://127.0.0.1").err().unwrap().to_string();
+        assert!(err.contains("`redis` cargo feature"), "{err}");
+    }
+
+    #[test]
+    fn credentials_are_redacted() {
+        assert_eq!(
+            redact_credentials("redis://u:p@h:1/2?prefix=a@b"),
+            "redis://***@h:1/2?prefix=a@b"
+        );
+        assert_eq!(redact_credentials("redis://h:1"), "redis://h:1");
+        assert_eq!(
+            redact_credentials("locmem://?prefix=a@b"),
+            "locmem://?prefix=a@b"
+        );
     }
 
     #[test]
@@ -555,6 +734,9 @@ mod tests {
             ("memcached://", "host:port"),
             ("memcached://localhost:x", "host:port"),
             ("memcached://h:0", "host:port"),
+            ("locmem://?pool_size=2", "server parameters"),
+            ("locmem://?client_name=x", "server parameters"),
+            ("locmem://?client_name=é", "printable"),
             ("locmem://?max_entries=0", "positive"),
             ("locmem://?invalidate_on_create=sometimes", "whole-model"),
         ] {

@@ -85,14 +85,20 @@ pub enum ConfigError {
     /// The URL could not be parsed.
     #[error("invalid cache URL {url:?}: {reason}")]
     Url {
-        /// The URL as given (credentials are never part of our URLs).
+        /// The URL as given, with any password replaced by `***`.
         url: String,
         /// What is wrong with it.
         reason: String,
     },
-    /// A scheme this build does not support (or whose cargo feature is off).
-    #[error("unsupported cache URL scheme {0:?} (expected locmem:// or memcached://; memcached needs the `memcached` feature)")]
+    /// A scheme this build does not support.
+    #[error("unsupported cache URL scheme {0:?} (expected {schemes})", schemes = crate::config::supported_schemes())]
     Scheme(String),
+    /// A backend scheme (`memcached`, `redis`) whose cargo feature is off in this build.
+    #[error("cache URL scheme {scheme}:// needs the `{scheme}` cargo feature of caching-core (or of caching-diesel), which this build does not enable")]
+    FeatureDisabled {
+        /// The scheme, which is also the feature's name.
+        scheme: String,
+    },
     /// An unknown query parameter in a cache URL.
     #[error("unknown cache URL parameter {0:?}")]
     UnknownParameter(String),

@@ -561,6 +561,25 @@ fn expected(scheme: &str, hosts: &[&str], params: &[Param]) -> Option<String> {
         {
             Some(prefix)
         }
+        // One host (port 6379 by default); memcached's op_timeout_ms and locmem's entry
+        // bounds are not Redis parameters, item_size is.
+        #[cfg(feature = "redis")]
+        "redis"
+            if hosts.len() == 1
+                && [
+                    "127.0.0.1:11211",
+                    "10.1.2.3:1",
+                    "[::1]:65535",
+                    "127.0.0.1",
+                    "[::1]",
+                ]
+                .contains(&hosts[0])
+                && !params.iter().any(|(n, _)| {
+                    ["max_entries", "max_bytes", "op_timeout_ms"].contains(&n.as_str())
+                }) =>
+        {
+            Some(prefix)
+        }
         _ => None,
     }
 }
@@ -586,7 +605,11 @@ fn check_ok_cache(url: &str, cache: &Cache) -> Result<(), TestCaseError> {
     prop_assert!(ks_prefix_is_sane(ks), "{:?}: prefix {:?}", url, ks.prefix());
     prop_assert!(KeySpace::new(&cache.config().prefix).is_ok());
     prop_assert!(is_valid_key(&ks.namespace_key()));
-    prop_assert!(url.starts_with("locmem://") || url.starts_with("memcached://"));
+    prop_assert!(
+        url.starts_with("locmem://")
+            || url.starts_with("memcached://")
+            || (cfg!(feature = "redis") && url.starts_with("redis://"))
+    );
     Ok(())
 }
 

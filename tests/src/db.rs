@@ -119,6 +119,32 @@ pub enum BackendKind {
     LocMem,
     /// The memcached of `MEMCACHED_URL`.
     Memcached,
+    /// The Redis of `REDIS_URL`.
+    #[cfg(feature = "redis")]
+    Redis,
+}
+
+impl BackendKind {
+    /// Every backend this build has: locmem, memcached, and Redis with the `redis` feature.
+    /// Tests that loop over backends use it, so a new backend joins them.
+    pub fn all() -> Vec<BackendKind> {
+        vec![
+            BackendKind::LocMem,
+            BackendKind::Memcached,
+            #[cfg(feature = "redis")]
+            BackendKind::Redis,
+        ]
+    }
+
+    /// The backend's name, as [`Backend::name`](caching_diesel::core::Backend::name) says it.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::LocMem => "locmem",
+            BackendKind::Memcached => "memcached",
+            #[cfg(feature = "redis")]
+            BackendKind::Redis => "redis",
+        }
+    }
 }
 
 /// A database the suites can run on.
@@ -210,7 +236,7 @@ impl TestDb for diesel::MysqlConnection {
     }
 }
 
-/// A cache for a test: locmem, or memcached with a prefix unique to the test.
+/// A cache for a test: locmem, or memcached or Redis with a prefix unique to the test.
 pub fn test_cache(
     kind: BackendKind,
     test: &str,
@@ -224,6 +250,11 @@ pub fn test_cache(
             Cache::builder()
                 .memcached(&servers, Default::default())
                 .expect("memcached servers resolve")
+        }
+        #[cfg(feature = "redis")]
+        BackendKind::Redis => {
+            let url = crate::redis_url(test)?;
+            Cache::builder().backend(crate::test_redis(&url))
         }
     };
     Some(

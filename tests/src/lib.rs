@@ -4,15 +4,20 @@
 //! `CI=true` and otherwise says that it skipped, on the real standard error (libtest captures
 //! `eprintln!`, so a passing test's skip notice would be invisible):
 //!
-//! - [`require_env`] / [`memcached_url`]: the skip-or-fail rule for environment variables
-//!   naming servers (`MEMCACHED_URL`, `PG_DATABASE_URL`, `MYSQL_DATABASE_URL`, ...).
+//! - [`require_env`] / [`memcached_url`] / `redis_url`: the skip-or-fail rule for environment
+//!   variables naming servers (`MEMCACHED_URL`, `REDIS_URL`, `PG_DATABASE_URL`,
+//!   `MYSQL_DATABASE_URL`, ...).
 //! - [`unique_prefix`]: a key prefix unique per test and per run, so parallel tests (and
 //!   successive runs) on one memcached never see each other's keys.
 //! - [`each_backend`] / [`each_cache`]: run one test body against every available backend
-//!   (locmem always, memcached when `MEMCACHED_URL` is set).
+//!   (locmem always, memcached when `MEMCACHED_URL` is set, Redis when `REDIS_URL` is set and
+//!   the `redis` feature is on).
 //! - [`MemcachedProcess`]: a private memcached on a free loopback port that a test can kill
 //!   and restart (the "server went away" cases), pause and resume (a stalled server), or
 //!   start with its own arguments (a small server that evicts).
+//! - `RedisProcess` (feature `redis`): the same for a private `redis-server`;
+//!   `redis_connection`, `redis_ttl`: a direct client for what the backend does not show
+//!   (TTLs, foreign values, `CLIENT KILL`).
 //! - [`RecordingBackend`]: a real backend wrapped to record every key it is sent.
 //! - [`memcached_ttl`]: asks memcached for the remaining lifetime of an item (meta protocol),
 //!   to check what expiry actually reached the server; [`memcached_expiry`] reads it with the
@@ -33,6 +38,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use caching_core::backend::locmem::LocMem;
 use caching_core::backend::memcached::{Memcached, MemcachedOptions};
+#[cfg(feature = "redis")]
+use caching_core::backend::redis::{Redis, RedisOptions};
 use caching_core::{
     AppendOutcome, Backend, Cache, CacheBuilder, CasOutcome, Expiry, FillOutcome, FlushTarget,
     Item, KeySpace, QueryKeyBuilder, Registrations,
@@ -160,9 +167,10 @@ pub fn test_memcached_options() -> MemcachedOptions {
     }
 }
 
-/// Every backend available to test `test`, by name: a fresh `locmem` always, and `memcached`
-/// (a new client on the servers of `MEMCACHED_URL`) when that variable is set. When it is not
-/// set, the skip of the memcached half is reported (or, under `CI=true`, the test fails).
+/// Every backend available to test `test`, by name: a fresh `locmem` always, `memcached`
+/// (a new client on the servers of `MEMCACHED_URL`) when that variable is set, and, with the
+/// `redis` feature, `redis` (a new client on `REDIS_URL`) when that one is set. A variable
+/// that is not set reports the skip of its half (or, under `CI=true`, fails the test).
 ///
 /// Backends on a shared server hold other tests' keys: combine with [`unique_prefix`].
 pub fn each_backend(test: &str) -> Vec<(&'static str, Arc<dyn Backend>)> {
@@ -172,7 +180,67 @@ pub fn each_backend(test: &str) -> Vec<(&'static str, Arc<dyn Backend>)> {
             .unwrap_or_else(|e| panic!("MEMCACHED_URL {url:?}: {e}"));
         out.push(("memcached", Arc::new(mc)));
     }
+    #[cfg(feature = "redis")]
+    if let Some(url) = redis_url(&format!("{test} on redis")) {
+        out.push(("redis", Arc::new(test_redis(&url))));
+    }
     out
+}
+
+/// `REDIS_URL` (for example `redis://127.0.0.1:6379`), by the rule of [`require_env`]: panics
+/// under `CI=true` when unset, otherwise reports the skip of `test` and returns `None`.
+#[cfg(feature = "redis")]
+pub fn redis_url(test: &str) -> Option<String> {
+    require_env("REDIS_URL", test)
+}
+
+/// Connection options for the suites' Redis backends: the defaults, except a short retry
+/// window (as [`test_memcached_options`]).
+#[cfg(feature = "redis")]
+pub fn test_redis_options() -> RedisOptions {
+    RedisOptions {
+        retry_after: Duration::from_millis(100),
+        ..RedisOptions::default()
+    }
+}
+
+/// A Redis backend on `url` (`REDIS_URL`; its query parameters, if any, are ignored) with
+/// [`test_redis_options`].
+///
+/// # Panics
+/// If the URL is invalid.
+#[cfg(feature = "redis")]
+pub fn test_redis(url: &str) -> Redis {
+    let server = url.split_once('?').map_or(url, |(s, _)| s);
+    Redis::new(server, test_redis_options()).unwrap_or_else(|e| panic!("REDIS_URL {url:?}: {e}"))
+}
+
+/// A direct connection to the Redis at `url` (`redis://host:port[/db]`), for what the backend
+/// does not show: TTLs, raw values, `CLIENT LIST` / `CLIENT KILL`. Never use it to flush: the
+/// server is shared.
+///
+/// # Panics
+/// If the server cannot be reached.
+#[cfg(feature = "redis")]
+pub fn redis_connection(url: &str) -> redis::Connection {
+    let server = url.split_once('?').map_or(url, |(s, _)| s);
+    redis::Client::open(server)
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
+        .unwrap_or_else(|e| panic!("connecting to {url:?}: {e}"))
+}
+
+/// The remaining lifetime of `key` on the Redis at `url`, in whole seconds (`TTL`): `Some(-1)`
+/// for no expiry, `None` when the key is missing.
+///
+/// # Panics
+/// If the server cannot be reached.
+#[cfg(feature = "redis")]
+pub fn redis_ttl(url: &str, key: &str) -> Option<i64> {
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(key)
+        .query(&mut redis_connection(url))
+        .unwrap_or_else(|e| panic!("TTL {key}: {e}"));
+    (ttl != -2).then_some(ttl)
 }
 
 /// One cache per backend of [`each_backend`], each with its own [`unique_prefix`], after
@@ -772,6 +840,121 @@ impl Drop for MemcachedProcess {
     }
 }
 
+/// A private Redis server on a free loopback port, for tests that kill and restart it (the
+/// "server went away" cases): `redis-server --bind 127.0.0.1 --port PORT --save "" --appendonly
+/// no`, in memory only, so a restart comes back empty. Dropping it kills it.
+#[cfg(feature = "redis")]
+#[derive(Debug)]
+pub struct RedisProcess {
+    binary: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+#[cfg(feature = "redis")]
+impl RedisProcess {
+    /// How long a starting server may take to accept connections.
+    const START_WAIT: Duration = Duration::from_secs(10);
+
+    /// Starts a server for test `test` and waits until it accepts connections. Without a
+    /// `redis-server` binary on `PATH`: panics under `CI=true`, otherwise reports the skip and
+    /// returns `None`.
+    ///
+    /// # Panics
+    /// If the server does not start.
+    pub fn start(test: &str) -> Option<Self> {
+        let Some(binary) = find_on_path("redis-server") else {
+            if under_ci() {
+                panic!("a redis-server binary must be on PATH under CI=true (needed by {test})");
+            }
+            report_skip(&format!("install redis-server (on PATH) to run {test}"));
+            return None;
+        };
+        let mut p = RedisProcess {
+            binary,
+            port: 0,
+            child: None,
+        };
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            p.port = free_port();
+            match p.spawn() {
+                Ok(()) => return Some(p),
+                Err(e) => failures.push(e),
+            }
+        }
+        panic!("redis-server did not start: {failures:?}");
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr())
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit; its port then refuses connections.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server if it runs, then starts a fresh one (empty) on the same port.
+    ///
+    /// # Panics
+    /// If the server does not start again.
+    pub fn restart(&mut self) {
+        self.kill();
+        if let Err(e) = self.spawn() {
+            panic!("{e}");
+        }
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Self::START_WAIT;
+        let port = self.port.to_string();
+        let mut child = Command::new(&self.binary)
+            .args(["--bind", "127.0.0.1", "--port", &port, "--save", ""])
+            .args(["--appendonly", "no", "--daemonize", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", self.binary.display()))?;
+        loop {
+            if TcpStream::connect(self.addr()).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("redis-server on port {port} exited with {status}"));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "redis-server on port {port} did not accept connections within {:?}",
+                    Self::START_WAIT
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+}
+
+#[cfg(feature = "redis")]
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A loopback port that was free a moment ago (bound to port 0, then released).
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
@@ -782,7 +965,9 @@ pub mod db;
 
 /// Instantiates a suite once per database and cache backend this build has: modules
 /// `sqlite_locmem`, `sqlite_memcached`, `postgres_locmem`, `postgres_memcached`,
-/// `mysql_locmem`, `mysql_memcached` (each behind its database's feature), each invoking
+/// `mysql_locmem`, `mysql_memcached` (each behind its database's feature), and
+/// `sqlite_redis`, `postgres_redis`, `mysql_redis` (behind the database's feature and
+/// `redis`), each invoking
 /// `$suite!(Connection type, BackendKind)`. Tests that exist for one combination only go in
 /// the optional `sqlite_locmem: { ... }` block, which is expanded inside that module (so it
 /// sees what the suite defines).
@@ -821,6 +1006,18 @@ macro_rules! for_each_database {
         #[cfg(feature = "mysql")]
         mod mysql_memcached {
             $suite!(diesel::MysqlConnection, $crate::db::BackendKind::Memcached);
+        }
+        #[cfg(all(feature = "sqlite", feature = "redis"))]
+        mod sqlite_redis {
+            $suite!(diesel::SqliteConnection, $crate::db::BackendKind::Redis);
+        }
+        #[cfg(all(feature = "postgres", feature = "redis"))]
+        mod postgres_redis {
+            $suite!(diesel::PgConnection, $crate::db::BackendKind::Redis);
+        }
+        #[cfg(all(feature = "mysql", feature = "redis"))]
+        mod mysql_redis {
+            $suite!(diesel::MysqlConnection, $crate::db::BackendKind::Redis);
         }
     };
 }

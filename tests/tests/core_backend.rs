@@ -5,7 +5,9 @@
 //! comes back.
 //!
 //! memcached runs when `MEMCACHED_URL` is set (the dead-server test starts its own server);
-//! otherwise the memcached half reports that it skipped.
+//! otherwise the memcached half reports that it skipped. Redis (feature `redis`) runs when
+//! `REDIS_URL` is set, with tests of its own at the end: the eviction policy, values written
+//! by another client, killed connections and a restarted server.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -362,6 +364,21 @@ fn a_ttl_over_thirty_days_is_readable_right_after_the_set() {
                     e.clock_lag(),
                     stored + want,
                     stored_by + want
+                );
+            }
+        }
+        #[cfg(feature = "redis")]
+        if name == "redis" {
+            // Redis takes the lifetime as relative seconds: 40 days, not a date.
+            let url =
+                caching_tests::redis_url("ttl probe").expect("redis runs only with REDIS_URL");
+            let want = (40 * DAY) as i64;
+            for key in [&set, &add, &cas] {
+                let ttl =
+                    caching_tests::redis_ttl(&url, key).unwrap_or_else(|| panic!("{key} is gone"));
+                assert!(
+                    (want - 5..=want).contains(&ttl),
+                    "{key}: remaining {ttl} s, expected 40 days"
                 );
             }
         }
@@ -795,4 +812,391 @@ fn locmem_appends_keep_the_byte_count_exact() {
     assert_eq!(list, 50 * 1024);
     assert_eq!(b.bytes(), "list".len() + list + "counter".len() + counter);
     assert_eq!(b.len(), 2);
+}
+
+/// Redis only: what the backend does beyond the trait's common behaviour.
+#[cfg(feature = "redis")]
+mod redis_backend {
+    use super::*;
+    use caching_core::backend::redis::{EvictionPolicy, Redis, RedisOptions};
+    use caching_tests::{
+        redis_connection, redis_ttl, redis_url, test_redis, test_redis_options, RedisProcess,
+    };
+
+    /// `REDIS_URL` and a backend on it, or `None` (skip).
+    fn server(test: &str) -> Option<(String, Redis)> {
+        let url = redis_url(test)?;
+        let backend = test_redis(&url);
+        Some((url, backend))
+    }
+
+    fn raw_set(url: &str, key: &str, value: &[u8]) {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query(&mut redis_connection(url))
+            .unwrap();
+    }
+
+    fn raw_get(url: &str, key: &str) -> Option<Vec<u8>> {
+        redis::cmd("GET")
+            .arg(key)
+            .query(&mut redis_connection(url))
+            .unwrap()
+    }
+
+    #[test]
+    fn the_eviction_policy_is_read_from_the_server() {
+        let Some((url, b)) = server("the_eviction_policy_is_read_from_the_server") else {
+            return;
+        };
+        let reply: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query(&mut redis_connection(&url))
+            .unwrap();
+        let want = EvictionPolicy::parse(&reply[1]);
+        // Known once the backend has connected, and asked for if not.
+        assert_eq!(b.eviction_policy().unwrap(), want);
+        let fresh = test_redis(&url);
+        fresh.get("anything").unwrap();
+        assert_eq!(fresh.eviction_policy().unwrap(), want);
+        assert_eq!(
+            want.evicts_keys_without_ttl(),
+            want.as_str().starts_with("allkeys-"),
+            "{want}"
+        );
+    }
+
+    #[test]
+    fn values_written_by_another_client_do_not_break_reads() {
+        let test = "values_written_by_another_client_do_not_break_reads";
+        let Some((url, b)) = server(test) else {
+            return;
+        };
+        let cache = Cache::builder()
+            .backend(b)
+            .prefix(unique_prefix(test))
+            .build()
+            .unwrap();
+        let b = cache.backend();
+        let (short, long, empty, list, counter) = (
+            k(&cache, "short"),
+            k(&cache, "long"),
+            k(&cache, "empty"),
+            k(&cache, "list"),
+            k(&cache, "counter"),
+        );
+        raw_set(&url, &short, b"ab");
+        raw_set(&url, &long, b"no token in front of this");
+        raw_set(&url, &empty, b"");
+        raw_set(&url, &counter, b"12");
+        let _: i64 = redis::cmd("RPUSH")
+            .arg(&list)
+            .arg("x")
+            .query(&mut redis_connection(&url))
+            .unwrap();
+
+        // Reads never fail: a short value comes back whole, a long one loses its first 8
+        // bytes (taken for a token), a key of another type reads as missing.
+        let got = b
+            .get_multi(&[&short, &long, &empty, &list, &counter])
+            .unwrap();
+        assert_eq!(got[&short].value, b"ab");
+        assert_eq!(got[&long].value, b" in front of this");
+        assert_eq!(got[&empty].value, b"");
+        assert!(!got.contains_key(&list));
+        // A foreign counter is not a number: the engine replaces it.
+        assert!(matches!(b.incr(&counter, 1), Err(Error::NotANumber { .. })));
+        assert!(matches!(b.incr(&short, 1), Err(Error::NotANumber { .. })));
+        assert!(matches!(b.incr(&list, 1), Err(Error::NotANumber { .. })));
+
+        // A cas over the short value works with the token read, and only with it.
+        let item = got[&short].clone();
+        assert_eq!(
+            b.cas(&short, b"v", Expiry::Forever, item.cas ^ 1).unwrap(),
+            CasOutcome::Changed
+        );
+        assert_eq!(
+            b.cas(&short, b"v", Expiry::Forever, item.cas).unwrap(),
+            CasOutcome::Stored
+        );
+        assert_eq!(value(b, &short).unwrap(), b"v");
+        let e = got[&empty].clone();
+        assert_eq!(
+            b.cas(&empty, b"e", Expiry::Forever, e.cas).unwrap(),
+            CasOutcome::Stored
+        );
+        // Appending to a foreign short value keeps its bytes and gives it a token.
+        raw_set(&url, &short, b"xyz");
+        let before = b.get(&short).unwrap().unwrap();
+        assert_eq!(
+            b.append_multi(&[(&short, b"+")]).unwrap(),
+            vec![AppendOutcome::Appended]
+        );
+        let after = b.get(&short).unwrap().unwrap();
+        assert_eq!(after.value, b"xyz+");
+        assert_ne!(after.cas, before.cas);
+        // A key of another type: append and cas report it missing and remove it, so an add
+        // can create the value the cache needs.
+        assert_eq!(
+            b.append_multi(&[(&list, b"x")]).unwrap(),
+            vec![AppendOutcome::Missing]
+        );
+        assert!(b.add(&list, b"mine", Expiry::Forever).unwrap());
+        assert_eq!(value(b, &list).unwrap(), b"mine");
+
+        // Through the cache: a query entry and counters holding foreign bytes are misses,
+        // never errors, and the cache recovers (fill, then hit).
+        let q = query_key(&cache, "q");
+        raw_set(&url, &q, b"junk");
+        raw_set(&url, &cache.keys().generation_key("users"), b"garbage!!");
+        raw_set(&url, &cache.keys().version_key("users"), b"x");
+        let lookup = cache.lookup(&q, &["users"]).unwrap();
+        assert_eq!(lookup.hit, None);
+        b.delete(&q).unwrap();
+        assert_eq!(
+            fill_query(&cache, &q, &["users"], b"rows", &Registrations::new()),
+            FillOutcome::Stored
+        );
+        assert!(is_hit(&cache, &q, &["users"]));
+        let mut calls = 0;
+        for _ in 0..2 {
+            let _: u32 = cache.cached("manual", Timeout::Forever, || {
+                calls += 1;
+                1
+            });
+        }
+        assert_eq!(calls, 1);
+        assert_eq!(cache.stats().backend_errors, 0, "{:?}", cache.stats());
+    }
+
+    #[test]
+    fn incr_is_decimal_and_wraps_at_two_to_the_64() {
+        let Some((url, b)) = server("incr_is_decimal_and_wraps_at_two_to_the_64") else {
+            return;
+        };
+        let key = format!("{}c", unique_prefix("incr_is_decimal"));
+        let cases: [(&[u8], u64, Option<u64>); 10] = [
+            (b"0", 0, Some(0)),
+            (b"007", 1, Some(8)),
+            (b" 41 ", 1, Some(42)),
+            (b"99999999999", 1, Some(100_000_000_000)),
+            (b"18446744073709551614", 1, Some(u64::MAX)),
+            (b"18446744073709551615", 2, Some(1)),
+            (b"18446744073709551615", u64::MAX, Some(u64::MAX - 1)),
+            (b"9223372036854775808", 9_223_372_036_854_775_808, Some(0)),
+            (b"18446744073709551616", 1, None), // over u64::MAX: not a number
+            (b"1x", 1, None),
+        ];
+        for (start, delta, want) in cases {
+            b.set(&key, start, Expiry::Forever).unwrap();
+            match (b.incr(&key, delta), want) {
+                (Ok(Some(n)), Some(w)) => {
+                    assert_eq!(n, w, "{start:?} + {delta}");
+                    assert_eq!(value(&b, &key).unwrap(), w.to_string().into_bytes());
+                }
+                (Err(Error::NotANumber { .. }), None) => {}
+                (other, _) => panic!("{start:?} + {delta}: {other:?}"),
+            }
+        }
+        b.delete(&key).unwrap();
+        assert_eq!(b.incr(&key, 1).unwrap(), None);
+        assert_eq!(raw_get(&url, &key), None, "incr must not create a key");
+    }
+
+    #[test]
+    fn append_and_incr_keep_the_ttl_and_change_the_token() {
+        let Some((url, b)) = server("append_and_incr_keep_the_ttl_and_change_the_token") else {
+            return;
+        };
+        let p = unique_prefix("keep_ttl");
+        let (list, counter, forever) = (format!("{p}l"), format!("{p}c"), format!("{p}f"));
+        b.set(&list, b"a", Expiry::Seconds(100)).unwrap();
+        b.set(&counter, b"1", Expiry::Seconds(100)).unwrap();
+        b.set(&forever, b"1", Expiry::Forever).unwrap();
+        let (l0, c0) = (
+            b.get(&list).unwrap().unwrap(),
+            b.get(&counter).unwrap().unwrap(),
+        );
+        b.append_multi(&[(&list, b"b")]).unwrap();
+        b.incr(&counter, 1).unwrap();
+        b.incr(&forever, 1).unwrap();
+        for key in [&list, &counter] {
+            let ttl = redis_ttl(&url, key).expect("still there");
+            assert!((95..=100).contains(&ttl), "{key}: {ttl}");
+        }
+        assert_eq!(redis_ttl(&url, &forever), Some(-1));
+        assert_ne!(b.get(&list).unwrap().unwrap().cas, l0.cas);
+        assert_ne!(b.get(&counter).unwrap().unwrap().cas, c0.cas);
+        // Every value is stored as an 8-byte token and the bytes.
+        let raw = raw_get(&url, &list).unwrap();
+        assert_eq!(raw.len(), 8 + 2);
+        assert_eq!(&raw[8..], b"ab");
+        b.delete_multi(&[&list, &counter, &forever]).unwrap();
+    }
+
+    #[test]
+    fn a_database_number_in_the_url_selects_the_database() {
+        let Some((url, _)) = server("a_database_number_in_the_url_selects_the_database") else {
+            return;
+        };
+        let base = url.split_once('?').map_or(url.as_str(), |(s, _)| s);
+        let base = base.trim_end_matches('/');
+        let Some(host) = base.strip_prefix("redis://").filter(|h| !h.contains('/')) else {
+            return; // REDIS_URL names a database itself: leave it alone.
+        };
+        let key = format!("{}k", unique_prefix("db_number"));
+        let cache = Cache::from_url(&format!("redis://{host}/1?item_size=4096")).unwrap();
+        assert_eq!(cache.backend().max_item_size(), 4096);
+        cache
+            .backend()
+            .set(&key, b"in db 1", Expiry::Forever)
+            .unwrap();
+        assert_eq!(raw_get(&url, &key), None, "not in db 0");
+        let in_db1 = raw_get(&format!("redis://{host}/1"), &key).unwrap();
+        assert_eq!(&in_db1[8..], b"in db 1");
+        cache.backend().delete(&key).unwrap();
+    }
+
+    /// The ids of the connections named `name` (`CLIENT LIST`).
+    fn clients_named(url: &str, name: &str) -> Vec<i64> {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(&mut redis_connection(url))
+            .unwrap();
+        list.lines()
+            .filter(|l| l.split(' ').any(|f| f == format!("name={name}")))
+            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .filter_map(|id| id.parse().ok())
+            .collect()
+    }
+
+    #[test]
+    fn killed_connections_are_replaced_without_an_error() {
+        let test = "killed_connections_are_replaced_without_an_error";
+        let Some(url) = redis_url(test) else {
+            return;
+        };
+        let name = unique_prefix("kill").replace(['.', ':'], "-");
+        let options = RedisOptions {
+            client_name: Some(name.clone()),
+            ..test_redis_options()
+        };
+        let server = url.split_once('?').map_or(url.as_str(), |(s, _)| s);
+        let b = Arc::new(Redis::new(server, options).unwrap());
+        let key = format!("{}k", unique_prefix(test));
+        b.set(&key, b"v", Expiry::Forever).unwrap();
+        // Several pooled connections: threads holding one each at the same time.
+        let barrier = Arc::new(std::sync::Barrier::new(4));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (b, key, barrier) = (b.clone(), key.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    for _ in 0..50 {
+                        b.get(&key).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        for round in 0..3 {
+            let ids = clients_named(&url, &name);
+            assert!(!ids.is_empty(), "round {round}: no connection named {name}");
+            let mut admin = redis_connection(&url);
+            for id in &ids {
+                // Only our own connections, by id.
+                let _: i64 = redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("ID")
+                    .arg(*id)
+                    .query(&mut admin)
+                    .unwrap();
+            }
+            // The next calls reconnect: no error, no fail-fast window.
+            assert_eq!(value(&*b, &key).unwrap(), b"v", "round {round}");
+            assert!(matches!(b.incr(&key, 1), Err(Error::NotANumber { .. })));
+            b.set(&key, b"v", Expiry::Forever).unwrap();
+            b.probe().unwrap();
+        }
+        b.delete(&key).unwrap();
+    }
+
+    #[test]
+    fn a_dead_server_fails_calls_and_recovers_after_the_retry_window() {
+        let test = "redis_a_dead_server_fails_calls_and_recovers_after_the_retry_window";
+        let Some(mut server) = RedisProcess::start(test) else {
+            return;
+        };
+        let options = test_redis_options();
+        let retry_after = options.retry_after;
+        let r: Arc<dyn Backend> = Arc::new(Redis::new(&server.url(), options).unwrap());
+        let cache = Cache::builder()
+            .shared_backend(r.clone())
+            .prefix(unique_prefix(test))
+            .build()
+            .unwrap();
+        let b = cache.backend();
+        let key = k(&cache, "k");
+        b.set(&key, b"v", Expiry::Forever).unwrap();
+        let mut calls = 0;
+        let mut manual = |n: u32| -> u32 {
+            cache.cached("manual", Timeout::Forever, || {
+                calls += 1;
+                n
+            })
+        };
+        assert_eq!(manual(1), 1);
+        assert_eq!(manual(2), 1, "cached while the server is up");
+
+        // A restart between two calls costs no error: the closed pooled connection is
+        // replaced at once (the restarted server is empty).
+        server.restart();
+        assert_eq!(value(b, &key), None);
+        b.set(&key, b"v", Expiry::Forever).unwrap();
+
+        server.kill();
+        let errors: Vec<(&str, caching_core::Result<()>)> = vec![
+            ("get", b.get(&key).map(|_| ())),
+            ("get_multi", b.get_multi(&[&key]).map(|_| ())),
+            ("set", b.set(&key, b"w", Expiry::Forever)),
+            ("add", b.add(&key, b"w", Expiry::Forever).map(|_| ())),
+            ("append", b.append_multi(&[(&key, b"w")]).map(|_| ())),
+            ("cas", b.cas(&key, b"w", Expiry::Forever, 1).map(|_| ())),
+            ("delete", b.delete(&key)),
+            ("incr", b.incr(&key, 1).map(|_| ())),
+            ("probe", b.probe()),
+        ];
+        for (op, r) in errors {
+            match r {
+                Err(e) => assert!(e.is_backend_failure(), "{op}: {e}"),
+                Ok(()) => panic!("{op} succeeded against a dead server"),
+            }
+        }
+        assert!(
+            matches!(b.get(&key), Err(Error::Unavailable { .. })),
+            "fails fast"
+        );
+        assert_eq!(manual(3), 3);
+        let mut inv = Invalidation::new();
+        inv.object(ObjectKey::new("users", &["1"]));
+        let report = cache.invalidate(&inv).unwrap();
+        assert!(report.deferred, "{report:?}");
+        assert_eq!(cache.pending_invalidations(), 1);
+
+        server.restart();
+        std::thread::sleep(retry_after * 3);
+        assert!(
+            cache.wait_for_delivery(Duration::from_secs(5)),
+            "the queued invalidation was delivered once the server came back"
+        );
+        b.set(&key, b"again", Expiry::Forever).unwrap();
+        assert_eq!(value(b, &key).unwrap(), b"again");
+        assert_eq!(manual(5), 5);
+        assert_eq!(manual(6), 5, "caching resumed after the server came back");
+        assert_eq!(calls, 3);
+    }
 }

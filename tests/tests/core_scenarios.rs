@@ -44,6 +44,21 @@ fn memcached_remaining(key: &str) -> Option<i64> {
     memcached_ttl(&memcached_server_of(&url, key), key).unwrap()
 }
 
+/// The remaining lifetime the server of backend `name` (`memcached` or `redis`) reports for
+/// `key`, in seconds: `-1` for no expiry, `None` when missing.
+fn remaining(name: &str, key: &str) -> Option<i64> {
+    match name {
+        "memcached" => memcached_remaining(key),
+        #[cfg(feature = "redis")]
+        "redis" => {
+            let url =
+                caching_tests::redis_url("ttl probe").expect("redis runs only with REDIS_URL");
+            caching_tests::redis_ttl(&url, key)
+        }
+        other => panic!("no server to ask for the lifetime of {key} on {other}"),
+    }
+}
+
 #[test]
 fn scenario_21_a_query_flush_list_carries_extra_keys() {
     for (name, cache) in each_cache("scenario_21_a_query_flush_list_carries_extra_keys", |b| b) {
@@ -424,6 +439,22 @@ fn scenario_28_two_prefixes_on_one_server_do_not_see_each_other() {
             &from_url("s28-url-b"),
         );
     }
+    #[cfg(feature = "redis")]
+    if let Some(url) = caching_tests::redis_url(
+        "scenario_28_two_prefixes_on_one_server_do_not_see_each_other (redis from_url)",
+    ) {
+        let server = url.split_once('?').map_or(url.as_str(), |(s, _)| s);
+        let from_url = |p: &str| {
+            let cache = Cache::from_url(&format!("{server}?prefix={}", unique_prefix(p))).unwrap();
+            assert_eq!(cache.backend().name(), "redis");
+            cache
+        };
+        assert_isolated(
+            "redis from_url",
+            &from_url("s28-url-a"),
+            &from_url("s28-url-b"),
+        );
+    }
 }
 
 #[test]
@@ -482,6 +513,21 @@ fn scenario_29_forever_is_no_expiry_and_long_timeouts_work() {
                 stored_by + want
             );
         }
+        if name == "redis" {
+            // Redis takes the lifetime as relative seconds, whatever its length.
+            let ks = cache.keys();
+            assert_eq!(
+                remaining(name, &ks.manual_key("forever")),
+                Some(-1),
+                "no TTL"
+            );
+            let ttl = remaining(name, &ks.manual_key("forty days")).expect("40-day value is gone");
+            let want = (40 * DAY) as i64;
+            assert!(
+                (want - 5..=want).contains(&ttl),
+                "remaining {ttl} s, expected 40 days"
+            );
+        }
     }
 }
 
@@ -510,12 +556,12 @@ fn scenario_29_max_timeout_caps_forever() {
             *calls, 4,
             "{name}: all served from the cache before the cap"
         );
-        if *name == "memcached" {
+        if *name != "locmem" {
             for key in [
                 cache.keys().manual_key("forever"),
                 cache.keys().manual_key("long"),
             ] {
-                let ttl = memcached_remaining(&key).expect("gone already");
+                let ttl = remaining(name, &key).expect("gone already");
                 assert!(
                     (0..=1).contains(&ttl),
                     "{key}: remaining {ttl} s, expected the 1 s cap"
@@ -565,8 +611,8 @@ fn scenario_29_timeouts_reach_the_backend_as_given() {
             b.get(&q).unwrap().is_some(),
             "{name}: a 40-day entry is readable at once"
         );
-        if name == "memcached" {
-            let ttl = memcached_remaining(&q).expect("gone");
+        if name != "locmem" {
+            let ttl = remaining(name, &q).expect("gone");
             assert!(ttl > (30 * DAY) as i64, "{name}: remaining {ttl} s");
         }
     }

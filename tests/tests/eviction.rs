@@ -46,6 +46,8 @@ fn rename(e: &mut Env<SqliteConnection>, name: &str) {
 fn each_kind(test: &str, body: impl Fn(&str, BackendKind)) {
     body(&format!("{test}_locmem"), BackendKind::LocMem);
     body(&format!("{test}_memcached"), BackendKind::Memcached);
+    #[cfg(feature = "redis")]
+    body(&format!("{test}_redis"), BackendKind::Redis);
 }
 
 #[test]

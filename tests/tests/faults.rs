@@ -173,7 +173,7 @@ macro_rules! suite {
 
         #[test]
         fn scenario_37_payloads_that_do_not_decode_are_misses() {
-            for kind in [BackendKind::LocMem, BackendKind::Memcached] {
+            for kind in BackendKind::all() {
                 let Some(mut e) = Env::<Db>::new(&name("s37"), kind) else {
                     continue;
                 };
@@ -460,7 +460,7 @@ macro_rules! snapshot_suite {
 
         #[test]
         fn repeatable_read_transactions_do_not_fill() {
-            for kind in [BackendKind::LocMem, BackendKind::Memcached] {
+            for kind in BackendKind::all() {
                 let test = format!("{}_snapshot", <Db as TestDb>::NAME);
                 let Some(mut e) = Env::<Db>::new(&test, kind) else {
                     continue;
@@ -552,7 +552,7 @@ mod replica {
     /// how long replica lag can keep an old row cached); the primary's fills are kept.
     #[test]
     fn replica_fills_expire_after_the_replica_timeout() {
-        for kind in [BackendKind::LocMem, BackendKind::Memcached] {
+        for kind in BackendKind::all() {
             let Some(mut e) =
                 Env::<diesel::SqliteConnection>::configured("replica_timeout", kind, |b| {
                     // Two seconds: memcached counts expiry in whole seconds, so a one-second
@@ -597,6 +597,27 @@ mod replica {
                         .key::<User, _>(conn)
                         .unwrap();
                     let ttl = memcached_ttl(&memcached_server_of(&url, &key), &key).unwrap();
+                    match want {
+                        -1 => assert_eq!(ttl, Some(-1), "the primary's fill has no expiry"),
+                        _ => assert!(
+                            matches!(ttl, Some(0..=2)),
+                            "the replica's fill expires: {ttl:?}"
+                        ),
+                    }
+                }
+            }
+            #[cfg(feature = "redis")]
+            if kind == BackendKind::Redis {
+                let url =
+                    caching_tests::redis_url("replica ttl").expect("set when the cache was built");
+                for (conn, want) in [(&mut e.conn, -1), (&mut replica, 1)] {
+                    let key = users::table
+                        .find(1)
+                        .limit(1)
+                        .cached()
+                        .key::<User, _>(conn)
+                        .unwrap();
+                    let ttl = caching_tests::redis_ttl(&url, &key);
                     match want {
                         -1 => assert_eq!(ttl, Some(-1), "the primary's fill has no expiry"),
                         _ => assert!(

@@ -123,12 +123,18 @@ fn later_read_sees_the_write_on_memcached() {
     run(BackendKind::Memcached, "read_after_invalidation_memcached");
 }
 
+#[cfg(feature = "redis")]
+#[test]
+fn later_read_sees_the_write_on_redis() {
+    run(BackendKind::Redis, "read_after_invalidation_redis");
+}
+
 /// After a whole-table invalidation (`invalidate_all`, a bulk write on MySQL, an overflowed
 /// flush list) the entries recorded under the old table version miss; the next fill must
 /// replace them, or the query could never be cached again.
 #[test]
 fn outdated_entries_are_replaced_after_a_table_version_bump() {
-    for kind in [BackendKind::LocMem, BackendKind::Memcached] {
+    for kind in BackendKind::all() {
         let Some(cache) = test_cache(kind, "outdated_entries_are_replaced", |b| b) else {
             continue;
         };

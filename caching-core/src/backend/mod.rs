@@ -14,6 +14,8 @@ use crate::timeout::Expiry;
 pub mod locmem;
 #[cfg(feature = "memcached")]
 pub mod memcached;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 /// A value read from a backend with its CAS token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +54,7 @@ pub enum CasOutcome {
 /// in are valid memcached keys (see [`is_valid_key`](crate::key::is_valid_key)); an
 /// implementation rejects anything else with [`Error::InvalidKey`](crate::Error::InvalidKey).
 pub trait Backend: Send + Sync + Debug + 'static {
-    /// Short name for logs (`locmem`, `memcached`).
+    /// Short name for logs (`locmem`, `memcached`, `redis`).
     fn name(&self) -> &'static str;
 
     /// Largest value (in bytes) the backend stores.
