@@ -36,6 +36,7 @@ pub use backend::{AppendOutcome, Backend, CasOutcome, Item};
 pub use cache::Cache;
 pub use config::{
     CacheBuilder, CacheConfig, DependencyTracking, InvalidateOnCreate, DEFAULT_MEMCACHED_PORT,
+    DEFAULT_REDIS_PORT,
 };
 pub use error::{ConfigError, Error, Result};
 pub use flush::{InvalidationReport, Registrations};
@@ -44,5 +45,5 @@ pub use invalidate::Invalidation;
 pub use key::{KeySpace, ObjectKey, QueryKeyBuilder};
 pub use predicate::PredicateValue;
 pub use read::{FillOutcome, FillToken, FlushTarget, Guarded, Lookup, ReadOutcome, ReadPlan};
-pub use stats::{Stats, StatsSnapshot};
+pub use stats::{Stats, StatsSnapshot, TableStats};
 pub use timeout::{Expiry, Timeout, MAX_TIMEOUT};

@@ -22,7 +22,7 @@ use crate::envelope::{envelope, open_envelope, pending_marker, PENDING_MAGIC, PE
 use crate::error::{Error, Result};
 use crate::flush::{self, Registrations};
 use crate::key::KeySpace;
-use crate::stats::Counter;
+use crate::stats::{Counter, TableEvent};
 use crate::timeout::{Expiry, Timeout};
 use crate::{Cache, ObjectKey};
 
@@ -250,6 +250,9 @@ impl Cache {
         });
         if let Some(why) = bypass {
             self.inner.stats.inc(Counter::BypassedReads);
+            self.inner
+                .stats
+                .count_tables(plan.tables, TableEvent::Bypassed(why));
             tracing::debug!(key, tables = ?plan.tables, why, "cache bypassed");
             return load().map(|v| (v, ReadOutcome::Bypassed(why)));
         }
@@ -269,6 +272,7 @@ impl Cache {
             match JsonCodec::decode::<T>(bytes) {
                 Ok(v) => {
                     self.inner.stats.inc(Counter::Hits);
+                    self.inner.stats.count_tables(plan.tables, TableEvent::Hit);
                     tracing::debug!(key, tables = ?plan.tables, "cache hit");
                     return Ok((v, ReadOutcome::Hit));
                 }
@@ -276,6 +280,7 @@ impl Cache {
             }
         }
         self.inner.stats.inc(Counter::Misses);
+        self.inner.stats.count_tables(plan.tables, TableEvent::Miss);
         tracing::debug!(key, tables = ?plan.tables, "cache miss");
         self.step("read");
         let value = load()?;
@@ -288,6 +293,9 @@ impl Cache {
             .map_or_else(|| register(&value, &mut regs), Err);
         if let Err(why) = refused {
             self.inner.stats.inc(Counter::SkippedFills);
+            self.inner
+                .stats
+                .count_tables(plan.tables, TableEvent::FillSkipped(why));
             tracing::debug!(key, tables = ?plan.tables, why, "cache fill skipped");
             return Ok((value, ReadOutcome::Miss));
         }
@@ -295,6 +303,9 @@ impl Cache {
             Ok(p) => p,
             Err(e) => {
                 self.inner.stats.inc(Counter::SkippedFills);
+                self.inner
+                    .stats
+                    .count_tables(plan.tables, TableEvent::FillSkipped("did not encode"));
                 tracing::warn!(key, error = %e, "result did not encode; not cached");
                 return Ok((value, ReadOutcome::Miss));
             }
@@ -303,7 +314,11 @@ impl Cache {
         if let Some(cap) = plan.cap {
             expiry = expiry.min(cap);
         }
-        if let Err(e) = self.fill_counted(&lookup.token, &payload, &regs, expiry) {
+        let filled = self.fill_counted(&lookup.token, &payload, &regs, expiry);
+        self.inner
+            .stats
+            .count_tables(plan.tables, TableEvent::of_fill(&filled));
+        if let Err(e) = filled {
             self.record_backend_error("fill", &e);
         }
         Ok((value, ReadOutcome::Miss))
@@ -324,24 +339,42 @@ impl Cache {
         tables: &[&str],
         guarded: &[&str],
     ) -> Result<Lookup> {
+        // One key in, one lookup out.
+        self.lookup_many(&[key], tables, guarded)?
+            .pop()
+            .ok_or_else(|| Error::Protocol {
+                server: self.inner.backend.name().to_string(),
+                line: "a lookup of one key returned none".to_string(),
+            })
+    }
+
+    /// Step 1 for several entries over the same tables in one multi-get: each entry's hit
+    /// (if any) and its fill token, in the order of `keys`.
+    pub(crate) fn lookup_many(
+        &self,
+        keys: &[&str],
+        tables: &[&str],
+        guarded: &[&str],
+    ) -> Result<Vec<Lookup>> {
         self.step("lookup");
         let ks = &self.inner.keys;
         let mut version_keys = vec![ks.namespace_key()];
         version_keys.extend(tables.iter().map(|t| ks.version_key(t)));
         let generation_keys: Vec<String> = tables.iter().map(|t| ks.generation_key(t)).collect();
-        let mut all: Vec<&str> = Vec::with_capacity(1 + version_keys.len() + generation_keys.len());
-        all.push(key);
+        let n = keys.len();
+        let mut all: Vec<&str> = Vec::with_capacity(n + version_keys.len() + generation_keys.len());
+        all.extend_from_slice(keys);
         all.extend(version_keys.iter().map(String::as_str));
         all.extend(generation_keys.iter().map(String::as_str));
         let mut got = self.inner.backend.get_multi(&all)?;
-        let counters: Vec<Option<u64>> = all[1..]
+        let counters: Vec<Option<u64>> = all[n..]
             .iter()
             .map(|k| got.get(*k).and_then(|i| clock::parse(&i.value)))
             .collect();
         let counters: Vec<u64> = if counters.iter().all(Option::is_some) {
             counters.into_iter().flatten().collect()
         } else {
-            clock::ensure(&*self.inner.backend, &all[1..])?
+            clock::ensure(&*self.inner.backend, &all[n..])?
         };
         let (versions, generations) = counters.split_at(version_keys.len());
         let mut recorded_now = versions.to_vec();
@@ -350,42 +383,50 @@ impl Cache {
                 recorded_now.push(*g);
             }
         }
-        let hit = got
-            .remove(key)
-            .and_then(|item| match open_envelope(&item.value) {
-                Some(e) if e.versions == recorded_now => {
-                    if e.guards.is_empty() || self.guards_hold(&e.guards) {
-                        Some(e.payload.to_vec())
-                    } else {
-                        // A flush list it relies on was evicted (or evicted and re-created):
-                        // a write may have missed it.
-                        let _ = self.inner.backend.delete(key);
-                        None
-                    }
-                }
-                Some(_) => {
-                    // Recorded under versions that have changed since: it can never hit again,
-                    // and while it sits there the add-only fill after this miss cannot replace it.
+        Ok(keys
+            .iter()
+            .map(|key| Lookup {
+                hit: got
+                    .remove(*key)
+                    .and_then(|item| self.judge(key, &item.value, &recorded_now)),
+                token: FillToken {
+                    key: key.to_string(),
+                    versions: recorded_now.clone(),
+                    generation_keys: generation_keys.clone(),
+                    generations: generations.to_vec(),
+                },
+            })
+            .collect())
+    }
+
+    /// Whether a stored item is a hit under the versions `recorded_now`: its payload if so.
+    /// Entries that can never hit again, and garbage, are deleted.
+    fn judge(&self, key: &str, value: &[u8], recorded_now: &[u64]) -> Option<Vec<u8>> {
+        match open_envelope(value) {
+            Some(e) if e.versions == recorded_now => {
+                if e.guards.is_empty() || self.guards_hold(&e.guards) {
+                    Some(e.payload.to_vec())
+                } else {
+                    // A flush list it relies on was evicted (or evicted and re-created):
+                    // a write may have missed it.
                     let _ = self.inner.backend.delete(key);
                     None
                 }
-                // Another reader's fill in progress: a miss, and not ours to delete.
-                None if item.value.starts_with(PENDING_MAGIC) => None,
-                None => {
-                    self.inner.stats.inc(Counter::DecodeErrors);
-                    let _ = self.inner.backend.delete(key);
-                    None
-                }
-            });
-        Ok(Lookup {
-            hit,
-            token: FillToken {
-                key: key.to_string(),
-                versions: recorded_now,
-                generation_keys,
-                generations: generations.to_vec(),
-            },
-        })
+            }
+            Some(_) => {
+                // Recorded under versions that have changed since: it can never hit again,
+                // and while it sits there the add-only fill after this miss cannot replace it.
+                let _ = self.inner.backend.delete(key);
+                None
+            }
+            // Another reader's fill in progress: a miss, and not ours to delete.
+            None if value.starts_with(PENDING_MAGIC) => None,
+            None => {
+                self.inner.stats.inc(Counter::DecodeErrors);
+                let _ = self.inner.backend.delete(key);
+                None
+            }
+        }
     }
 
     /// Eviction-safe mode: whether every flush list an entry is registered on still exists
@@ -586,22 +627,266 @@ impl Cache {
         F: FnOnce() -> T,
         X: FlushTarget + ?Sized,
     {
-        let Some(flush_key) = target.flush_key(self.keys()) else {
-            return f();
-        };
-        let k = self.keys().manual_key(&format!("{key}@{flush_key}"));
-        let tables = target.tables();
+        self.cached_with_all([target], key, timeout, f)
+    }
+
+    /// Like [`cached_with`](Cache::cached_with), with the value tied to several targets: it
+    /// is registered on the flush list of every one of them, so a write that invalidates any
+    /// of them deletes it (a rendered list of rows, a value computed from two objects).
+    /// Targets of different types mix as `&dyn FlushTarget`.
+    ///
+    /// The stored key combines `key` with every target's flush list, in order. With one target
+    /// this is exactly `cached_with`; with none it is [`cached`](Cache::cached) (nothing but
+    /// the timeout removes the value); if any target has no flush key, `f` is just called.
+    /// The fill follows the protocol of `docs/src/protocol.md`: a write to a target's table
+    /// while `f` runs leaves nothing cached.
+    ///
+    /// ```
+    /// use caching_core::{Cache, FlushTarget, Invalidation, ObjectKey, Timeout};
+    /// let cache = Cache::locmem();
+    /// let (post, author) = (ObjectKey::new("posts", &["1"]), ObjectKey::new("users", &["7"]));
+    /// let targets: [&dyn FlushTarget; 2] = [&post, &author];
+    /// let a: String = cache.cached_with_all(targets, "byline", Timeout::Forever, || "v1".into());
+    /// let b: String = cache.cached_with_all(targets, "byline", Timeout::Forever, || "v2".into());
+    /// assert_eq!((a.as_str(), b.as_str()), ("v1", "v1"));
+    /// // A write to either target deletes the value.
+    /// let mut inv = Invalidation::new();
+    /// inv.object(author.clone());
+    /// cache.invalidate(&inv).unwrap();
+    /// let c: String = cache.cached_with_all(targets, "byline", Timeout::Forever, || "v3".into());
+    /// assert_eq!(c, "v3");
+    /// // A slice of one target type works too.
+    /// let rows = vec![ObjectKey::new("posts", &["1"]), ObjectKey::new("posts", &["2"])];
+    /// let n: usize = cache.cached_with_all(&rows, "count", Timeout::Forever, || rows.len());
+    /// assert_eq!(n, 2);
+    /// ```
+    pub fn cached_with_all<T, F, I>(&self, targets: I, key: &str, timeout: Timeout, f: F) -> T
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> T,
+        I: IntoIterator,
+        I::Item: FlushTarget,
+    {
+        let load = || Ok::<T, std::convert::Infallible>(f());
+        match self.try_cached_with_all(targets, key, timeout, load) {
+            Ok(v) => v,
+            Err(never) => match never {},
+        }
+    }
+
+    /// [`cached_with_all`](Cache::cached_with_all) for a function that can fail: its error is
+    /// returned as is and nothing is cached. The cache failing still only means `f` runs.
+    ///
+    /// ```
+    /// use caching_core::{Cache, ObjectKey, Timeout};
+    /// let cache = Cache::locmem();
+    /// let user = [ObjectKey::new("users", &["1"])];
+    /// let bad: Result<u32, &str> = cache.try_cached_with_all(&user, "n", Timeout::Forever, || Err("no"));
+    /// assert_eq!(bad, Err("no"));
+    /// let ok: Result<u32, &str> = cache.try_cached_with_all(&user, "n", Timeout::Forever, || Ok(5));
+    /// let hit: Result<u32, &str> = cache.try_cached_with_all(&user, "n", Timeout::Forever, || Ok(6));
+    /// assert_eq!((ok, hit), (Ok(5), Ok(5)));
+    /// ```
+    pub fn try_cached_with_all<T, E, F, I>(
+        &self,
+        targets: I,
+        key: &str,
+        timeout: Timeout,
+        f: F,
+    ) -> std::result::Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> std::result::Result<T, E>,
+        I: IntoIterator,
+        I::Item: FlushTarget,
+    {
+        let ks = self.keys();
+        // Each target's flush list, with the version key its overflow marker bumps.
+        let mut lists: Vec<(String, String)> = Vec::new();
+        let mut tables: Vec<String> = Vec::new();
+        let mut full_key = key.to_string();
+        for target in targets {
+            let Some(flush_key) = target.flush_key(ks) else {
+                return f();
+            };
+            let own = target.tables();
+            let version_key = own
+                .first()
+                .map(|t| ks.version_key(t))
+                .unwrap_or_else(|| ks.namespace_key());
+            for t in own {
+                if !tables.contains(&t) {
+                    tables.push(t);
+                }
+            }
+            full_key.push('@');
+            full_key.push_str(&flush_key);
+            lists.push((flush_key, version_key));
+        }
+        let k = ks.manual_key(&full_key);
         let table_refs: Vec<&str> = tables.iter().map(String::as_str).collect();
-        let version_key = tables
-            .first()
-            .map(|t| self.keys().version_key(t))
-            .unwrap_or_else(|| self.keys().namespace_key());
         let plan = ReadPlan::new(&k, &table_refs).timeout(timeout);
         let register = |_: &T, regs: &mut Registrations| {
-            regs.on_list(flush_key.clone(), version_key, &k);
+            for (flush_key, version_key) in lists {
+                regs.on_list(flush_key, version_key, &k);
+            }
             Ok(())
         };
-        self.read_value(&plan, f, register)
+        self.read_through(&plan, f, register).map(|(v, _)| v)
+    }
+
+    /// [`read_through`](Cache::read_through) for several entries at once, over the same
+    /// tables (the per-object entries of a fetch by id): one multi-get looks them all up;
+    /// `load` gets the positions (in `keys`) of the entries that missed and returns the values
+    /// it found for them, tagged with their position; each found value is registered by
+    /// `register` (value, its entry key, registrations) and filled by the usual protocol.
+    /// The plan's settings (tables, guards, timeout, cap, no-fill, bypass) apply to every
+    /// key; its own key is not read. Returns the values in the order of `keys` (`None` where
+    /// nothing was cached and `load` found nothing), and [`ReadOutcome::Hit`] when every
+    /// entry hit, [`ReadOutcome::Miss`] otherwise. As with `read_through`, the cache failing
+    /// only means `load` gets every position.
+    ///
+    /// ```
+    /// use caching_core::{Cache, ObjectKey, ReadOutcome, ReadPlan};
+    /// let cache = Cache::locmem();
+    /// let objects: Vec<ObjectKey> = (1..=3).map(|i| ObjectKey::new("users", &[i.to_string()])).collect();
+    /// let keys: Vec<String> = objects.iter().map(|o| cache.keys().object_entry_key("db", o)).collect();
+    /// let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    /// let plan = ReadPlan::new("", &["users"]);
+    /// let load = |missing: &[usize]| Ok::<_, std::convert::Infallible>(
+    ///     missing.iter().map(|&i| (i, format!("user {}", i + 1))).collect::<Vec<_>>());
+    /// let register = |_: &String, key: &str, regs: &mut caching_core::Registrations| {
+    ///     let i = keys.iter().position(|k| k == key).unwrap();
+    ///     regs.row(cache.keys(), &objects[i], key);
+    /// };
+    /// let (first, outcome) = cache.read_many(&refs[..2], &plan, load, register).unwrap();
+    /// assert_eq!(outcome, ReadOutcome::Miss);
+    /// let (all, outcome) = cache.read_many(&refs, &plan, load, register).unwrap();
+    /// assert_eq!(outcome, ReadOutcome::Miss); // user 3 was not cached yet
+    /// assert_eq!(all[..2], first[..]);
+    /// let (_, outcome) = cache.read_many(&refs, &plan, load, register).unwrap();
+    /// assert_eq!(outcome, ReadOutcome::Hit);
+    /// ```
+    pub fn read_many<T, E, L, R>(
+        &self,
+        keys: &[&str],
+        plan: &ReadPlan<'_>,
+        load: L,
+        register: R,
+    ) -> std::result::Result<(Vec<Option<T>>, ReadOutcome), E>
+    where
+        T: Serialize + DeserializeOwned,
+        L: FnOnce(&[usize]) -> std::result::Result<Vec<(usize, T)>, E>,
+        R: Fn(&T, &str, &mut Registrations),
+    {
+        let place = |found: Vec<(usize, T)>, out: &mut Vec<Option<T>>| {
+            for (i, v) in found {
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Some(v);
+                }
+            }
+        };
+        let mut out: Vec<Option<T>> = keys.iter().map(|_| None).collect();
+        let all: Vec<usize> = (0..keys.len()).collect();
+        let bypass = plan.bypass.or_else(|| {
+            self.inner
+                .delivery
+                .blocks(plan.tables)
+                .then_some("undelivered invalidation")
+        });
+        if let Some(why) = bypass {
+            self.inner.stats.inc(Counter::BypassedReads);
+            self.inner
+                .stats
+                .count_tables(plan.tables, TableEvent::Bypassed(why));
+            tracing::debug!(keys = keys.len(), tables = ?plan.tables, why, "cache bypassed");
+            place(load(&all)?, &mut out);
+            return Ok((out, ReadOutcome::Bypassed(why)));
+        }
+        let guarded: &[&str] = match plan.guarded {
+            Guarded::None => &[],
+            Guarded::All => plan.tables,
+            Guarded::Tables(t) => t,
+        };
+        let lookups = match self.lookup_many(keys, plan.tables, guarded) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                self.record_backend_error("lookup", &e);
+                None
+            }
+        };
+        let mut missing = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let hit = lookups
+                .as_ref()
+                .and_then(|l| l.get(i))
+                .and_then(|l| l.hit.as_deref());
+            match hit.map(JsonCodec::decode::<T>) {
+                Some(Ok(v)) => {
+                    self.inner.stats.inc(Counter::Hits);
+                    self.inner.stats.count_tables(plan.tables, TableEvent::Hit);
+                    out[i] = Some(v);
+                }
+                Some(Err(e)) => {
+                    self.record_decode_error(key, &e);
+                    missing.push(i);
+                }
+                None => missing.push(i),
+            }
+        }
+        tracing::debug!(keys = keys.len(), misses = missing.len(), tables = ?plan.tables, "cache multi-read");
+        if missing.is_empty() {
+            return Ok((out, ReadOutcome::Hit));
+        }
+        self.inner.stats.add(Counter::Misses, missing.len() as u64);
+        for _ in &missing {
+            self.inner.stats.count_tables(plan.tables, TableEvent::Miss);
+        }
+        self.step("read");
+        let found = load(&missing)?;
+        let Some(lookups) = lookups else {
+            place(found, &mut out);
+            return Ok((out, ReadOutcome::Miss));
+        };
+        let mut expiry = self.expiry(plan.timeout);
+        if let Some(cap) = plan.cap {
+            expiry = expiry.min(cap);
+        }
+        for (i, value) in &found {
+            let (Some(lookup), Some(key)) = (lookups.get(*i), keys.get(*i)) else {
+                continue;
+            };
+            if let Some(why) = plan.no_fill {
+                self.inner.stats.inc(Counter::SkippedFills);
+                self.inner
+                    .stats
+                    .count_tables(plan.tables, TableEvent::FillSkipped(why));
+                tracing::debug!(key, why, "cache fill skipped");
+                continue;
+            }
+            let mut regs = Registrations::new();
+            register(value, key, &mut regs);
+            let payload = match JsonCodec::encode(value) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.inner.stats.inc(Counter::SkippedFills);
+                    self.inner
+                        .stats
+                        .count_tables(plan.tables, TableEvent::FillSkipped("did not encode"));
+                    tracing::warn!(key, error = %e, "value did not encode; not cached");
+                    continue;
+                }
+            };
+            let filled = self.fill_counted(&lookup.token, &payload, &regs, expiry);
+            self.inner
+                .stats
+                .count_tables(plan.tables, TableEvent::of_fill(&filled));
+            if let Err(e) = filled {
+                self.record_backend_error("fill", &e);
+            }
+        }
+        place(found, &mut out);
+        Ok((out, ReadOutcome::Miss))
     }
 
     /// Deletes a manual key (`cached`).

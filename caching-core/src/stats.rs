@@ -1,6 +1,9 @@
-//! Counters of what a cache did, readable as a snapshot by tests and users.
+//! Counters of what a cache did, readable as a snapshot by tests and users: the global
+//! counters ([`StatsSnapshot`]) and the read outcomes of each table ([`TableStats`]).
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
 
 macro_rules! stats {
     ($($(#[doc = $doc:expr])* $name:ident),* $(,)?) => {
@@ -8,6 +11,7 @@ macro_rules! stats {
         #[derive(Debug, Default)]
         pub struct Stats {
             $($name: AtomicU64,)*
+            tables: TableCounters,
         }
 
         /// A point-in-time copy of [`Stats`].
@@ -132,5 +136,249 @@ impl Stats {
 
     pub(crate) fn inc(&self, c: Counter) {
         self.add(c, 1);
+    }
+
+    /// Counts a read's `event` under each of its tables.
+    pub(crate) fn count_tables(&self, tables: &[&str], event: TableEvent) {
+        if !tables.is_empty() {
+            self.tables.count(tables, event);
+        }
+    }
+
+    /// Copies the per-table counters.
+    pub(crate) fn table_snapshot(&self) -> BTreeMap<String, TableStats> {
+        self.tables.snapshot()
+    }
+}
+
+/// The read outcomes of one table, as [`Cache::table_stats`](crate::Cache::table_stats)
+/// reports them. A read counts once under each table it depends on (a join under both), and
+/// every read through [`Cache::read_through`](crate::Cache::read_through) or a wrapper that
+/// reports its own bypasses ([`Cache::record_read`](crate::Cache::record_read)) counts:
+/// unlike the global counters, reads the wrapper never tried to cache (turned off for the
+/// query, SQL it cannot read) count here, as bypassed, with their reason.
+///
+/// ```
+/// use caching_core::{Cache, ReadOutcome, ReadPlan};
+/// let cache = Cache::locmem();
+/// let plan = ReadPlan::new("app:q:1", &["users"]);
+/// let load = || Ok::<_, std::convert::Infallible>(vec![1u32]);
+/// cache.read_through(&plan, load, |_, _| Ok(())).unwrap(); // miss, filled
+/// cache.read_through(&plan, load, |_, _| Ok(())).unwrap(); // hit
+/// cache.record_read(&["users"], ReadOutcome::Bypassed("caching turned off for this query"));
+/// let users = &cache.table_stats()["users"];
+/// assert_eq!((users.hits, users.misses, users.bypassed, users.fills), (1, 1, 1, 1));
+/// assert_eq!(users.bypassed_by["caching turned off for this query"], 1);
+/// assert_eq!(users.reads(), 3);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TableStats {
+    /// Reads answered from the cache ([`ReadOutcome::Hit`](crate::ReadOutcome::Hit)).
+    pub hits: u64,
+    /// Reads answered by the database after looking the cache up
+    /// ([`ReadOutcome::Miss`](crate::ReadOutcome::Miss)).
+    pub misses: u64,
+    /// Reads answered by the database without looking the cache up
+    /// ([`ReadOutcome::Bypassed`](crate::ReadOutcome::Bypassed)).
+    pub bypassed: u64,
+    /// [`bypassed`](TableStats::bypassed) by reason: the `why` of `ReadOutcome::Bypassed`
+    /// (`"transaction sees its own writes"`, `"caching turned off for this query"`,
+    /// `"undelivered invalidation"`, ...).
+    pub bypassed_by: BTreeMap<&'static str, u64>,
+    /// Results stored after a miss.
+    pub fills: u64,
+    /// Results not stored after a miss.
+    pub skipped_fills: u64,
+    /// [`skipped_fills`](TableStats::skipped_fills) by reason (`"inside a transaction"`,
+    /// `"empty result"`, `"too large"`, `"raced with a write"`, ...).
+    pub skipped_fills_by: BTreeMap<&'static str, u64>,
+}
+
+impl TableStats {
+    /// Every read counted: hits, misses and bypassed reads.
+    pub fn reads(&self) -> u64 {
+        self.hits + self.misses + self.bypassed
+    }
+}
+
+/// Adds another table's counts (the same table in several caches, or several processes).
+///
+/// ```
+/// use caching_core::TableStats;
+/// let mut total = TableStats::default();
+/// total += TableStats::default();
+/// assert_eq!(total.reads(), 0);
+/// ```
+impl std::ops::AddAssign for TableStats {
+    fn add_assign(&mut self, other: TableStats) {
+        self.hits += other.hits;
+        self.misses += other.misses;
+        self.bypassed += other.bypassed;
+        self.fills += other.fills;
+        self.skipped_fills += other.skipped_fills;
+        for (why, n) in other.bypassed_by {
+            *self.bypassed_by.entry(why).or_default() += n;
+        }
+        for (why, n) in other.skipped_fills_by {
+            *self.skipped_fills_by.entry(why).or_default() += n;
+        }
+    }
+}
+
+impl crate::Cache {
+    /// The read outcomes of each table read through this cache (every clone shares them):
+    /// see [`TableStats`]. A copy; a table appears once it has been read.
+    ///
+    /// ```
+    /// let cache = caching_core::Cache::locmem();
+    /// assert!(cache.table_stats().is_empty());
+    /// ```
+    pub fn table_stats(&self) -> BTreeMap<String, TableStats> {
+        self.inner.stats.table_snapshot()
+    }
+
+    /// Counts, in the per-table stats only, a read that did not go through
+    /// [`read_through`](crate::Cache::read_through) (which counts its own): a wrapper's read
+    /// that bypassed the cache before getting that far (caching turned off for the query, a
+    /// statement it cannot key or read dependencies from). The global counters do not move.
+    ///
+    /// ```
+    /// use caching_core::{Cache, ReadOutcome};
+    /// let cache = Cache::locmem();
+    /// cache.record_read(&["users", "addons"], ReadOutcome::Bypassed("caching turned off for this query"));
+    /// assert_eq!(cache.table_stats()["addons"].bypassed, 1);
+    /// assert_eq!(cache.stats().bypassed_reads, 0);
+    /// ```
+    pub fn record_read(&self, tables: &[&str], outcome: crate::ReadOutcome) {
+        let event = match outcome {
+            crate::ReadOutcome::Hit => TableEvent::Hit,
+            crate::ReadOutcome::Miss => TableEvent::Miss,
+            crate::ReadOutcome::Bypassed(why) => TableEvent::Bypassed(why),
+        };
+        self.inner.stats.count_tables(tables, event);
+    }
+}
+
+/// Something that happened to a read, counted under each of its tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TableEvent {
+    Hit,
+    Miss,
+    Bypassed(&'static str),
+    Filled,
+    FillSkipped(&'static str),
+}
+
+impl TableEvent {
+    /// The event of a fill's outcome.
+    pub(crate) fn of_fill(outcome: &crate::Result<crate::FillOutcome>) -> TableEvent {
+        use crate::FillOutcome;
+        match outcome {
+            Ok(FillOutcome::Stored) => TableEvent::Filled,
+            Ok(FillOutcome::AlreadyCached) => TableEvent::FillSkipped("already cached"),
+            Ok(FillOutcome::TooLarge) => TableEvent::FillSkipped("too large"),
+            Ok(FillOutcome::Raced) => TableEvent::FillSkipped("raced with a write"),
+            Ok(FillOutcome::Unregistered) => TableEvent::FillSkipped("registration failed"),
+            Err(_) => TableEvent::FillSkipped("fill failed"),
+        }
+    }
+}
+
+/// The live counters of one table. The outcome counters are atomics, read under the map's
+/// read lock; only the reason maps (bypasses, skipped fills: not the hit path) take a mutex.
+#[derive(Debug, Default)]
+struct TableCounter {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    bypassed: AtomicU64,
+    fills: AtomicU64,
+    skipped_fills: AtomicU64,
+    reasons: Mutex<Reasons>,
+}
+
+#[derive(Debug, Default)]
+struct Reasons {
+    bypassed: BTreeMap<&'static str, u64>,
+    skipped_fills: BTreeMap<&'static str, u64>,
+}
+
+impl TableCounter {
+    fn count(&self, event: TableEvent) {
+        let (counter, reason) = match event {
+            TableEvent::Hit => (&self.hits, None),
+            TableEvent::Miss => (&self.misses, None),
+            TableEvent::Filled => (&self.fills, None),
+            TableEvent::Bypassed(why) => (&self.bypassed, Some((false, why))),
+            TableEvent::FillSkipped(why) => (&self.skipped_fills, Some((true, why))),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some((fill, why)) = reason {
+            let mut r = self.reasons.lock().unwrap_or_else(PoisonError::into_inner);
+            let map = if fill {
+                &mut r.skipped_fills
+            } else {
+                &mut r.bypassed
+            };
+            *map.entry(why).or_default() += 1;
+        }
+    }
+
+    fn snapshot(&self) -> TableStats {
+        let r = self.reasons.lock().unwrap_or_else(PoisonError::into_inner);
+        TableStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            bypassed: self.bypassed.load(Ordering::Relaxed),
+            bypassed_by: r.bypassed.clone(),
+            fills: self.fills.load(Ordering::Relaxed),
+            skipped_fills: self.skipped_fills.load(Ordering::Relaxed),
+            skipped_fills_by: r.skipped_fills.clone(),
+        }
+    }
+}
+
+/// The per-table counters: a table's entry is created by its first read (the only time a
+/// read allocates here); every later read takes the read lock and bumps atomics.
+#[derive(Debug, Default)]
+struct TableCounters(RwLock<HashMap<Box<str>, TableCounter>>);
+
+impl TableCounters {
+    /// Counts `event` once under each of `tables` (a table named twice counts once).
+    fn count(&self, tables: &[&str], event: TableEvent) {
+        // The positions in `tables` of the tables without an entry yet (created afterwards,
+        // under the write lock). A read names a handful of tables; past 64 (never, in
+        // practice) everything is counted under the write lock.
+        let mut missing = u64::MAX;
+        if tables.len() <= 64 {
+            missing = 0;
+            let map = self.0.read().unwrap_or_else(PoisonError::into_inner);
+            for (i, t) in tables.iter().enumerate() {
+                if tables[..i].contains(t) {
+                    continue;
+                }
+                match map.get(*t) {
+                    Some(c) => c.count(event),
+                    None => missing |= 1 << i,
+                }
+            }
+        }
+        if missing == 0 {
+            return;
+        }
+        let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        for (i, t) in tables.iter().enumerate() {
+            let first = !tables[..i].contains(t);
+            if first && (i >= 64 || missing & (1 << i) != 0) {
+                map.entry(Box::from(*t)).or_default().count(event);
+            }
+        }
+    }
+
+    fn snapshot(&self) -> BTreeMap<String, TableStats> {
+        let map = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        map.iter()
+            .map(|(t, c)| (t.to_string(), c.snapshot()))
+            .collect()
     }
 }
