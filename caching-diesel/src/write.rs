@@ -5,9 +5,9 @@
 //! | helper | rows it learns | works on |
 //! |---|---|---|
 //! | [`save_changes`](CachedConnection::save_changes) | the updated row (Diesel's `UpdateAndFetchResults`) | all |
-//! | [`insert`](CachedConnection::insert) | rows from `RETURNING` (upserts too) | PostgreSQL, SQLite |
+//! | [`insert`](CachedConnection::insert) | rows from `RETURNING` (upserts too); on MySQL, read back by `LAST_INSERT_ID()` | all (MySQL: auto-increment keys) |
 //! | [`update`](CachedConnection::update) / [`delete`](CachedConnection::delete) | rows from `RETURNING` | PostgreSQL, SQLite |
-//! | [`insert_for`](CachedConnection::insert_for) | the models you pass (created) | all (MySQL inserts) |
+//! | [`insert_for`](CachedConnection::insert_for) | the models you pass (created) | all (MySQL inserts `insert` cannot read back) |
 //! | [`execute_for`](CachedConnection::execute_for) | the models you pass | all |
 //! | [`execute_bulk`](CachedConnection::execute_bulk) | none: whole table | all (MySQL bulk writes) |
 //!
@@ -95,6 +95,102 @@ fn whole<M: CachedModel>() -> Invalidation {
     inv
 }
 
+/// An `INSERT` whose rows [`CachedConnection::insert`] can get back on connection `C`:
+///
+/// - SQLite and PostgreSQL: any statement Diesel loads `M` rows from, through `RETURNING`
+///   (a bare `insert_into(..).values(..)` returns the table's columns, upserts too);
+/// - MySQL, which has no `RETURNING`: `insert_into(table).values(..)` (one row or a batch)
+///   whose rows `M` loads from the table's columns. The rows are read back by id, which
+///   needs a table whose primary key is one AUTO_INCREMENT integer column that the statement
+///   leaves to the database; anything else is refused at run time with
+///   [`Error::InsertRowsUnknown`](crate::Error::InsertRowsUnknown) (use
+///   [`insert_for`](CachedConnection::insert_for) there).
+///
+/// Implemented by the library for those statements; you do not implement it. Code generic
+/// over the database names it as the bound of the statement:
+///
+/// ```
+/// use caching_diesel::prelude::*;
+/// use caching_diesel::{Cache, CacheConnection, CacheSet, CachedConnection, InsertRows};
+/// diesel::table! { users (id) { id -> Integer, name -> Text } }
+/// #[derive(Queryable, Selectable, Identifiable, Cached, serde::Serialize, serde::Deserialize)]
+/// #[diesel(table_name = users)]
+/// struct User { id: i32, name: String }
+///
+/// /// Inserts a user with `statement`, on any database; the database picks the id.
+/// fn create<'q, C, S>(conn: &mut CachedConnection<C>, statement: S) -> QueryResult<User>
+/// where
+///     C: CacheConnection,
+///     S: InsertRows<'q, C, User>,
+/// {
+///     conn.insert_one(statement)
+/// }
+///
+/// let raw = SqliteConnection::establish(":memory:").unwrap();
+/// let mut conn = CachedConnection::with_caches(raw, CacheSet::new(Cache::locmem()));
+/// diesel::sql_query("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL)").execute(&mut conn).unwrap();
+/// let u = create(&mut conn, diesel::insert_into(users::table).values(users::name.eq("fliggy"))).unwrap();
+/// assert_eq!((u.id, u.name.as_str()), (1, "fliggy"));
+/// ```
+pub trait InsertRows<'query, C: CacheConnection, M>: QueryFragment<C::Backend> + Sized {
+    /// Runs the statement (whose SQL is `sql`) and returns the rows it inserted.
+    #[doc(hidden)]
+    fn insert_rows(self, conn: &mut C, sql: &str) -> QueryResult<Vec<M>>;
+}
+
+/// `RETURNING`: the statement loads its rows itself.
+macro_rules! returning_inserts {
+    ($conn:ty) => {
+        impl<'query, S, M> InsertRows<'query, $conn, M> for S
+        where
+            S: LoadQuery<'query, $conn, M> + QueryFragment<<$conn as diesel::Connection>::Backend>,
+        {
+            fn insert_rows(self, conn: &mut $conn, _sql: &str) -> QueryResult<Vec<M>> {
+                self.get_results(conn)
+            }
+        }
+    };
+}
+
+#[cfg(feature = "sqlite")]
+returning_inserts!(diesel::SqliteConnection);
+#[cfg(feature = "postgres")]
+returning_inserts!(diesel::PgConnection);
+
+/// The condition on the ids of the rows read back on MySQL, and their order.
+#[cfg(feature = "mysql")]
+type IdsCondition = diesel::expression::SqlLiteral<diesel::sql_types::Bool>;
+#[cfg(feature = "mysql")]
+type IdsOrder = diesel::expression::SqlLiteral<diesel::sql_types::BigInt>;
+
+/// MySQL: the statement runs, then its rows are read back by the ids `LAST_INSERT_ID()`
+/// gives, in one transaction (see `mysql_insert`).
+#[cfg(feature = "mysql")]
+impl<'query, T, U, Op, M> InsertRows<'query, diesel::MysqlConnection, M>
+    for diesel::query_builder::InsertStatement<T, U, Op>
+where
+    T: diesel::Table + Clone + diesel::query_dsl::methods::FilterDsl<IdsCondition>,
+    U: diesel::insertable::CanInsertInSingleQuery<diesel::mysql::Mysql>,
+    Self: ExecuteDsl<diesel::MysqlConnection> + QueryFragment<diesel::mysql::Mysql>,
+    diesel::dsl::Filter<T, IdsCondition>: diesel::query_dsl::methods::OrderDsl<IdsOrder>,
+    diesel::dsl::Order<diesel::dsl::Filter<T, IdsCondition>, IdsOrder>:
+        LoadQuery<'query, diesel::MysqlConnection, M>,
+{
+    fn insert_rows(self, conn: &mut diesel::MysqlConnection, sql: &str) -> QueryResult<Vec<M>> {
+        use diesel::query_dsl::methods::OrderDsl;
+        use diesel::RunQueryDsl;
+        let table = self.target.clone();
+        let expected = self.records.rows_to_insert();
+        crate::mysql_insert::insert_and_read(
+            conn,
+            sql,
+            expected,
+            |c| ExecuteDsl::execute(self, c),
+            |c, ids, pk| table.filter(ids).order(pk).load(c),
+        )
+    }
+}
+
 impl<C: CacheConnection> CachedConnection<C> {
     fn guard(&self) -> QueryResult<()> {
         if self.tx.depth() == 0 && self.in_foreign_transaction() {
@@ -150,8 +246,15 @@ impl<C: CacheConnection> CachedConnection<C> {
         Ok(row)
     }
 
-    /// Runs an `INSERT` (single, batch or upsert) that returns its rows, and invalidates
-    /// them as created rows.
+    /// Runs an `INSERT` (single, batch or upsert) and invalidates the rows it inserted as
+    /// created rows, which it returns. On SQLite and PostgreSQL they come from `RETURNING`;
+    /// on MySQL they are read back by id, in the same transaction (a savepoint inside an open
+    /// one): for an `insert_into(table).values(..)` into a table whose primary key is one
+    /// AUTO_INCREMENT integer column the statement leaves to the database. Anything else is
+    /// refused on MySQL, with nothing written, by
+    /// `Err(QueryBuilderError(`[`Error::InsertRowsUnknown`](crate::Error::InsertRowsUnknown)`))`:
+    /// an upsert, `INSERT .. SELECT`, a composite or non-auto-increment key, ids given by the
+    /// statement (use [`insert_for`](Self::insert_for) there). See [`InsertRows`].
     ///
     /// ```
     /// use caching_diesel::prelude::*;
@@ -171,18 +274,20 @@ impl<C: CacheConnection> CachedConnection<C> {
     pub fn insert<'query, M, S>(&mut self, statement: S) -> QueryResult<Vec<M>>
     where
         M: CachedModel,
-        S: LoadQuery<'query, C, M> + QueryFragment<C::Backend>,
+        S: InsertRows<'query, C, M>,
     {
         self.guard()?;
         let sql = self.conn.query_identity(&statement)?.sql;
-        let rows: Vec<M> = self.helper_write(|c| statement.get_results(c))?;
+        let rows: Vec<M> = self.helper_write(|c| statement.insert_rows(c, &sql))?;
         let inv = self.creation(&rows, &sql, true);
         self.after_write(inv)?;
         Ok(rows)
     }
 
-    /// Runs an `INSERT` without `RETURNING` (MySQL) whose rows you know, and invalidates them
-    /// as created rows.
+    /// Runs an `INSERT` whose rows you know, and invalidates them as created rows: for
+    /// inserts [`insert`](Self::insert) cannot read back on MySQL (ids given by the statement,
+    /// composite or non-integer keys, `REPLACE`, `INSERT IGNORE`, ...). Returns the number of
+    /// rows affected.
     pub fn insert_for<M, S>(&mut self, rows: &[M], statement: S) -> QueryResult<usize>
     where
         M: CachedModel,
@@ -251,7 +356,7 @@ impl<C: CacheConnection> CachedConnection<C> {
     pub fn insert_one<'query, M, S>(&mut self, statement: S) -> QueryResult<M>
     where
         M: CachedModel,
-        S: LoadQuery<'query, C, M> + QueryFragment<C::Backend>,
+        S: InsertRows<'query, C, M>,
     {
         first_row(self.insert(statement)?)
     }
