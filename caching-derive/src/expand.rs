@@ -53,8 +53,26 @@ pub fn expand(m: &Model<'_>) -> TokenStream {
             let field = c.key.spanned_field();
             quote_spanned!(c.key.ty_span=> ::caching_diesel::__private::push_predicate_value(out, #column, &self.#field);)
         });
+    // Fetch by id needs one primary-key column.
+    let fetch_by_id = match m.primary_key.as_slice() {
+        [k] => {
+            let field = k.spanned_field();
+            let ty = &k.ty;
+            quote! {
+                impl #impl_generics ::caching_diesel::FetchById for #ident #ty_generics #where_clause {
+                    type Id = #ty;
+                    fn id(&self) -> &Self::Id {
+                        &self.#field
+                    }
+                }
+            }
+        }
+        _ => quote!(),
+    };
     quote! {
         const _: () = {
+            #fetch_by_id
+
             impl #impl_generics ::caching_diesel::CachedModel for #ident #ty_generics #where_clause {
                 const TABLE: &'static str = #model_name;
                 const SQL_TABLE: &'static str = #sql_table;

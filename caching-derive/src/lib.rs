@@ -26,6 +26,7 @@
 
 mod attrs;
 mod expand;
+mod method;
 mod model;
 
 use proc_macro::TokenStream;
@@ -61,4 +62,45 @@ pub fn derive_cached(input: TokenStream) -> TokenStream {
 pub fn derive_cached_row(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
     expand::expand_row(&input).into()
+}
+
+/// Caches a method of a `#[derive(Cached)]` model per (object, method, arguments), on the
+/// object's flush list: a write that invalidates the object (saving it, deleting it, a write
+/// through a foreign key that reaches it) makes the next call compute it again. The
+/// original's `@cached_method`.
+///
+/// The method takes `&self`, then the cache: a `&Cache` or a `&mut CachedConnection<_>` (its
+/// default cache; the body may use the connection). Every other argument is part of the key
+/// and must implement serde's `Serialize`; the result must implement `Serialize` and
+/// `DeserializeOwned`. A method returning a `Result` (any type named `..Result`) caches only
+/// its `Ok` values. `#[cached_method(timeout = 60)]` sets a timeout in seconds; the default
+/// is the cache's. There is no per-instance memo as in the original: a `&self` method cannot
+/// remember a value without a field for it, and the cache lookup is cheap.
+///
+/// ```ignore
+/// impl Post {
+///     #[cached_method]
+///     fn comment_count(&self, conn: &mut CachedConnection<SqliteConnection>) -> QueryResult<i64> {
+///         comments::table.filter(comments::post_id.eq(self.id)).count().get_result(conn)
+///     }
+///
+///     #[cached_method(timeout = 300)]
+///     fn summary(&self, cache: &Cache, words: usize) -> String {
+///         self.body.split_whitespace().take(words).collect::<Vec<_>>().join(" ")
+///     }
+/// }
+/// ```
+///
+/// The crate `caching_diesel` re-exports it and documents it with a compiled example.
+#[proc_macro_attribute]
+pub fn cached_method(args: TokenStream, item: TokenStream) -> TokenStream {
+    let item = proc_macro2::TokenStream::from(item);
+    method::expand(args.into(), item.clone())
+        .unwrap_or_else(|e| {
+            // The method stays as written, so the error is the only one reported.
+            let mut out = e.into_compile_error();
+            out.extend(item);
+            out
+        })
+        .into()
 }

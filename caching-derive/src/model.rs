@@ -12,6 +12,7 @@ use crate::attrs::{parse_column_name, parse_struct_attrs};
 /// its type, where a type error in the generated code (no `Display`) is reported.
 pub struct KeyField {
     pub field: Ident,
+    pub ty: Type,
     pub ty_span: Span,
 }
 
@@ -138,6 +139,7 @@ impl FieldInfo<'_> {
     fn key_field(&self) -> KeyField {
         KeyField {
             field: self.ident.clone(),
+            ty: self.ty.clone(),
             ty_span: self.ty.span(),
         }
     }

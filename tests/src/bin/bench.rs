@@ -5,6 +5,9 @@
 //! `cargo run --release -p caching-tests --bin bench` runs SQLite with locmem (and memcached
 //! when `MEMCACHED_URL` is set); with `--all-features` and `PG_DATABASE_URL`, PostgreSQL too.
 //!
+//! `-- --fetch-by-id` runs only the fetch-by-id comparison: wide rows in overlapping lists,
+//! cached whole against fetched by id (hit latency, bytes stored, re-reading after a write).
+//!
 //! `-- --mix` runs only the write-heavy mix (issue 8): 90% cached reads (author lists and
 //! rows by key), 10% writes that move a row to another author, under each
 //! [`DependencyTracking`]: predicate dependencies, table-level, and flush lists only (the
@@ -345,7 +348,156 @@ fn parse_cost() {
     }
 }
 
+mod wide_schema {
+    diesel::table! {
+        docs (id) {
+            id -> Integer,
+            author_id -> Integer,
+            body -> Text,
+        }
+    }
+}
+use wide_schema::docs;
+
+/// A wide row for the fetch-by-id figures: a 2 KB body.
+#[derive(
+    Queryable,
+    Selectable,
+    Identifiable,
+    AsChangeset,
+    Cached,
+    serde::Serialize,
+    serde::Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
+)]
+#[diesel(table_name = docs)]
+struct Doc {
+    id: i32,
+    author_id: i32,
+    body: String,
+}
+
+const WIDE_ROWS: i32 = 400;
+const WIDE_LISTS: i32 = 40;
+const WIDE_LIST_LEN: i64 = 50;
+
+/// Fetch by id against whole-result caching on wide rows and overlapping lists: list `k`
+/// holds the 50 docs from id `10k`, so each doc is in about 5 lists. Hit latency, bytes
+/// stored, and the cost of re-reading every list after one doc is saved.
+macro_rules! fetch_by_id_db {
+    ($db:expr, $raw:expr) => {{
+        let mut backends = vec![("locmem", Cache::locmem())];
+        match std::env::var("MEMCACHED_URL") {
+            Ok(url) => match Cache::from_url(&format!("{url}?prefix=fbi{}", std::process::id())) {
+                Ok(c) => backends.push(("memcached", c)),
+                Err(e) => println!("skipped memcached fetch-by-id: {e}"),
+            },
+            Err(_) => println!("skipped memcached fetch-by-id: MEMCACHED_URL unset"),
+        }
+        for (backend, cache) in backends {
+            let mut raw = $raw;
+            raw.batch_execute(
+                "DROP TABLE IF EXISTS docs; CREATE TABLE docs (id INTEGER PRIMARY KEY, author_id INTEGER NOT NULL, body TEXT NOT NULL)",
+            )
+            .unwrap();
+            let body = "x".repeat(2048);
+            let values: Vec<String> = (1..=WIDE_ROWS)
+                .map(|i| format!("({i}, {}, '{body}')", i % 10))
+                .collect();
+            raw.batch_execute(&format!("INSERT INTO docs VALUES {}", values.join(",")))
+                .unwrap();
+            let mut conn = CachedConnection::with_caches(raw, CacheSet::new(cache.clone()));
+            let list = |k: i32| {
+                docs::table
+                    .filter(docs::id.gt(k * 10))
+                    .order(docs::id)
+                    .limit(WIDE_LIST_LEN)
+            };
+            let whole = |conn: &mut CachedConnection<_>, k: i32| -> Vec<Doc> {
+                list(k).cached().load(conn).unwrap()
+            };
+            let by_id = |conn: &mut CachedConnection<_>, k: i32| -> Vec<Doc> {
+                list(k).cached().fetch_by_id(conn).unwrap()
+            };
+            let k = |i: usize| (i % WIDE_LISTS as usize) as i32;
+            // Bytes stored: every list whole, against the id lists plus each doc once.
+            let mut whole_bytes = 0;
+            let mut ids_bytes = 0;
+            let mut seen = std::collections::BTreeSet::new();
+            let mut object_bytes = 0;
+            for kk in 0..WIDE_LISTS {
+                let rows = whole(&mut conn, kk);
+                whole_bytes += serde_json::to_vec(&rows).unwrap().len();
+                let ids: Vec<i32> = rows.iter().map(|d| d.id).collect();
+                ids_bytes += serde_json::to_vec(&ids).unwrap().len();
+                for d in rows {
+                    if seen.insert(d.id) {
+                        object_bytes += serde_json::to_vec(&d).unwrap().len();
+                    }
+                }
+                by_id(&mut conn, kk);
+            }
+            let whole_hit = sample(SAMPLES, |i| timed(|| whole(&mut conn, k(i))));
+            let by_id_hit = sample(SAMPLES, |i| timed(|| by_id(&mut conn, k(i))));
+            // One doc saved (it sits in ~5 lists), then every list read again.
+            let mut round = 0;
+            let mut after_write = |fetch: bool| {
+                round += 1;
+                let d = Doc { id: 200, author_id: 0, body: format!("{body}{round}") };
+                let _: Doc = conn.save_changes(&d).unwrap();
+                timed(|| {
+                    for kk in 0..WIDE_LISTS {
+                        if fetch { by_id(&mut conn, kk) } else { whole(&mut conn, kk) };
+                    }
+                })
+            };
+            let whole_refill = sample(30, |_| after_write(false));
+            let by_id_refill = sample(30, |_| after_write(true));
+            let name = format!("fetch_by_id_{}_{backend}", $db);
+            let us = |d: Duration| d.as_secs_f64() * 1e6;
+            println!("metric {name}_hit_whole {:.1} us", us(whole_hit));
+            println!("metric {name}_hit_by_id {:.1} us", us(by_id_hit));
+            println!("ratio {name}_hit_by_id_over_whole {:.2}", us(by_id_hit) / us(whole_hit));
+            println!("metric {name}_bytes_whole {whole_bytes} bytes");
+            println!("metric {name}_bytes_by_id {} bytes", ids_bytes + object_bytes);
+            println!(
+                "ratio {name}_bytes_by_id_over_whole {:.2}",
+                (ids_bytes + object_bytes) as f64 / whole_bytes as f64
+            );
+            println!("metric {name}_reread_{WIDE_LISTS}_lists_after_write_whole {:.1} us", us(whole_refill));
+            println!("metric {name}_reread_{WIDE_LISTS}_lists_after_write_by_id {:.1} us", us(by_id_refill));
+            println!(
+                "ratio {name}_reread_after_write_by_id_over_whole {:.2}",
+                us(by_id_refill) / us(whole_refill)
+            );
+        }
+    }};
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "--fetch-by-id") {
+        println!("fetch by id: {WIDE_ROWS} docs of 2 KB, {WIDE_LISTS} overlapping lists of {WIDE_LIST_LEN}; medians of {SAMPLES} list reads (30 re-reads after a write)");
+        fetch_by_id_db!(
+            "sqlite",
+            diesel::SqliteConnection::establish(":memory:").unwrap()
+        );
+        #[cfg(feature = "postgres")]
+        match std::env::var("PG_DATABASE_URL") {
+            Ok(url) => fetch_by_id_db!("postgres", {
+                let mut c = diesel::PgConnection::establish(&url).unwrap();
+                let schema = caching_tests::db::unique_name("fbi");
+                c.batch_execute(&format!(
+                    "CREATE SCHEMA {schema}; SET search_path TO {schema}"
+                ))
+                .unwrap();
+                c
+            }),
+            Err(_) => println!("skipped postgres fetch-by-id: PG_DATABASE_URL unset"),
+        }
+        return;
+    }
     if std::env::args().any(|a| a == "--mix") {
         println!("write-heavy mix: {MIX_OPS} ops (10% writes moving a post to another author, 45% author lists of 20, 45% posts by key among {MIX_HOT_ROWS}), {ROWS} posts, {MIX_AUTHORS} authors");
         mix_db!(
