@@ -3,6 +3,7 @@
 export MEMCACHED_URL := env_var_or_default("MEMCACHED_URL", "memcached://127.0.0.1:11211")
 export PG_DATABASE_URL := env_var_or_default("PG_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
 export MYSQL_DATABASE_URL := env_var_or_default("MYSQL_DATABASE_URL", "mysql://root@127.0.0.1:3306/test")
+export REDIS_URL := env_var_or_default("REDIS_URL", "redis://127.0.0.1:6379")
 
 # Tests that need no server (bundled SQLite, locmem).
 test:
@@ -31,6 +32,10 @@ stress:
 # The same with writes moving add-ons between the `author2_id` lists readers read.
 stress-moving:
     cargo run --release -p caching-tests --all-features --bin stress -- --seconds 60 --readers 8 --writers 2 --moving
+
+# The moving-rows stress run on Redis (REDIS_URL).
+stress-redis:
+    cargo run --release -p caching-tests --all-features --bin stress -- --seconds 60 --readers 8 --writers 2 --moving --redis
 
 # Every fault mode of the stress harness for 60 s each, in the default and the eviction-safe
 # mode, on private memcached servers (default-mode evict reports its documented exposure).

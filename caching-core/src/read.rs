@@ -366,7 +366,7 @@ impl Cache {
         all.extend_from_slice(keys);
         all.extend(version_keys.iter().map(String::as_str));
         all.extend(generation_keys.iter().map(String::as_str));
-        let mut got = self.inner.backend.get_multi(&all)?;
+        let got = self.inner.backend.get_multi(&all)?;
         let counters: Vec<Option<u64>> = all[n..]
             .iter()
             .map(|k| got.get(*k).and_then(|i| clock::parse(&i.value)))
@@ -386,8 +386,9 @@ impl Cache {
         Ok(keys
             .iter()
             .map(|key| Lookup {
+                // `get`, not `remove`: a key listed twice hits twice.
                 hit: got
-                    .remove(*key)
+                    .get(*key)
                     .and_then(|item| self.judge(key, &item.value, &recorded_now)),
                 token: FillToken {
                     key: key.to_string(),
@@ -573,21 +574,25 @@ impl Cache {
     }
 
     /// Manual caching: returns the value cached under `key`, or calls `f`, caches its result
-    /// for `timeout` and returns it. The cache being down only means `f` runs every time.
+    /// for `timeout` (a [`Timeout`], or a `Duration`) and returns it. The cache being down
+    /// only means `f` runs every time.
     ///
     /// ```
     /// use caching_core::{Cache, Timeout};
+    /// use std::time::Duration;
     /// let cache = Cache::locmem();
     /// let v: String = cache.cached("greeting", Timeout::Default, || "hello".to_string());
     /// assert_eq!(v, "hello");
+    /// let n: u32 = cache.cached("answer", Duration::from_secs(60), || 42);
+    /// assert_eq!(n, 42);
     /// ```
-    pub fn cached<T, F>(&self, key: &str, timeout: Timeout, f: F) -> T
+    pub fn cached<T, F>(&self, key: &str, timeout: impl Into<Timeout>, f: F) -> T
     where
         T: Serialize + DeserializeOwned,
         F: FnOnce() -> T,
     {
         let k = self.keys().manual_key(key);
-        let plan = ReadPlan::new(&k, &[]).timeout(timeout);
+        let plan = ReadPlan::new(&k, &[]).timeout(timeout.into());
         self.read_value(&plan, f, |_, _| Ok(()))
     }
 
@@ -621,7 +626,13 @@ impl Cache {
     /// let c: u32 = cache.cached_with(&user, "score", Timeout::Forever, || 3);
     /// assert_eq!(c, 3);
     /// ```
-    pub fn cached_with<T, F, X>(&self, target: &X, key: &str, timeout: Timeout, f: F) -> T
+    pub fn cached_with<T, F, X>(
+        &self,
+        target: &X,
+        key: &str,
+        timeout: impl Into<Timeout>,
+        f: F,
+    ) -> T
     where
         T: Serialize + DeserializeOwned,
         F: FnOnce() -> T,
@@ -660,7 +671,13 @@ impl Cache {
     /// let n: usize = cache.cached_with_all(&rows, "count", Timeout::Forever, || rows.len());
     /// assert_eq!(n, 2);
     /// ```
-    pub fn cached_with_all<T, F, I>(&self, targets: I, key: &str, timeout: Timeout, f: F) -> T
+    pub fn cached_with_all<T, F, I>(
+        &self,
+        targets: I,
+        key: &str,
+        timeout: impl Into<Timeout>,
+        f: F,
+    ) -> T
     where
         T: Serialize + DeserializeOwned,
         F: FnOnce() -> T,
@@ -691,7 +708,7 @@ impl Cache {
         &self,
         targets: I,
         key: &str,
-        timeout: Timeout,
+        timeout: impl Into<Timeout>,
         f: F,
     ) -> std::result::Result<T, E>
     where
@@ -725,7 +742,7 @@ impl Cache {
         }
         let k = ks.manual_key(&full_key);
         let table_refs: Vec<&str> = tables.iter().map(String::as_str).collect();
-        let plan = ReadPlan::new(&k, &table_refs).timeout(timeout);
+        let plan = ReadPlan::new(&k, &table_refs).timeout(timeout.into());
         let register = |_: &T, regs: &mut Registrations| {
             for (flush_key, version_key) in lists {
                 regs.on_list(flush_key, version_key, &k);

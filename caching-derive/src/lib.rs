@@ -73,13 +73,15 @@ pub fn derive_cached_row(input: TokenStream) -> TokenStream {
 /// default cache; the body may use the connection). Every other argument is part of the key
 /// and must implement serde's `Serialize`; the result must implement `Serialize` and
 /// `DeserializeOwned`. A method returning a `Result` (any type named `..Result`) caches only
-/// its `Ok` values. `#[cached_method(timeout = 60)]` sets a timeout in seconds; the default
-/// is the cache's. There is no per-instance memo as in the original: a `&self` method cannot
+/// its `Ok` values. `#[cached_method(timeout = 60)]` sets a timeout in seconds (the default
+/// is the cache's); `tables = ["comments"]` names the tables the body reads besides the
+/// model's, whose writes then make the value miss. The key includes the object's content, so
+/// a value computed from an old copy of the row is never served for the new one. There is no per-instance memo as in the original: a `&self` method cannot
 /// remember a value without a field for it, and the cache lookup is cheap.
 ///
 /// ```ignore
 /// impl Post {
-///     #[cached_method]
+///     #[cached_method(tables = ["comments"])]
 ///     fn comment_count(&self, conn: &mut CachedConnection<SqliteConnection>) -> QueryResult<i64> {
 ///         comments::table.filter(comments::post_id.eq(self.id)).count().get_result(conn)
 ///     }

@@ -8,13 +8,19 @@ use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{Error, Expr, FnArg, ImplItemFn, Lit, Meta, Pat, ReturnType, Token, Type};
 
-/// The attribute's options: `timeout = <seconds>`.
+/// The attribute's options: `timeout = <seconds>`, `tables = ["t", ..]`.
 struct Options {
     timeout: TokenStream,
+    tables: Vec<syn::LitStr>,
+}
+
+fn tables_help() -> &'static str {
+    "`tables` lists the SQL tables the method reads besides its model's: `tables = [\"posts\"]`"
 }
 
 fn parse_options(args: TokenStream) -> syn::Result<Options> {
     let mut timeout = quote!(::caching_diesel::Timeout::Default);
+    let mut tables = Vec::new();
     let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(args)?;
     for meta in metas {
         match &meta {
@@ -48,15 +54,27 @@ fn parse_options(args: TokenStream) -> syn::Result<Options> {
                     ))
                 }
             },
-            other => {
-                return Err(Error::new(
-                    other.span(),
-                    "unknown option of #[cached_method]\nhelp: the only option is `timeout = <seconds>`",
-                ))
-            }
+            Meta::NameValue(nv) if nv.path.is_ident("tables") => match &nv.value {
+                Expr::Array(array) => {
+                    for elem in &array.elems {
+                        match elem {
+                            Expr::Lit(syn::ExprLit {
+                                lit: Lit::Str(s), ..
+                            }) if !s.value().is_empty() => tables.push(s.clone()),
+                            other => return Err(Error::new(other.span(), tables_help())),
+                        }
+                    }
+                }
+                other => return Err(Error::new(other.span(), tables_help())),
+            },
+            other => return Err(Error::new(
+                other.span(),
+                "unknown option of #[cached_method]\nhelp: the options are `timeout = <seconds>` \
+                     and `tables = [\"table\", ..]`",
+            )),
         }
     }
-    Ok(Options { timeout })
+    Ok(Options { timeout, tables })
 }
 
 /// Whether a return type is a `Result` (by its last path segment: `Result`, `QueryResult`,
@@ -88,6 +106,13 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         return Err(Error::new(
             a.span(),
             "#[cached_method] does not support `async fn` yet",
+        ));
+    }
+    if let Some(p) = sig.generics.const_params().next() {
+        return Err(Error::new(
+            p.span(),
+            "#[cached_method] methods cannot be generic over constants: the cache key would \
+             not tell the instantiations apart",
         ));
     }
     if let Some(p) = sig.generics.type_params().next() {
@@ -156,8 +181,8 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
             }
         }
     }
-    let name = sig.ident.to_string();
     let timeout = options.timeout;
+    let tables = options.tables.iter().map(|t| t.value().to_lowercase());
     let attrs = &method.attrs;
     let vis = &method.vis;
     let defaultness = &method.defaultness;
@@ -167,22 +192,30 @@ pub fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
     } else {
         quote!(::caching_diesel::__private::cached_method)
     };
-    // The cache is taken from its argument before the body borrows it; the other arguments
-    // are serialized into the key (spanned at them: a type without `Serialize` is reported
-    // there).
+    // The call is prepared (cache, transaction state, key) before the body borrows the
+    // source; the other arguments are serialized into the key (spanned at them: a type
+    // without `Serialize` is reported there). The marker function's type name is the
+    // method's full path (module, impl, trait), so two methods never share a key. Names the
+    // expansion introduces are hygienic (mixed-site): an argument named `call` is untouched.
     let key_parts = parts
         .iter()
         .map(|p| quote_spanned!(p.span()=> ::caching_diesel::__private::KeyArg::new(&#p)));
-    let cache_of = quote_spanned!(source.span()=> ::caching_diesel::__private::CacheSource::source_cache(&#source));
+    let source_ref = quote_spanned!(source.span()=> &#source);
+    let call_ident = syn::Ident::new("__cached_method_call", proc_macro2::Span::mixed_site());
+    let marker = syn::Ident::new("__cached_method_marker", proc_macro2::Span::mixed_site());
     Ok(quote! {
         #(#attrs)*
         #vis #defaultness #sig {
-            let __cache: ::caching_diesel::Cache = #cache_of;
-            let __key = ::caching_diesel::__private::method_key::<Self>(
-                #name,
+            fn #marker() {}
+            let #call_ident = ::caching_diesel::__private::MethodCall::new(
+                #source_ref,
+                self,
+                ::std::any::type_name_of_val(&#marker),
                 &[#(#key_parts),*],
+                &[#(#tables),*],
+                #timeout,
             );
-            #call(&__cache, self, __key, #timeout, move || -> #ret #block)
+            #call(#call_ident, move || -> #ret #block)
         }
     })
 }

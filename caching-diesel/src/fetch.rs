@@ -16,7 +16,7 @@
 
 use std::fmt::Display;
 
-use caching_core::{Expiry, ObjectKey, ReadPlan, Registrations};
+use caching_core::{Expiry, ObjectKey, PredicateValue, ReadPlan, Registrations};
 use diesel::associations::HasTable;
 use diesel::dsl::{EqAny, Select};
 use diesel::expression::array_comparison::AsInExpression;
@@ -25,7 +25,7 @@ use diesel::query_builder::AsQuery;
 use diesel::query_dsl::methods::{FilterDsl, SelectDsl};
 use diesel::query_dsl::LoadQuery;
 use diesel::sql_types::{SingleValue, SqlType};
-use diesel::{ExpressionMethods, QueryResult, RunQueryDsl, Table};
+use diesel::{Column, ExpressionMethods, QueryResult, RunQueryDsl, Table};
 
 use crate::connection::CachedConnection;
 use crate::key::CacheConnection;
@@ -83,7 +83,7 @@ where
     U::Id: CacheableRow + Display + Clone + 'static,
     Q: SelectDsl<PrimaryKeyOf<U>>,
     CachedQuery<Select<Q, PrimaryKeyOf<U>>>: LoadCached<'query, CachedConnection<C>, U::Id>,
-    PrimaryKeyOf<U>: Expression,
+    PrimaryKeyOf<U>: Expression + Column,
     <PrimaryKeyOf<U> as Expression>::SqlType: SqlType + SingleValue,
     Vec<U::Id>: AsInExpression<<PrimaryKeyOf<U> as Expression>::SqlType>,
     TableQuery<U>: FilterDsl<ByIds<U>>,
@@ -95,6 +95,11 @@ where
         let disabled = options.is_disabled();
         let cache_name = options.cache_name().map(str::to_string);
         let timeout = options.timeout_or_default();
+        let declared = options.declared_tables().to_vec();
+        // The id list loads no model, so its dependencies come from the columns registered
+        // for the table: register the model's first, or the list's dependencies (and so its
+        // entry) would differ between the first fetch in a process and the next.
+        crate::columns::register(&crate::columns::ModelInfo::of::<U>());
         let ids: Vec<U::Id> = CachedQuery::with_options(query.select(pk), options).load(conn)?;
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -114,9 +119,16 @@ where
             .map(|o| cache.keys().object_entry_key(&db, o))
             .collect();
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        // The model's tables, and those declared with `.tables(..)` (a view's base tables),
+        // whose writes all make the entries miss, as they do the query.
         let mut tables = vec![U::SQL_TABLE, U::TABLE];
+        for t in &declared {
+            if !tables.contains(t) {
+                tables.push(t);
+            }
+        }
         tables.dedup();
-        let mut plan = ReadPlan::new("", &tables).timeout(timeout);
+        let mut plan = ReadPlan::new("", &tables).guard(&declared).timeout(timeout);
         if disabled {
             plan = plan.bypass("caching turned off for this query");
         } else if conn.must_bypass(&tables) {
@@ -150,8 +162,19 @@ where
             Ok(out)
         };
         let keyspace = cache.keys().clone();
+        // Like a query's rows: the row's flush list, linked into its foreign-key parents'
+        // lists; and the predicate list of its primary key, which a write through another
+        // model of the same table walks too.
+        let pk_column = <PrimaryKeyOf<U> as Column>::NAME.to_lowercase();
         let register = |row: &U, key: &str, regs: &mut Registrations| {
-            regs.row(&keyspace, &row.object_key(), key);
+            row.register(&keyspace, key, regs);
+            if let Some(v) = serde_json::to_value(row.id())
+                .ok()
+                .as_ref()
+                .and_then(PredicateValue::from_json)
+            {
+                regs.predicate(&keyspace, U::SQL_TABLE, &pk_column, &v, key);
+            }
         };
         let (rows, outcome) = cache.read_many(&refs, &plan, load, register)?;
         tracing::debug!(

@@ -72,8 +72,8 @@ pub use caching_core::{
 /// struct User { id: i32, name: String }
 ///
 /// impl User {
-///     /// Counted once, then served from the cache until this user is written.
-///     #[cached_method]
+///     /// Counted once, then served from the cache until this user, or `posts`, is written.
+///     #[cached_method(tables = ["posts"])]
 ///     fn post_count(&self, conn: &mut CachedConnection<SqliteConnection>) -> QueryResult<i64> {
 ///         posts::table.filter(posts::author_id.eq(self.id)).count().get_result(conn.inner())
 ///     }
@@ -128,7 +128,7 @@ pub mod prelude {
 /// Paths the derive's generated code names. Not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::method::{cached_method, method_key, try_cached_method, KeyArg};
+    pub use crate::method::{cached_method, try_cached_method, KeyArg, MethodCall};
     pub use crate::model::{push_predicate_value, register_model};
     pub use crate::CacheSource;
 
@@ -152,6 +152,8 @@ pub mod __private {
 /// that feature; their blocks are `no_run`.
 #[cfg(doctest)]
 mod guide {
+    #[doc = include_str!("../../README.md")]
+    struct Readme;
     #[doc = include_str!("../../docs/src/introduction.md")]
     struct Introduction;
     #[doc = include_str!("../../docs/src/quickstart.md")]

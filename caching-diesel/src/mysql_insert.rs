@@ -235,6 +235,10 @@ pub(crate) fn insert_and_read<M>(
     }
     let form = insert_form(sql_text).map_err(|(t, r)| refused(t, r))?;
     conn.transaction(|c| {
+        // LAST_INSERT_ID() keeps the connection's previous value when a statement generates
+        // no id (a trigger setting the key, say): reset it, so such an insert reads 0 and is
+        // refused instead of naming rows of an earlier insert.
+        diesel::select(sql::<BigInt>("LAST_INSERT_ID(0)")).execute(c)?;
         let inserted = execute(c)?;
         if inserted == 0 {
             return Ok(Vec::new());

@@ -39,6 +39,10 @@ impl QueryOptions {
         self.cache.as_deref()
     }
 
+    pub(crate) fn declared_tables(&self) -> &[&'static str] {
+        &self.tables
+    }
+
     pub(crate) fn timeout_or_default(&self) -> Timeout {
         self.timeout.unwrap_or_default()
     }

@@ -300,7 +300,7 @@ fn invalid_cache_urls_are_explained() {
         ),
         (
             "locmem://?io_timeout_ms=5".into(),
-            &["memcached parameters"],
+            &["server parameters", "locmem"],
         ),
         ("memcached://".into(), &["host:port"]),
         ("memcached://127.0.0.1:0".into(), &["host:port"]),

@@ -37,7 +37,7 @@ macro_rules! suite {
 
         impl UserMethods for User {
             /// Counts the user's add-ons with an uncached query on the connection.
-            #[cached_method]
+            #[cached_method(tables = ["addons"])]
             fn addon_count(&self, conn: &mut CachedConnection<Db>) -> QueryResult<i64> {
                 addons::table
                     .filter(addons::author1_id.eq(self.id))
@@ -112,6 +112,61 @@ macro_rules! suite {
             e.queries();
             assert_eq!(fliggy.addon_count(&mut e.conn).unwrap(), 3);
             assert_eq!(e.queries(), 1);
+        }
+
+        #[test]
+        fn a_write_to_a_declared_table_recomputes_it_even_a_plain_one() {
+            let Some(mut e) = env("cm_tables") else {
+                return;
+            };
+            let fliggy = user(&mut e, 1);
+            assert_eq!(fliggy.addon_count(&mut e.conn).unwrap(), 2);
+            diesel::update(addons::table.find(2))
+                .set(addons::author1_id.eq(2))
+                .execute(&mut e.conn)
+                .unwrap();
+            e.queries();
+            assert_eq!(fliggy.addon_count(&mut e.conn).unwrap(), 1);
+            assert_eq!(e.queries(), 1, "a plain write to addons reaches the value");
+            assert_eq!(fliggy.addon_count(&mut e.conn).unwrap(), 1);
+            assert_eq!(e.queries(), 0);
+        }
+
+        #[test]
+        fn inside_a_transaction_it_sees_its_own_writes_and_caches_nothing() {
+            let Some(mut e) = env("cm_tx") else { return };
+            let fliggy = user(&mut e, 1);
+            assert_eq!(fliggy.addon_count(&mut e.conn).unwrap(), 2);
+            e.conn
+                .transaction(|conn| {
+                    diesel::delete(addons::table.find(1)).execute(conn)?;
+                    assert_eq!(fliggy.addon_count(conn)?, 1, "the transaction's own write");
+                    Err::<(), _>(diesel::result::Error::RollbackTransaction)
+                })
+                .unwrap_err();
+            e.queries();
+            assert_eq!(fliggy.addon_count(&mut e.conn).unwrap(), 2);
+            assert_eq!(e.queries(), 0, "rolled back: the value cached before holds");
+        }
+
+        #[test]
+        fn a_value_computed_from_an_old_copy_is_never_served_for_the_new_row() {
+            let Some(mut e) = env("cm_old_copy") else {
+                return;
+            };
+            let cache = e.cache.clone();
+            let old = user(&mut e, 1);
+            let new: User = e
+                .conn
+                .save_changes(&User {
+                    id: 1,
+                    name: "fliggy2".into(),
+                })
+                .unwrap();
+            // The old copy still computes from its own fields, after the save...
+            assert_eq!(old.greeting(&cache, ".", 1), "hello fliggy.");
+            // ...and that value is keyed by its content: the saved row gets its own.
+            assert_eq!(new.greeting(&cache, ".", 1), "hello fliggy2.");
         }
 
         #[test]

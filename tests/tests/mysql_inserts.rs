@@ -243,14 +243,15 @@ macro_rules! suite {
             notes::table.count().get_result(&mut *e.conn).unwrap()
         }
 
-        /// Statements an insert sends: one `INSERT .. RETURNING`; on MySQL BEGIN, INSERT,
-        /// `SELECT LAST_INSERT_ID()`, the primary key's description (first insert into the
-        /// table in this process only), the rows by id, COMMIT.
+        /// Statements an insert sends: one `INSERT .. RETURNING`; on MySQL BEGIN,
+        /// `SELECT LAST_INSERT_ID(0)`, INSERT, `SELECT LAST_INSERT_ID()`, the primary key's
+        /// description (first insert into the table in this process only), the rows by id,
+        /// COMMIT.
         fn insert_statements(first_into_table: bool) -> usize {
             match (MYSQL, first_into_table) {
                 (false, _) => 1,
-                (true, true) => 6,
-                (true, false) => 5,
+                (true, true) => 7,
+                (true, false) => 6,
             }
         }
 
@@ -547,6 +548,45 @@ mod mysql_concurrency {
         assert_eq!(ids, [ids[0], ids[0] + 5, ids[0] + 10]);
         let stored: Vec<Note> = notes::table.order(notes::id).load(&mut *e.conn).unwrap();
         assert_eq!(rows, stored);
+    }
+
+    #[test]
+    fn a_key_set_by_a_trigger_is_refused_not_confused_with_an_earlier_insert() {
+        let Some(mut e) =
+            Env::<diesel::MysqlConnection>::new("mysql_ins_trigger", BackendKind::LocMem)
+        else {
+            return;
+        };
+        for stmt in ddl("mysql") {
+            diesel::sql_query(stmt).execute(&mut *e.conn).unwrap();
+        }
+        // Two rows with generated ids: LAST_INSERT_ID() is now the first of them.
+        let first: Vec<Note> = e
+            .conn
+            .insert(
+                diesel::insert_into(notes::table).values(&vec![new_note("a", 1), new_note("b", 2)]),
+            )
+            .unwrap();
+        assert_eq!(first.len(), 2);
+        // From now on a trigger picks the key: the INSERT generates no id, and
+        // LAST_INSERT_ID() would still name the rows above.
+        diesel::sql_query(
+            "CREATE TRIGGER notes_pick_id BEFORE INSERT ON notes FOR EACH ROW SET NEW.id = 1000 + NEW.score",
+        )
+        .execute(&mut *e.conn)
+        .unwrap();
+        let err = e
+            .conn
+            .insert::<Note, _>(diesel::insert_into(notes::table).values(&new_note("c", 7)))
+            .unwrap_err();
+        let (table, why) = super::refusal(err);
+        assert_eq!(table, "notes");
+        assert!(
+            matches!(why, caching_diesel::InsertRefusal::RowsNotFound { .. }),
+            "refused, not read back as another insert's rows: {why:?}"
+        );
+        let stored: Vec<Note> = notes::table.order(notes::id).load(&mut *e.conn).unwrap();
+        assert_eq!(stored, first, "the refused insert was rolled back");
     }
 
     #[test]

@@ -15,6 +15,18 @@ impl Post {
         1
     }
 
+    #[cached_method(tables = "posts")]
+    fn d(&self, cache: &Cache) -> usize {
+        let _ = cache;
+        1
+    }
+
+    #[cached_method(tables = [posts])]
+    fn e(&self, cache: &Cache) -> usize {
+        let _ = cache;
+        1
+    }
+
     #[cached_method(timeout = 0)]
     fn c(&self, cache: &Cache) -> usize {
         let _ = cache;

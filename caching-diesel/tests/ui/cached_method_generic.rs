@@ -8,6 +8,12 @@ impl Post {
         let _ = cache;
         value.to_string()
     }
+
+    #[cached_method]
+    fn repeat<const N: usize>(&self, cache: &Cache) -> usize {
+        let _ = cache;
+        N
+    }
 }
 
 fn main() {}

@@ -136,6 +136,20 @@ fn caches() -> Vec<(&'static str, Cache)> {
             Err(e) => eprintln!("memcached (eviction-safe) skipped: {e}"),
         }
     }
+    match std::env::var("REDIS_URL") {
+        Ok(url) => {
+            let url = format!("{url}?prefix=bench{}", std::process::id());
+            match Cache::from_url(&url) {
+                Ok(c) => out.push(("redis", c)),
+                Err(e) => println!("skipped redis: {e}"),
+            }
+            match Cache::from_url(&format!("{url}safe&eviction_safe=true")) {
+                Ok(c) => out.push(("rd+safe", c)),
+                Err(e) => println!("skipped redis (eviction-safe): {e}"),
+            }
+        }
+        Err(_) => println!("skipped redis: REDIS_URL unset"),
+    }
     out
 }
 

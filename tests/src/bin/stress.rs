@@ -38,6 +38,8 @@
 //! before its end, so stale entries they leave are read by the workers, and found by the
 //! final sweep, instead of being wiped by a last restart.
 //!
+//! `--redis` runs every cache on the Redis of `REDIS_URL` instead of memcached (no fault).
+//!
 //! `--eviction-safe` builds every cache with `eviction_safe(true)`. `--kill-memcached-at S
 //! --kill-for S` (one outage; `--fault none` only) also runs on a private server.
 //!
@@ -247,6 +249,8 @@ struct Args {
     stale_bound: Duration,
     /// `--moving`: writes also change `author2_id`, reads also filter on it.
     moving: bool,
+    /// `--redis`: every cache on the Redis of `REDIS_URL` instead of memcached.
+    redis: bool,
 }
 
 impl Args {
@@ -278,7 +282,7 @@ impl Args {
     }
 }
 
-const USAGE: &str = "usage: stress --seconds N --readers N --writers N [--moving] \
+const USAGE: &str = "usage: stress --seconds N --readers N --writers N [--moving] [--redis] \
                      [--fault none|restart|stall|stall2|evict|corrupt] [--eviction-safe] \
                      [--kill-memcached-at S --kill-for S] [--write-pause-ms N] \
                      [--grace-ms N] [--stale-bound-ms N]";
@@ -296,6 +300,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         grace: None,
         stale_bound: Duration::ZERO,
         moving: false,
+        redis: false,
     };
     let mut kill_for_given = false;
     let mut it = args.into_iter();
@@ -323,6 +328,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
             "--fault" => out.fault = Fault::parse(&text("--fault")?)?,
             "--eviction-safe" => out.eviction_safe = true,
             "--moving" => out.moving = true,
+            "--redis" => out.redis = true,
             "--grace-ms" => out.grace = Some(Duration::from_millis(value("--grace-ms")?)),
             "--stale-bound-ms" => {
                 out.stale_bound = Duration::from_millis(value("--stale-bound-ms")?)
@@ -333,6 +339,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     }
     if out.seconds == 0 || out.readers == 0 {
         return Err("--seconds and --readers must be positive".into());
+    }
+    if out.redis && (out.fault != Fault::None || out.kill_at.is_some()) {
+        return Err("--redis runs without faults (they act on a private memcached)".into());
     }
     if kill_for_given && out.kill_at.is_none() {
         return Err("--kill-for needs --kill-memcached-at".into());
@@ -670,15 +679,24 @@ fn connect(schema: &str, cache: &Cache) -> CachedConnection<PgConnection> {
 struct CacheFactory {
     servers: Vec<String>,
     options: MemcachedOptions,
+    /// `--redis`: the Redis of `REDIS_URL` instead of the memcached `servers`.
+    redis: Option<String>,
     prefix: String,
     eviction_safe: bool,
 }
 
 impl CacheFactory {
     fn build(&self) -> Cache {
-        Cache::builder()
-            .memcached(&self.servers, self.options.clone())
-            .expect("memcached servers resolve")
+        let builder = match &self.redis {
+            #[cfg(feature = "redis")]
+            Some(url) => Cache::builder().backend(caching_tests::test_redis(url)),
+            #[cfg(not(feature = "redis"))]
+            Some(_) => panic!("--redis needs the redis feature"),
+            None => Cache::builder()
+                .memcached(&self.servers, self.options.clone())
+                .expect("memcached servers resolve"),
+        };
+        builder
             .prefix(self.prefix.clone())
             .eviction_safe(self.eviction_safe)
             .build()
@@ -1237,8 +1255,25 @@ fn main() -> ExitCode {
     if require_env("PG_DATABASE_URL", "the stress harness").is_none() {
         return ExitCode::SUCCESS;
     }
+    let redis = if args.redis {
+        #[cfg(feature = "redis")]
+        let url = caching_tests::redis_url("the stress harness (--redis)");
+        #[cfg(not(feature = "redis"))]
+        let url: Option<String> = {
+            eprintln!("--redis needs the caching-tests feature `redis`");
+            return ExitCode::FAILURE;
+        };
+        let Some(url) = url else {
+            return ExitCode::SUCCESS;
+        };
+        Some(url)
+    } else {
+        None
+    };
     // With faults, the harness runs its own server (never harm the shared one).
-    let (servers, mut process, options) = if args.private_server() {
+    let (servers, mut process, options) = if redis.is_some() {
+        (Vec::new(), None, MemcachedOptions::default())
+    } else if args.private_server() {
         let needed_by = format!("the stress harness (--fault {})", args.fault.name());
         let Some(p) = MemcachedProcess::start_with_args(&needed_by, args.fault.server_args())
         else {
@@ -1265,6 +1300,7 @@ fn main() -> ExitCode {
     let factory = CacheFactory {
         servers,
         options,
+        redis,
         prefix: unique_prefix("stress"),
         eviction_safe: args.eviction_safe,
     };
@@ -1303,7 +1339,10 @@ fn main() -> ExitCode {
         args.readers,
         args.writers,
         schema.name,
-        factory.servers.join(","),
+        factory.redis.clone().map_or_else(
+            || factory.servers.join(","),
+            |r| format!("none (Redis {r})")
+        ),
         args.fault.name(),
         if args.eviction_safe {
             ", eviction-safe"
