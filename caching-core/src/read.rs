@@ -158,6 +158,15 @@ impl<'a> ReadPlan<'a> {
     pub fn key(&self) -> &str {
         self.key
     }
+
+    /// The tables whose write generations the entry records.
+    fn guarded_tables(&self) -> &'a [&'a str] {
+        match self.guarded {
+            Guarded::None => &[],
+            Guarded::All => self.tables,
+            Guarded::Tables(t) => t,
+        }
+    }
 }
 
 /// How [`Cache::read_through`] answered a read.
@@ -242,25 +251,11 @@ impl Cache {
         R: FnOnce(&T, &mut Registrations) -> std::result::Result<(), &'static str>,
     {
         let key = plan.key;
-        let bypass = plan.bypass.or_else(|| {
-            self.inner
-                .delivery
-                .blocks(plan.tables)
-                .then_some("undelivered invalidation")
-        });
-        if let Some(why) = bypass {
-            self.inner.stats.inc(Counter::BypassedReads);
-            self.inner
-                .stats
-                .count_tables(plan.tables, TableEvent::Bypassed(why));
+        if let Some(why) = self.bypass_of(plan) {
             tracing::debug!(key, tables = ?plan.tables, why, "cache bypassed");
             return load().map(|v| (v, ReadOutcome::Bypassed(why)));
         }
-        let guarded: &[&str] = match plan.guarded {
-            Guarded::None => &[],
-            Guarded::All => plan.tables,
-            Guarded::Tables(t) => t,
-        };
+        let guarded = plan.guarded_tables();
         let lookup = match self.lookup_inner(key, plan.tables, guarded) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -310,10 +305,7 @@ impl Cache {
                 return Ok((value, ReadOutcome::Miss));
             }
         };
-        let mut expiry = self.expiry(plan.timeout);
-        if let Some(cap) = plan.cap {
-            expiry = expiry.min(cap);
-        }
+        let expiry = self.plan_expiry(plan);
         let filled = self.fill_counted(&lookup.token, &payload, &regs, expiry);
         self.inner
             .stats
@@ -322,6 +314,28 @@ impl Cache {
             self.record_backend_error("fill", &e);
         }
         Ok((value, ReadOutcome::Miss))
+    }
+
+    /// Why a read must not use the cache (the plan says so, or an invalidation of one of its
+    /// tables is still undelivered), counted; `None` when it may.
+    fn bypass_of(&self, plan: &ReadPlan<'_>) -> Option<&'static str> {
+        let why = plan.bypass.or_else(|| {
+            self.inner
+                .delivery
+                .blocks(plan.tables)
+                .then_some("undelivered invalidation")
+        })?;
+        self.inner.stats.inc(Counter::BypassedReads);
+        self.inner
+            .stats
+            .count_tables(plan.tables, TableEvent::Bypassed(why));
+        Some(why)
+    }
+
+    /// The expiry of a plan's entry: its timeout, resolved, under its cap.
+    fn plan_expiry(&self, plan: &ReadPlan<'_>) -> Expiry {
+        let expiry = self.expiry(plan.timeout);
+        plan.cap.map_or(expiry, |cap| expiry.min(cap))
     }
 
     /// Counts a payload that failed to decode and deletes it; it is served as a miss.
@@ -805,26 +819,12 @@ impl Cache {
         };
         let mut out: Vec<Option<T>> = keys.iter().map(|_| None).collect();
         let all: Vec<usize> = (0..keys.len()).collect();
-        let bypass = plan.bypass.or_else(|| {
-            self.inner
-                .delivery
-                .blocks(plan.tables)
-                .then_some("undelivered invalidation")
-        });
-        if let Some(why) = bypass {
-            self.inner.stats.inc(Counter::BypassedReads);
-            self.inner
-                .stats
-                .count_tables(plan.tables, TableEvent::Bypassed(why));
+        if let Some(why) = self.bypass_of(plan) {
             tracing::debug!(keys = keys.len(), tables = ?plan.tables, why, "cache bypassed");
             place(load(&all)?, &mut out);
             return Ok((out, ReadOutcome::Bypassed(why)));
         }
-        let guarded: &[&str] = match plan.guarded {
-            Guarded::None => &[],
-            Guarded::All => plan.tables,
-            Guarded::Tables(t) => t,
-        };
+        let guarded = plan.guarded_tables();
         let lookups = match self.lookup_many(keys, plan.tables, guarded) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -865,10 +865,7 @@ impl Cache {
             place(found, &mut out);
             return Ok((out, ReadOutcome::Miss));
         };
-        let mut expiry = self.expiry(plan.timeout);
-        if let Some(cap) = plan.cap {
-            expiry = expiry.min(cap);
-        }
+        let expiry = self.plan_expiry(plan);
         for (i, value) in &found {
             let (Some(lookup), Some(key)) = (lookups.get(*i), keys.get(*i)) else {
                 continue;

@@ -291,6 +291,23 @@ impl<C: TestDb> Env<C> {
         Self::with_cache(test, cache)
     }
 
+    /// [`new`](Env::new) for a test of a suite run once per database: `test` is prefixed
+    /// with the database's name, so the runs on different databases never share a database
+    /// or a key prefix.
+    pub fn suite(test: &str, kind: BackendKind) -> Option<Self> {
+        Self::new(&format!("{}_{}", C::NAME, test), kind)
+    }
+
+    /// [`configured`](Env::configured) for a test of a suite run once per database (see
+    /// [`suite`](Env::suite)).
+    pub fn suite_configured(
+        test: &str,
+        kind: BackendKind,
+        configure: impl FnOnce(CacheBuilder) -> CacheBuilder,
+    ) -> Option<Self> {
+        Self::configured(&format!("{}_{}", C::NAME, test), kind, configure)
+    }
+
     /// A fresh world on an explicit cache, or `None` (skip) when a server is missing.
     pub fn with_cache(test: &str, cache: Cache) -> Option<Self> {
         let raw = C::fresh(test)?;

@@ -11,13 +11,13 @@ macro_rules! suite {
         use caching_diesel::prelude::*;
         use caching_diesel::{cached_method, Cache, CachedConnection};
         use caching_tests::db::schema::addons;
-        use caching_tests::db::{Addon, BackendKind, Env, TestDb, User, Writes};
+        use caching_tests::db::{Addon, BackendKind, Env, User, Writes};
 
         type Db = $conn;
         const KIND: BackendKind = $kind;
 
         fn env(test: &str) -> Option<Env<Db>> {
-            let e = Env::new(&format!("{}_{}", <Db as TestDb>::NAME, test), KIND)?;
+            let e = Env::suite(test, KIND)?;
             e.queries();
             Some(e)
         }

@@ -23,13 +23,13 @@ macro_rules! suite {
         use caching_diesel::prelude::*;
         use caching_diesel::{CacheBuilder, ObjectKey};
         use caching_tests::db::schema::{addons, users};
-        use caching_tests::db::{Addon, BackendKind, Env, TestDb, User, Writes};
+        use caching_tests::db::{Addon, BackendKind, Env, User, Writes};
 
         type Db = $conn;
         const KIND: BackendKind = $kind;
 
         fn env_with(test: &str, f: impl FnOnce(CacheBuilder) -> CacheBuilder) -> Option<Env<Db>> {
-            Env::configured(&format!("{}_{}", <Db as TestDb>::NAME, test), KIND, f)
+            Env::suite_configured(test, KIND, f)
         }
 
         fn env(test: &str) -> Option<Env<Db>> {

@@ -17,14 +17,14 @@ macro_rules! suite {
         const KIND: BackendKind = $kind;
 
         fn env(test: &str) -> Option<Env<Db>> {
-            Env::new(&format!("{}_{}", <Db as TestDb>::NAME, test), KIND)
+            Env::suite(test, KIND)
         }
 
         fn env_with(
             test: &str,
             f: impl FnOnce(caching_diesel::CacheBuilder) -> caching_diesel::CacheBuilder,
         ) -> Option<Env<Db>> {
-            Env::configured(&format!("{}_{}", <Db as TestDb>::NAME, test), KIND, f)
+            Env::suite_configured(test, KIND, f)
         }
 
         fn find_addon(e: &mut Env<Db>, id: i32) -> Addon {

@@ -10,13 +10,13 @@ macro_rules! suite {
     ($conn:ty, $kind:expr) => {
         use caching_diesel::prelude::*;
         use caching_tests::db::schema::addons;
-        use caching_tests::db::{Addon, BackendKind, Env, TestDb, Writes};
+        use caching_tests::db::{Addon, BackendKind, Env, Writes};
 
         type Db = $conn;
         const KIND: BackendKind = $kind;
 
         fn env(test: &str) -> Option<Env<Db>> {
-            let mut e = Env::new(&format!("{}_{}", <Db as TestDb>::NAME, test), KIND)?;
+            let mut e = Env::suite(test, KIND)?;
             <Db as Writes>::create_addon(&mut e.conn, &addon(3, 1, 2)).unwrap();
             e.queries();
             Some(e)

@@ -197,7 +197,7 @@ macro_rules! suite {
         use caching_diesel::prelude::*;
         use caching_diesel::{CacheConnection, InsertRefusal};
         use caching_tests::db::schema::users;
-        use caching_tests::db::{BackendKind, Env, TestDb, User};
+        use caching_tests::db::{BackendKind, Env, User};
 
         use super::{
             ddl, new_note, notes, pairs, refusal, tags, Inserts, NewNote, Note, Pair, Tag,
@@ -210,7 +210,7 @@ macro_rules! suite {
         /// A fresh database with the suite's tables and two notes (ids 1 and 2, scores 7
         /// and 8) inserted with plain SQL.
         fn env(test: &str) -> Option<Env<Db>> {
-            let mut e = Env::new(&format!("{}_{}", <Db as TestDb>::NAME, test), KIND)?;
+            let mut e = Env::suite(test, KIND)?;
             for stmt in ddl(<Db as CacheConnection>::BACKEND) {
                 diesel::sql_query(stmt).execute(&mut *e.conn).unwrap();
             }

@@ -22,7 +22,7 @@ macro_rules! suite {
             test: &str,
             f: impl FnOnce(caching_diesel::CacheBuilder) -> caching_diesel::CacheBuilder,
         ) -> Option<Env<Db>> {
-            let mut e = Env::configured(&format!("{}_{}", <Db as TestDb>::NAME, test), KIND, f)?;
+            let mut e = Env::suite_configured(test, KIND, f)?;
             <Db as Writes>::create_addon(&mut e.conn, &addon3()).unwrap();
             e.queries();
             Some(e)

@@ -9,13 +9,13 @@ macro_rules! suite {
         use caching_diesel::core::TableStats;
         use caching_diesel::prelude::*;
         use caching_tests::db::schema::{addons, users};
-        use caching_tests::db::{Addon, BackendKind, Env, TestDb, User};
+        use caching_tests::db::{Addon, BackendKind, Env, User};
 
         type Db = $conn;
         const KIND: BackendKind = $kind;
 
         fn env(test: &str) -> Option<Env<Db>> {
-            Env::new(&format!("{}_{}", <Db as TestDb>::NAME, test), KIND)
+            Env::suite(test, KIND)
         }
 
         fn table(e: &Env<Db>, name: &str) -> TableStats {

@@ -17,14 +17,14 @@ macro_rules! suite {
         use caching_diesel::template::{self, minijinja};
         use caching_diesel::Cache;
         use caching_tests::db::schema::{addons, users};
-        use caching_tests::db::{Addon, BackendKind, Env, TestDb, User, Writes};
+        use caching_tests::db::{Addon, BackendKind, Env, User, Writes};
         use minijinja::{context, Environment, Value};
 
         type Db = diesel::SqliteConnection;
         const KIND: BackendKind = $kind;
 
         fn env(test: &str) -> Option<Env<Db>> {
-            Env::new(&format!("{}_{}", <Db as TestDb>::NAME, test), KIND)
+            Env::suite(test, KIND)
         }
 
         /// An environment with the `cache` function on `cache`, `tick()` counting renders,

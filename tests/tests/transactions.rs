@@ -16,7 +16,7 @@ macro_rules! suite {
         const KIND: BackendKind = $kind;
 
         fn env(test: &str) -> Option<Env<Db>> {
-            Env::new(&format!("{}_{}", <Db as TestDb>::NAME, test), KIND)
+            Env::suite(test, KIND)
         }
 
         fn find(conn: &mut CachedConnection<Db>, id: i32) -> Addon {
