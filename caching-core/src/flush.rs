@@ -47,8 +47,51 @@ const MAX_REGISTER_ROUNDS: usize = 4;
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct Registrations {
-    /// flush key -> (version key of the row's table, tokens to append)
-    lists: BTreeMap<String, (String, Vec<String>)>,
+    /// flush key -> the version key of the list's table and the tokens to append
+    lists: BTreeMap<String, ListRegs>,
+}
+
+/// The tokens one fill appends to one list, each once, in the order first registered.
+#[derive(Debug, Clone)]
+struct ListRegs {
+    version: String,
+    tokens: Vec<String>,
+    /// Built once the list holds more than [`INDEX_AFTER`] tokens (a parent shared by many
+    /// rows of a result): with it, adding a token is O(1) instead of a scan of the list,
+    /// which made a fill quadratic in the rows linked to one parent.
+    index: Option<HashSet<String>>,
+}
+
+/// Below this many tokens a scan is cheaper than hashing.
+const INDEX_AFTER: usize = 16;
+
+impl ListRegs {
+    fn new(version: String) -> Self {
+        ListRegs {
+            version,
+            tokens: Vec::new(),
+            index: None,
+        }
+    }
+
+    fn add(&mut self, token: String) {
+        match &mut self.index {
+            Some(index) => {
+                if !index.contains(&token) {
+                    index.insert(token.clone());
+                    self.tokens.push(token);
+                }
+            }
+            None => {
+                if !self.tokens.contains(&token) {
+                    self.tokens.push(token);
+                    if self.tokens.len() > INDEX_AFTER {
+                        self.index = Some(self.tokens.iter().cloned().collect());
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Registrations {
@@ -68,13 +111,10 @@ impl Registrations {
     }
 
     fn push(&mut self, ks: &KeySpace, list_owner: &crate::ObjectKey, token: String) {
-        let entry = self
-            .lists
+        self.lists
             .entry(ks.flush_key(list_owner))
-            .or_insert_with(|| (ks.version_key(list_owner.model()), Vec::new()));
-        if !entry.1.contains(&token) {
-            entry.1.push(token);
-        }
+            .or_insert_with(|| ListRegs::new(ks.version_key(list_owner.model())))
+            .add(token);
     }
 
     /// Registers `key` (a query or a value) and its own flush list on row `row`: a write to the
@@ -101,9 +141,7 @@ impl Registrations {
 
     /// The tokens this registration appends to `list`.
     pub(crate) fn tokens_of(&self, list: &str) -> &[String] {
-        self.lists
-            .get(list)
-            .map_or(&[], |(_, toks)| toks.as_slice())
+        self.lists.get(list).map_or(&[], |l| l.tokens.as_slice())
     }
 
     /// Registers `key` (and its own flush list) on the predicate list of
@@ -144,13 +182,10 @@ impl Registrations {
 
     /// Registers `key` directly on a flush list (an object's or a query's).
     pub fn on_list(&mut self, flush_key: String, version_key: String, key: &str) {
-        let entry = self
-            .lists
+        self.lists
             .entry(flush_key)
-            .or_insert_with(|| (version_key, Vec::new()));
-        if !entry.1.iter().any(|t| t == key) {
-            entry.1.push(key.to_string());
-        }
+            .or_insert_with(|| ListRegs::new(version_key))
+            .add(key.to_string());
     }
 }
 
@@ -243,7 +278,7 @@ pub(crate) fn register(
     let mut pending: Vec<(&str, &str, Vec<u8>)> = regs
         .lists
         .iter()
-        .map(|(list, (ver, toks))| (list.as_str(), ver.as_str(), join(toks)))
+        .map(|(list, l)| (list.as_str(), l.version.as_str(), join(&l.tokens)))
         .collect();
     for _ in 0..MAX_REGISTER_ROUNDS {
         if pending.is_empty() {
@@ -490,4 +525,33 @@ pub(crate) fn invalidate(
     }
     report.uncleared = level.len();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ObjectKey;
+
+    /// Every token once, in first-registered order, whether the list is scanned or indexed.
+    #[test]
+    fn tokens_are_deduplicated_before_and_after_the_index() {
+        let ks = KeySpace::new("t").unwrap();
+        let parent = ObjectKey::new("users", &["1"]);
+        let mut regs = Registrations::new();
+        for round in 0..2 {
+            for i in 0..100 {
+                let child = ObjectKey::new("addons", &[i.to_string()]);
+                regs.link(&ks, &child, &parent);
+                if round == 0 && i < 20 {
+                    // Repeated while the list is still scanned, and again once indexed.
+                    regs.link(&ks, &child, &parent);
+                }
+            }
+        }
+        let tokens = regs.tokens_of(&ks.flush_key(&parent));
+        let expected: Vec<String> = (0..100)
+            .map(|i| ks.flush_key(&ObjectKey::new("addons", &[i.to_string()])))
+            .collect();
+        assert_eq!(tokens, expected.as_slice());
+    }
 }

@@ -8,6 +8,9 @@
 //! `-- --fetch-by-id` runs only the fetch-by-id comparison: wide rows in overlapping lists,
 //! cached whole against fetched by id (hit latency, bytes stored, re-reading after a write).
 //!
+//! `-- --registrations` times building a fill's registrations for results of 10 to 10,000
+//! rows that all point at one parent (the shape that made building them quadratic), per row.
+//!
 //! `-- --mix` runs only the write-heavy mix (issue 8): 90% cached reads (author lists and
 //! rows by key), 10% writes that move a row to another author, under each
 //! [`DependencyTracking`]: predicate dependencies, table-level, and flush lists only (the
@@ -490,7 +493,44 @@ macro_rules! fetch_by_id_db {
     }};
 }
 
+/// Building the registrations of a fill whose rows all link to one parent: per row, for
+/// growing results. Flat per-row figures mean linear cost.
+fn registrations_cost() {
+    use caching_diesel::__private::{KeySpace, Registrations};
+    use caching_diesel::ObjectKey;
+    let ks = KeySpace::new("bench").unwrap();
+    let parent = ObjectKey::new("users", &["1"]);
+    let mut per_row = Vec::new();
+    for n in [10usize, 100, 1_000, 10_000] {
+        let rows: Vec<ObjectKey> = (0..n)
+            .map(|i| ObjectKey::new("addons", &[i.to_string()]))
+            .collect();
+        let samples = (200_000 / n).clamp(5, 300);
+        let t = sample(samples, |_| {
+            timed(|| {
+                let mut regs = Registrations::new();
+                for r in &rows {
+                    regs.row(&ks, r, "bench:q:0123456789abcdef");
+                    regs.link(&ks, r, &parent);
+                }
+                regs
+            })
+        });
+        let us = t.as_secs_f64() * 1e6 / n as f64;
+        println!("metric registrations_{n}_rows_per_row {us:.3} us");
+        per_row.push(us);
+    }
+    println!(
+        "ratio registrations_per_row_10000_over_100 {:.2}",
+        per_row[3] / per_row[1]
+    );
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "--registrations") {
+        registrations_cost();
+        return;
+    }
     if std::env::args().any(|a| a == "--fetch-by-id") {
         println!("fetch by id: {WIDE_ROWS} docs of 2 KB, {WIDE_LISTS} overlapping lists of {WIDE_LIST_LEN}; medians of {SAMPLES} list reads (30 re-reads after a write)");
         fetch_by_id_db!(
