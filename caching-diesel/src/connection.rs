@@ -9,7 +9,9 @@ use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use caching_core::{Cache, Invalidation};
+use std::time::Duration;
+
+use caching_core::{Cache, Expiry, Invalidation, ReadPlan};
 use diesel::connection::{Instrumentation, InstrumentationEvent};
 
 use crate::caches::{process_caches, CacheSet};
@@ -281,6 +283,35 @@ impl<C: CacheConnection> CachedConnection<C> {
         for cache in self.caches.all() {
             // Errors are logged and counted inside; nothing more to do here.
             let _ = cache.invalidate(inv);
+        }
+    }
+
+    /// The connection's rules for a cached read over `tables`: bypass the cache where
+    /// [`must_bypass`](Self::must_bypass) says so, never fill inside a transaction, and live at
+    /// most `cap` and, on a replica, the cache's replica timeout.
+    pub(crate) fn plan_read<'a>(
+        &self,
+        cache: &Cache,
+        mut plan: ReadPlan<'a>,
+        tables: &[&str],
+        cap: Option<Duration>,
+    ) -> ReadPlan<'a> {
+        if self.must_bypass(tables) {
+            plan = plan.bypass("transaction sees its own writes");
+        } else if self.in_transaction() {
+            plan = plan.no_fill("inside a transaction");
+        }
+        let replica = self
+            .is_replica()
+            .then(|| Expiry::from_duration(cache.config().replica_timeout));
+        match cap
+            .map(Expiry::from_duration)
+            .into_iter()
+            .chain(replica)
+            .reduce(Expiry::min)
+        {
+            Some(cap) => plan.cap(cap),
+            None => plan,
         }
     }
 

@@ -16,7 +16,7 @@
 
 use std::fmt::Display;
 
-use caching_core::{Expiry, ObjectKey, PredicateValue, ReadPlan, Registrations};
+use caching_core::{ObjectKey, PredicateValue, ReadPlan, Registrations};
 use diesel::associations::HasTable;
 use diesel::dsl::{EqAny, Select};
 use diesel::expression::array_comparison::AsInExpression;
@@ -128,17 +128,12 @@ where
             }
         }
         tables.dedup();
-        let mut plan = ReadPlan::new("", &tables).guard(&declared).timeout(timeout);
-        if disabled {
-            plan = plan.bypass("caching turned off for this query");
-        } else if conn.must_bypass(&tables) {
-            plan = plan.bypass("transaction sees its own writes");
-        } else if conn.in_transaction() {
-            plan = plan.no_fill("inside a transaction");
-        }
-        if conn.is_replica() {
-            plan = plan.cap(Expiry::from_duration(cache.config().replica_timeout));
-        }
+        let plan = ReadPlan::new("", &tables).guard(&declared).timeout(timeout);
+        let plan = if disabled {
+            plan.bypass("caching turned off for this query")
+        } else {
+            conn.plan_read(&cache, plan, &tables, None)
+        };
         let inner = &mut conn.conn;
         let load = |missing: &[usize]| -> QueryResult<Vec<(usize, U)>> {
             let wanted: Vec<U::Id> = missing.iter().map(|&i| ids[i].clone()).collect();

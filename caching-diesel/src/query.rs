@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use caching_core::{Cache, Expiry, ReadOutcome, ReadPlan, Registrations, Timeout};
+use caching_core::{Cache, ReadOutcome, ReadPlan, Registrations, Timeout};
 use diesel::dsl::{CountStar, Limit, Select};
 use diesel::query_builder::{AsQuery, QueryFragment};
 use diesel::query_dsl::methods::{LimitDsl, SelectDsl};
@@ -501,23 +501,12 @@ where
     R: FnOnce(&mut C) -> QueryResult<Vec<U>>,
     G: FnOnce(&Vec<U>, &mut Registrations),
 {
-    let mut plan = ReadPlan::new(key, tables).timeout(timeout).guard(guarded);
-    if conn.must_bypass(tables) {
-        plan = plan.bypass("transaction sees its own writes");
-    } else if conn.in_transaction() {
-        plan = plan.no_fill("inside a transaction");
-    }
-    let replica = conn
-        .is_replica()
-        .then(|| Expiry::from_duration(cache.config().replica_timeout));
-    if let Some(cap) = cap
-        .map(Expiry::from_duration)
-        .into_iter()
-        .chain(replica)
-        .reduce(Expiry::min)
-    {
-        plan = plan.cap(cap);
-    }
+    let plan = conn.plan_read(
+        cache,
+        ReadPlan::new(key, tables).timeout(timeout).guard(guarded),
+        tables,
+        cap,
+    );
     let cache_empty = cache.config().cache_empty_results;
     let inner = &mut conn.conn;
     cache.read_through(

@@ -665,16 +665,11 @@ impl MemcachedProcess {
             child: None,
             paused: std::sync::atomic::AtomicBool::new(false),
         };
-        // The free port may be taken between our probe and memcached's bind: try another.
-        let mut failures = Vec::new();
-        for _ in 0..3 {
-            p.port = free_port();
-            match p.spawn() {
-                Ok(()) => return Some(p),
-                Err(e) => failures.push(e),
-            }
-        }
-        panic!("memcached did not start: {failures:?}");
+        start_on_a_free_port("memcached", |port| {
+            p.port = port;
+            p.spawn()
+        });
+        Some(p)
     }
 
     /// The port the server listens on (the same across restarts).
@@ -875,15 +870,11 @@ impl RedisProcess {
             port: 0,
             child: None,
         };
-        let mut failures = Vec::new();
-        for _ in 0..3 {
-            p.port = free_port();
-            match p.spawn() {
-                Ok(()) => return Some(p),
-                Err(e) => failures.push(e),
-            }
-        }
-        panic!("redis-server did not start: {failures:?}");
+        start_on_a_free_port("redis-server", |port| {
+            p.port = port;
+            p.spawn()
+        });
+        Some(p)
     }
 
     /// `127.0.0.1:PORT`.
@@ -912,6 +903,41 @@ impl RedisProcess {
         self.kill();
         if let Err(e) = self.spawn() {
             panic!("{e}");
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is answered, as a server
+    /// stalled by its host.
+    ///
+    /// Fails if the server is not running or the signal cannot be sent.
+    pub fn pause(&self) -> std::io::Result<()> {
+        self.signal("STOP")
+    }
+
+    /// Lets a [paused](Self::pause) server run again (SIGCONT).
+    ///
+    /// Fails if the server is not running or the signal cannot be sent.
+    pub fn resume(&self) -> std::io::Result<()> {
+        self.signal("CONT")
+    }
+
+    fn signal(&self, name: &str) -> std::io::Result<()> {
+        let pid = self.child.as_ref().map(Child::id).ok_or_else(|| {
+            std::io::Error::other(format!(
+                "SIG{name}: redis-server on port {} is not running",
+                self.port
+            ))
+        })?;
+        let status = Command::new("kill")
+            .args([format!("-{name}"), pid.to_string()])
+            .stdin(Stdio::null())
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "kill -{name} {pid}: {status}"
+            )))
         }
     }
 
@@ -956,6 +982,22 @@ impl Drop for RedisProcess {
 }
 
 /// A loopback port that was free a moment ago (bound to port 0, then released).
+/// Runs `spawn` on a free port, up to three times: the port may be taken between the probe
+/// and the server's bind.
+///
+/// # Panics
+/// If the server did not start on three ports.
+fn start_on_a_free_port(server: &str, mut spawn: impl FnMut(u16) -> Result<(), String>) {
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        match spawn(free_port()) {
+            Ok(()) => return,
+            Err(e) => failures.push(e),
+        }
+    }
+    panic!("{server} did not start: {failures:?}");
+}
+
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
     listener.local_addr().expect("local address").port()

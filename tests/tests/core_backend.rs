@@ -1199,4 +1199,52 @@ mod redis_backend {
         assert_eq!(manual(6), 5, "caching resumed after the server came back");
         assert_eq!(calls, 3);
     }
+
+    /// A server frozen mid-run (SIGSTOP, connections open, nothing answered): calls fail
+    /// within the I/O timeout instead of hanging, values are computed without the cache, a
+    /// write's invalidation waits and is delivered after SIGCONT, and the value tied to the
+    /// written row is then recomputed, never served from before the write.
+    #[test]
+    fn a_paused_server_fails_fast_and_loses_no_invalidation() {
+        let test = "redis_paused_server";
+        let Some(server) = RedisProcess::start(test) else {
+            return;
+        };
+        let options = RedisOptions {
+            io_timeout: Duration::from_millis(300),
+            ..test_redis_options()
+        };
+        let r: Arc<dyn Backend> = Arc::new(Redis::new(&server.url(), options).unwrap());
+        let cache = Cache::builder()
+            .shared_backend(r)
+            .prefix(unique_prefix(test))
+            .build()
+            .unwrap();
+        let user = ObjectKey::new("users", &["1"]);
+        let score = |n: u32| -> u32 { cache.cached_with(&user, "score", Timeout::Forever, || n) };
+        assert_eq!(score(1), 1);
+        assert_eq!(score(2), 1, "cached while the server answers");
+
+        server.pause().unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(score(3), 3, "computed without the cache");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "a frozen server costs a timeout, not a hang: {:?}",
+            started.elapsed()
+        );
+        let mut inv = Invalidation::new();
+        inv.object(user.clone());
+        let report = cache.invalidate(&inv).unwrap();
+        assert!(report.deferred, "{report:?}");
+        assert!(cache.stats().backend_errors > 0);
+
+        server.resume().unwrap();
+        assert!(
+            cache.wait_for_delivery(Duration::from_secs(10)),
+            "the invalidation queued during the pause was delivered after it"
+        );
+        assert_eq!(score(4), 4, "the value from before the write is gone");
+        assert_eq!(score(5), 4, "caching resumed");
+    }
 }

@@ -526,6 +526,19 @@ fn registrations_cost() {
     );
 }
 
+/// A PostgreSQL connection whose search path is a new schema (tables of a run never meet
+/// another run's).
+#[cfg(feature = "postgres")]
+fn pg_in_fresh_schema(url: &str, name: &str) -> diesel::PgConnection {
+    let mut c = diesel::PgConnection::establish(url).unwrap();
+    let schema = caching_tests::db::unique_name(name);
+    c.batch_execute(&format!(
+        "CREATE SCHEMA {schema}; SET search_path TO {schema}"
+    ))
+    .unwrap();
+    c
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--registrations") {
         registrations_cost();
@@ -539,15 +552,7 @@ fn main() {
         );
         #[cfg(feature = "postgres")]
         match std::env::var("PG_DATABASE_URL") {
-            Ok(url) => fetch_by_id_db!("postgres", {
-                let mut c = diesel::PgConnection::establish(&url).unwrap();
-                let schema = caching_tests::db::unique_name("fbi");
-                c.batch_execute(&format!(
-                    "CREATE SCHEMA {schema}; SET search_path TO {schema}"
-                ))
-                .unwrap();
-                c
-            }),
+            Ok(url) => fetch_by_id_db!("postgres", pg_in_fresh_schema(&url, "fbi")),
             Err(_) => println!("skipped postgres fetch-by-id: PG_DATABASE_URL unset"),
         }
         return;
@@ -560,15 +565,7 @@ fn main() {
         );
         #[cfg(feature = "postgres")]
         match std::env::var("PG_DATABASE_URL") {
-            Ok(url) => mix_db!("postgres", {
-                let mut c = diesel::PgConnection::establish(&url).unwrap();
-                let schema = caching_tests::db::unique_name("mix");
-                c.batch_execute(&format!(
-                    "CREATE SCHEMA {schema}; SET search_path TO {schema}"
-                ))
-                .unwrap();
-                c
-            }),
+            Ok(url) => mix_db!("postgres", pg_in_fresh_schema(&url, "mix")),
             Err(_) => println!("skipped postgres mix: PG_DATABASE_URL unset"),
         }
         parse_cost();
@@ -581,14 +578,6 @@ fn main() {
     );
     #[cfg(feature = "postgres")]
     if let Ok(url) = std::env::var("PG_DATABASE_URL") {
-        bench_db!("postgres", {
-            let mut c = diesel::PgConnection::establish(&url).unwrap();
-            let schema = caching_tests::db::unique_name("bench");
-            c.batch_execute(&format!(
-                "CREATE SCHEMA {schema}; SET search_path TO {schema}"
-            ))
-            .unwrap();
-            c
-        });
+        bench_db!("postgres", pg_in_fresh_schema(&url, "bench"));
     }
 }
