@@ -21,9 +21,24 @@ services:
 ci:
     bash .ci/run
 
-# Benchmarks (cached vs uncached reads, invalidation cost).
-bench:
-    cargo run --release -p caching-tests --all-features --bin bench
+# The benchmark runner: every figure and ratio of docs/src/benchmarks.md in one run (a few
+# minutes). Pass arguments through: `just bench --quick`, `just bench --json run.json`,
+# `just bench --mix`.
+bench *ARGS:
+    cargo run --release -p caching-tests --all-features --bin bench -- {{ARGS}}
+
+# A full run written to target/bench.json, and the size-sweep plot of the docs drawn from it.
+bench-plot:
+    cargo run --release -p caching-tests --all-features --bin bench -- --json target/bench.json
+    python3 scripts/plot_bench.py target/bench.json docs/src/bench-hit-vs-size.svg
+
+# Database queries per refill of a hot entry, 2 processes x 50 readers, lease on and off.
+stampede:
+    cargo run --release -p caching-tests --all-features --bin stampede
+
+# Criterion benches of the hot functions (key derivation, payload decoding, locmem get).
+bench-hot:
+    cargo bench -p caching-tests --bench hot
 
 # The stress harness: 8 readers, 2 writers, 60 s on PostgreSQL + memcached.
 stress:

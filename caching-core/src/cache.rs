@@ -15,6 +15,8 @@ use crate::delivery::Delivery;
 use crate::error::{ConfigError, Error, Result};
 use crate::hooks::StepHook;
 use crate::key::KeySpace;
+use crate::lease::Flights;
+use crate::servers::ServerWatch;
 use crate::stats::{Counter, Stats, StatsSnapshot};
 use crate::timeout::{Expiry, Timeout};
 
@@ -25,6 +27,8 @@ pub(crate) struct Inner {
     pub(crate) stats: Stats,
     pub(crate) hook: Option<Arc<dyn StepHook>>,
     pub(crate) delivery: Delivery,
+    pub(crate) flights: Flights,
+    pub(crate) servers: ServerWatch,
 }
 
 /// A cache: cheap to clone, `Send + Sync`; clones share backend, stats and the queue of
@@ -124,6 +128,8 @@ impl Cache {
                 stats: Stats::default(),
                 hook,
                 delivery: Delivery::default(),
+                flights: Flights::default(),
+                servers: ServerWatch::default(),
             }),
         }
     }

@@ -69,9 +69,65 @@ pub(crate) fn ensure(backend: &dyn Backend, keys: &[&str]) -> Result<Vec<u64>> {
 
 /// Increments counters; a missing one is created with a random value, and one that is not a
 /// number is replaced by one (either differs from whatever a reader saw before, so it reads
-/// as changed). Every counter is attempted even if an earlier one failed; the first error is
-/// returned. Returns how many counters were repaired.
+/// as changed). All counters go in one pipelined batch (one round trip per server), the
+/// missing ones are created in a second. Every counter is attempted even if an earlier one
+/// failed; the first error is returned. Returns how many counters were repaired.
 pub(crate) fn bump(backend: &dyn Backend, keys: &[String]) -> Result<u64> {
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let mut repaired = 0;
+    let outcomes = match backend.incr_multi(&refs, 1) {
+        Ok(o) => o,
+        // A server failed: go counter by counter, so each one that can be bumped is (one
+        // bumped twice is still only "changed").
+        Err(_) => return bump_each(backend, &refs),
+    };
+    let mut first_error = None;
+    let mut missing = Vec::new();
+    for (key, outcome) in refs.iter().zip(outcomes) {
+        let done = match outcome {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => {
+                missing.push(*key);
+                Ok(())
+            }
+            Err(crate::Error::NotANumber { .. }) => repaired_one(backend, key, &mut repaired),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            first_error.get_or_insert(e);
+        }
+    }
+    if !missing.is_empty() {
+        let fresh: Vec<Vec<u8>> = missing
+            .iter()
+            .map(|_| random_start().to_string().into_bytes())
+            .collect();
+        let items: Vec<(&str, &[u8])> = missing
+            .iter()
+            .zip(&fresh)
+            .map(|(k, v)| (*k, v.as_slice()))
+            .collect();
+        match backend.add_multi(&items, Expiry::Forever) {
+            Ok(stored) => {
+                for (key, stored) in missing.iter().zip(stored) {
+                    // Lost the add race: someone created it meanwhile; increment theirs.
+                    if !stored {
+                        if let Err(e) = bump_one(backend, key, &mut repaired) {
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    first_error.map_or(Ok(repaired), Err)
+}
+
+/// [`bump`] one counter at a time.
+fn bump_each(backend: &dyn Backend, keys: &[&str]) -> Result<u64> {
     let mut first_error = None;
     let mut repaired = 0;
     for k in keys {

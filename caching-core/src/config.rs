@@ -29,12 +29,15 @@
 //! | `dependencies` | `predicates`, `table` or `flush-lists` (see [`DependencyTracking`]) | `predicates` |
 //! | `strict_writes` | `true`: a write through a cached connection that is not made by a write helper is an error | `false` |
 //! | `invalidation_wait_ms` | how long a write waits for its invalidation when the backend fails (`0`: never) | `3000` |
+//! | `codec` | how values are stored: `postcard` (compact binary; a type it cannot carry is stored as JSON) or `json` (see [`CodecKind`]) | `postcard` |
+//! | `lease_wait_ms` | stampede protection: how long a reader that missed waits for another reader's fill of the same entry before reading the database (`0`: off) | `200` |
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::locmem::{LocMem, LocMemLimits};
 use crate::backend::Backend;
+use crate::codec::CodecKind;
 use crate::error::ConfigError;
 use crate::key::KeySpace;
 use crate::timeout::{Timeout, MAX_TIMEOUT};
@@ -117,6 +120,15 @@ pub struct CacheConfig {
     /// returned. Once an outage has lasted longer than this, writes stop waiting (their
     /// invalidations are still queued and delivered later). Zero: never wait.
     pub invalidation_wait: Duration,
+    /// Stampede protection: after a miss, one reader per entry reads the database and fills
+    /// it (it holds the entry's lease: the fill's pending marker, stored before the read);
+    /// the others, in this process and in others, wait up to this long for that fill, then
+    /// read the database themselves. Hits never wait. Zero turns it off: every reader that
+    /// misses reads the database. Default 200 ms.
+    pub lease_wait: Duration,
+    /// How values are encoded (default: postcard, see [`CodecKind`]). Its id is part of every
+    /// query key.
+    pub codec: CodecKind,
 }
 
 impl Default for CacheConfig {
@@ -133,6 +145,8 @@ impl Default for CacheConfig {
             dependencies: DependencyTracking::Predicates,
             strict_writes: false,
             invalidation_wait: Duration::from_secs(3),
+            lease_wait: Duration::from_millis(200),
+            codec: CodecKind::Postcard,
         }
     }
 }
@@ -271,6 +285,31 @@ impl CacheBuilder {
     /// Turns strict writes on or off (see [`CacheConfig::strict_writes`]).
     pub fn strict_writes(mut self, yes: bool) -> Self {
         self.config.strict_writes = yes;
+        self
+    }
+
+    /// How long a reader that missed waits for another reader's fill of the same entry
+    /// (see [`CacheConfig::lease_wait`]); zero turns stampede protection off.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let cache = caching_core::Cache::builder().locmem().lease_wait(Duration::ZERO).build().unwrap();
+    /// assert!(cache.config().lease_wait.is_zero());
+    /// ```
+    pub fn lease_wait(mut self, wait: Duration) -> Self {
+        self.config.lease_wait = wait;
+        self
+    }
+
+    /// The codec values are stored with (see [`CacheConfig::codec`]).
+    ///
+    /// ```
+    /// use caching_core::codec::CodecKind;
+    /// let cache = caching_core::Cache::builder().locmem().codec(CodecKind::Json).build().unwrap();
+    /// assert_eq!(cache.config().codec, CodecKind::Json);
+    /// ```
+    pub fn codec(mut self, codec: CodecKind) -> Self {
+        self.config.codec = codec;
         self
     }
 
@@ -495,6 +534,18 @@ pub(crate) fn parse_url(url: &str) -> Result<CacheBuilder, crate::Error> {
                     )
                 })?;
                 b = b.invalidation_wait(Duration::from_millis(ms))
+            }
+            "codec" => {
+                b = b.codec(
+                    CodecKind::from_name(v)
+                        .ok_or_else(|| param_err("codec", v, "expected postcard or json"))?,
+                )
+            }
+            "lease_wait_ms" => {
+                let ms: u64 = v.parse().ok().filter(|ms| *ms <= 60_000).ok_or_else(|| {
+                    param_err("lease_wait_ms", v, "expected milliseconds from 0 to 60000")
+                })?;
+                b = b.lease_wait(Duration::from_millis(ms))
             }
             "replica_timeout" => b = b.replica_timeout(parse_secs("replica_timeout", v)?),
             "max_entries" => {

@@ -226,7 +226,10 @@ impl Cache {
                 self.inner.stats.add(Counter::Repairs, r.repaired as u64);
             }
         }
-        bumped.and(walked)
+        // A server the walk reached on a new connection may have come back empty, its lists
+        // (and the registrations of entries on other servers) gone: not done until checked.
+        let watched = self.watch_servers();
+        bumped.and(walked).and_then(|r| watched.map(|_| r))
     }
 
     /// Invalidates every query over `table` (and values tied to it), for writes made outside

@@ -323,6 +323,17 @@ impl KeySpace {
     pub fn namespace_key(&self) -> String {
         format!("{}ns", self.prefix)
     }
+
+    /// The sentinel this key space keeps on every server of a multi-server backend: a server
+    /// without it lost its contents (see the cache's server check).
+    ///
+    /// ```
+    /// let ks = caching_core::KeySpace::new("app").unwrap();
+    /// assert_eq!(ks.sentinel_key(), "app:alive");
+    /// ```
+    pub fn sentinel_key(&self) -> String {
+        format!("{}alive", self.prefix)
+    }
 }
 
 fn strip<'a>(key: &'a str, prefix: &str) -> &'a str {

@@ -27,8 +27,10 @@ mod flush;
 mod hooks;
 mod invalidate;
 pub mod key;
+mod lease;
 mod predicate;
 mod read;
+mod servers;
 mod stats;
 mod timeout;
 

@@ -6,9 +6,11 @@
 //!    tables' write generations. A hit is an envelope whose recorded versions equal the
 //!    current ones (in eviction-safe mode, whose flush lists also still carry the epochs
 //!    recorded at fill time).
-//! 2. **read**: on a miss the caller's loader reads the database.
-//! 3. **add** a pending marker (add-only), 4. **register** on the flush lists, 5. **check**
-//!    that no write generation moved, 6. **publish** the result over the marker with CAS.
+//! 2. **add** a pending marker (add-only): the entry's lease, which keeps other readers of
+//!    the entry waiting for this fill instead of reading the database (`lease` module).
+//! 3. **read**: the caller's loader reads the database.
+//! 4. **register** on the flush lists, 5. **check** that no write generation moved,
+//!    6. **publish** the result over the marker with CAS.
 //!
 //! A read of a table with an invalidation this process could not deliver yet bypasses the
 //! cache (see [`Cache::pending_invalidations`]): a process always reads its own writes.
@@ -17,11 +19,11 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::backend::CasOutcome;
 use crate::clock;
-use crate::codec::{Codec, JsonCodec};
 use crate::envelope::{envelope, open_envelope, pending_marker, PENDING_MAGIC, PENDING_TTL};
 use crate::error::{Error, Result};
 use crate::flush::{self, Registrations};
 use crate::key::KeySpace;
+use crate::lease::Leased;
 use crate::stats::{Counter, TableEvent};
 use crate::timeout::{Expiry, Timeout};
 use crate::{Cache, ObjectKey};
@@ -33,6 +35,8 @@ pub struct Lookup {
     pub hit: Option<Vec<u8>>,
     /// What a fill after a miss must know about the state seen at lookup time.
     pub token: FillToken,
+    /// Whether the key held another reader's pending fill marker.
+    pub(crate) pending: bool,
 }
 
 /// State observed by a lookup, carried to the fill that follows a miss.
@@ -159,8 +163,13 @@ impl<'a> ReadPlan<'a> {
         self.key
     }
 
+    /// The tables read.
+    pub(crate) fn tables(&self) -> &'a [&'a str] {
+        self.tables
+    }
+
     /// The tables whose write generations the entry records.
-    fn guarded_tables(&self) -> &'a [&'a str] {
+    pub(crate) fn guarded_tables(&self) -> &'a [&'a str] {
         match self.guarded {
             Guarded::None => &[],
             Guarded::All => self.tables,
@@ -256,7 +265,7 @@ impl Cache {
             return load().map(|v| (v, ReadOutcome::Bypassed(why)));
         }
         let guarded = plan.guarded_tables();
-        let lookup = match self.lookup_inner(key, plan.tables, guarded) {
+        let mut lookup = match self.lookup_inner(key, plan.tables, guarded) {
             Ok(l) => Some(l),
             Err(e) => {
                 self.record_backend_error("lookup", &e);
@@ -264,21 +273,48 @@ impl Cache {
             }
         };
         if let Some(bytes) = lookup.as_ref().and_then(|l| l.hit.as_deref()) {
-            match JsonCodec::decode::<T>(bytes) {
-                Ok(v) => {
-                    self.inner.stats.inc(Counter::Hits);
-                    self.inner.stats.count_tables(plan.tables, TableEvent::Hit);
-                    tracing::debug!(key, tables = ?plan.tables, "cache hit");
-                    return Ok((v, ReadOutcome::Hit));
-                }
+            match self.inner.config.codec.decode::<T>(bytes) {
+                Ok(v) => return Ok((self.served_hit(plan, v), ReadOutcome::Hit)),
                 Err(e) => self.record_decode_error(key, &e),
+            }
+        }
+        // Stampede protection: lead this key's fill, or wait for the reader that does.
+        let mut marker = None;
+        let mut _flight = None;
+        if plan.no_fill.is_none() && !self.inner.config.lease_wait.is_zero() {
+            if let Some(l) = lookup.take() {
+                match self.lease(plan, l) {
+                    Leased::Hit(bytes) => match self.inner.config.codec.decode::<T>(&bytes) {
+                        Ok(v) => return Ok((self.served_hit(plan, v), ReadOutcome::Hit)),
+                        Err(e) => self.record_decode_error(key, &e),
+                    },
+                    Leased::Leader {
+                        lookup: l,
+                        marker: m,
+                        flight,
+                    } => {
+                        lookup = Some(l);
+                        marker = Some(m);
+                        _flight = Some(flight);
+                    }
+                    Leased::Proceed { lookup: l, flight } => {
+                        lookup = Some(l);
+                        _flight = flight;
+                    }
+                }
             }
         }
         self.inner.stats.inc(Counter::Misses);
         self.inner.stats.count_tables(plan.tables, TableEvent::Miss);
         tracing::debug!(key, tables = ?plan.tables, "cache miss");
         self.step("read");
-        let value = load()?;
+        let value = match load() {
+            Ok(v) => v,
+            Err(e) => {
+                self.release_lease(key, marker.as_deref());
+                return Err(e);
+            }
+        };
         let Some(lookup) = lookup else {
             return Ok((value, ReadOutcome::Miss));
         };
@@ -287,6 +323,7 @@ impl Cache {
             .no_fill
             .map_or_else(|| register(&value, &mut regs), Err);
         if let Err(why) = refused {
+            self.release_lease(key, marker.as_deref());
             self.inner.stats.inc(Counter::SkippedFills);
             self.inner
                 .stats
@@ -294,9 +331,10 @@ impl Cache {
             tracing::debug!(key, tables = ?plan.tables, why, "cache fill skipped");
             return Ok((value, ReadOutcome::Miss));
         }
-        let payload = match JsonCodec::encode(&value) {
+        let payload = match self.inner.config.codec.encode(&value) {
             Ok(p) => p,
             Err(e) => {
+                self.release_lease(key, marker.as_deref());
                 self.inner.stats.inc(Counter::SkippedFills);
                 self.inner
                     .stats
@@ -306,7 +344,7 @@ impl Cache {
             }
         };
         let expiry = self.plan_expiry(plan);
-        let filled = self.fill_counted(&lookup.token, &payload, &regs, expiry);
+        let filled = self.fill_leased(&lookup.token, &payload, &regs, expiry, marker.as_deref());
         self.inner
             .stats
             .count_tables(plan.tables, TableEvent::of_fill(&filled));
@@ -314,6 +352,24 @@ impl Cache {
             self.record_backend_error("fill", &e);
         }
         Ok((value, ReadOutcome::Miss))
+    }
+
+    /// Counts and logs a hit of `plan`, and hands its value back.
+    fn served_hit<T>(&self, plan: &ReadPlan<'_>, value: T) -> T {
+        self.inner.stats.inc(Counter::Hits);
+        self.inner.stats.count_tables(plan.tables, TableEvent::Hit);
+        tracing::debug!(key = plan.key, tables = ?plan.tables, "cache hit");
+        value
+    }
+
+    /// Gives up a lease this reader holds (its fill will not happen): deletes its marker, so
+    /// readers waiting in other processes stop waiting.
+    fn release_lease(&self, key: &str, marker: Option<&[u8]>) {
+        if marker.is_some() {
+            if let Err(e) = self.inner.backend.delete(key) {
+                self.record_backend_error("lease release", &e);
+            }
+        }
     }
 
     /// Why a read must not use the cache (the plan says so, or an invalidation of one of its
@@ -333,7 +389,7 @@ impl Cache {
     }
 
     /// The expiry of a plan's entry: its timeout, resolved, under its cap.
-    fn plan_expiry(&self, plan: &ReadPlan<'_>) -> Expiry {
+    pub(crate) fn plan_expiry(&self, plan: &ReadPlan<'_>) -> Expiry {
         let expiry = self.expiry(plan.timeout);
         plan.cap.map_or(expiry, |cap| expiry.min(cap))
     }
@@ -380,7 +436,12 @@ impl Cache {
         all.extend_from_slice(keys);
         all.extend(version_keys.iter().map(String::as_str));
         all.extend(generation_keys.iter().map(String::as_str));
-        let got = self.inner.backend.get_multi(&all)?;
+        let mut got = self.inner.backend.get_multi(&all)?;
+        // A server reached on a new connection may have come back empty: if so the
+        // namespace was just bumped, and the lookup is repeated to see it.
+        if self.watch_servers()? {
+            got = self.inner.backend.get_multi(&all)?;
+        }
         let counters: Vec<Option<u64>> = all[n..]
             .iter()
             .map(|k| got.get(*k).and_then(|i| clock::parse(&i.value)))
@@ -404,6 +465,9 @@ impl Cache {
                 hit: got
                     .get(*key)
                     .and_then(|item| self.judge(key, &item.value, &recorded_now)),
+                pending: got
+                    .get(*key)
+                    .is_some_and(|item| item.value.starts_with(PENDING_MAGIC)),
                 token: FillToken {
                     key: key.to_string(),
                     versions: recorded_now.clone(),
@@ -472,14 +536,30 @@ impl Cache {
         regs: &Registrations,
         expiry: Expiry,
     ) -> Result<FillOutcome> {
-        let outcome = self.fill_inner(token, payload, regs, expiry);
+        self.fill_leased(token, payload, regs, expiry, None)
+    }
+
+    /// [`fill_counted`](Cache::fill_counted) for a reader that may already hold the key's
+    /// lease: `marker` is the pending marker it stored (the fill publishes over it, or deletes
+    /// it), `None` to store one now.
+    fn fill_leased(
+        &self,
+        token: &FillToken,
+        payload: &[u8],
+        regs: &Registrations,
+        expiry: Expiry,
+        marker: Option<&[u8]>,
+    ) -> Result<FillOutcome> {
+        let outcome = self.fill_inner(token, payload, regs, expiry, marker);
         let counter = match &outcome {
             Ok(FillOutcome::Stored) => Counter::Fills,
             _ => Counter::SkippedFills,
         };
         self.inner.stats.inc(counter);
         tracing::debug!(key = token.key, outcome = ?outcome, "cache fill");
-        if outcome.is_err() {
+        // An entry whose registration is unknown must not stay, nor must a lease's marker
+        // that will never be published over.
+        if outcome.is_err() || (marker.is_some() && matches!(outcome, Ok(FillOutcome::TooLarge))) {
             let _ = self.inner.backend.delete(&token.key);
         }
         outcome
@@ -495,6 +575,7 @@ impl Cache {
         payload: &[u8],
         regs: &Registrations,
         expiry: Expiry,
+        leased: Option<&[u8]>,
     ) -> Result<FillOutcome> {
         let backend = &*self.inner.backend;
         if token.versions.len() > usize::from(u8::MAX) {
@@ -518,12 +599,19 @@ impl Cache {
         {
             return Ok(FillOutcome::TooLarge);
         }
-        self.step("add");
-        let marker = pending_marker();
-        let pending = expiry.min(Expiry::from_duration(PENDING_TTL));
-        if !backend.add(&token.key, &marker, pending)? {
-            return Ok(FillOutcome::AlreadyCached);
-        }
+        let own;
+        let marker: &[u8] = match leased {
+            Some(m) => m,
+            None => {
+                self.step("add");
+                own = pending_marker();
+                let pending = expiry.min(Expiry::from_duration(PENDING_TTL));
+                if !backend.add(&token.key, &own, pending)? {
+                    return Ok(FillOutcome::AlreadyCached);
+                }
+                &own
+            }
+        };
         self.step("register");
         let reg = flush::register(
             backend,
@@ -838,7 +926,7 @@ impl Cache {
                 .as_ref()
                 .and_then(|l| l.get(i))
                 .and_then(|l| l.hit.as_deref());
-            match hit.map(JsonCodec::decode::<T>) {
+            match hit.map(|b| self.inner.config.codec.decode::<T>(b)) {
                 Some(Ok(v)) => {
                     self.inner.stats.inc(Counter::Hits);
                     self.inner.stats.count_tables(plan.tables, TableEvent::Hit);
@@ -880,7 +968,7 @@ impl Cache {
             }
             let mut regs = Registrations::new();
             register(value, key, &mut regs);
-            let payload = match JsonCodec::encode(value) {
+            let payload = match self.inner.config.codec.encode(value) {
                 Ok(p) => p,
                 Err(e) => {
                     self.inner.stats.inc(Counter::SkippedFills);

@@ -93,6 +93,15 @@ stats! {
     /// Writes not made through a write helper (plain Diesel or raw SQL on a cached
     /// connection), recognised from their SQL and invalidated at table level.
     plain_writes,
+    /// Reads that missed while another reader was filling the same entry, and waited for
+    /// that fill (stampede protection, see `CacheConfig::lease_wait`) instead of reading the
+    /// database at once. Those the fill then answered count as hits too.
+    lease_waits,
+    /// Cache servers found without this key space's sentinel (restarted, flushed, new, or
+    /// the sentinel evicted) when several servers share the keys: each made every entry of
+    /// the key space miss (a namespace bump), since entries on the other servers may rely on
+    /// flush lists that server lost.
+    lost_servers,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -111,6 +120,8 @@ pub(crate) enum Counter {
     DecodeErrors,
     Overflows,
     PlainWrites,
+    LeaseWaits,
+    LostServers,
 }
 
 impl Stats {
@@ -130,6 +141,8 @@ impl Stats {
             Counter::DecodeErrors => &self.decode_errors,
             Counter::Overflows => &self.overflows,
             Counter::PlainWrites => &self.plain_writes,
+            Counter::LeaseWaits => &self.lease_waits,
+            Counter::LostServers => &self.lost_servers,
         };
         a.fetch_add(n, Ordering::Relaxed);
     }

@@ -13,7 +13,6 @@ use diesel::query_builder::{QueryBuilder, QueryFragment};
 use diesel::{Connection, QueryResult};
 
 use crate::model::CacheableRow;
-use caching_core::codec::{Codec, JsonCodec};
 use caching_core::QueryKeyBuilder;
 
 /// The Diesel release family whose bind `Debug` output the keys are built from.
@@ -121,13 +120,14 @@ impl CacheConnection for diesel::mysql::MysqlConnection {
 pub(crate) fn query_key_builder<U: CacheableRow, C: CacheConnection>(
     kind: &str,
     db_label: &str,
+    codec: &str,
     tables: &[&str],
     identity: &QueryIdentity,
 ) -> QueryKeyBuilder {
     let mut b = QueryKeyBuilder::new(kind);
     b.part("diesel", DIESEL_KEY_TAG.as_bytes())
         .part("backend", C::BACKEND.as_bytes())
-        .part("codec", JsonCodec::ID.as_bytes())
+        .part("codec", codec.as_bytes())
         .part("db", db_label.as_bytes());
     U::fingerprint(&mut b);
     for t in tables {

@@ -476,7 +476,13 @@ where
     C: CacheConnection,
     U: CacheableRow,
 {
-    let builder = query_key_builder::<U, C>(kind, conn.label(), tables, identity);
+    let builder = query_key_builder::<U, C>(
+        kind,
+        conn.label(),
+        cache.config().codec.id(),
+        tables,
+        identity,
+    );
     cache.keys().query_key(&builder)
 }
 

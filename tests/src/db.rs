@@ -511,6 +511,11 @@ impl SqliteFile {
         f
     }
 
+    /// The file's path (for other processes to open it).
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
     /// A new connection to the file (waits up to 5 s for another connection's lock).
     ///
     /// # Panics

@@ -93,12 +93,62 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// never a failure of the backend.
     fn incr(&self, key: &str, delta: u64) -> Result<Option<u64>>;
 
+    /// Increments several counters at once (one round trip per server where the backend can
+    /// pipeline). Per key, in input order, what [`incr`](Backend::incr) returns for it: the
+    /// new value, `None` if the key does not exist, or [`Error::NotANumber`](crate::Error::NotANumber).
+    /// The outer error is a failure of the backend; some counters may have been incremented
+    /// by then.
+    ///
+    /// ```
+    /// use caching_core::backend::{Backend, locmem::LocMem};
+    /// use caching_core::Expiry;
+    /// let b = LocMem::new();
+    /// b.set("a", b"1", Expiry::Forever).unwrap();
+    /// b.set("c", b"x", Expiry::Forever).unwrap();
+    /// let got = b.incr_multi(&["a", "b", "c"], 2).unwrap();
+    /// assert_eq!(got[0].as_ref().ok(), Some(&Some(3)));
+    /// assert_eq!(got[1].as_ref().ok(), Some(&None));
+    /// assert!(got[2].is_err());
+    /// ```
+    fn incr_multi(&self, keys: &[&str], delta: u64) -> Result<Vec<Result<Option<u64>>>> {
+        Ok(keys.iter().map(|k| self.incr(k, delta)).collect())
+    }
+
     /// Tries to reach every server now, ignoring any fail-fast state ("marked down") left by
     /// earlier failures, and clears that state for the servers that answer. `Ok` when all
     /// answered. Retries of failed invalidations call it before trying again, so a fail-fast
     /// window never delays their delivery. Backends without servers answer `Ok`.
     fn probe(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// How many servers the keys are spread over: 1 for in-process and single-server
+    /// backends. With more than one, a server that restarts (or is flushed) loses its keys
+    /// while the others keep theirs, which the cache must notice (see
+    /// [`connections_opened`](Backend::connections_opened)).
+    fn server_count(&self) -> usize {
+        1
+    }
+
+    /// How many connections the backend has opened so far, to any server. Every server that
+    /// restarted is reached through a new connection, so a cache on several servers checks
+    /// that each server still holds its sentinel whenever this number moved.
+    fn connections_opened(&self) -> u64 {
+        0
+    }
+
+    /// Reads `key` from server `server` (0-based, in configuration order), wherever
+    /// placement would put it. Backends with one server read it as usual.
+    fn get_on_server(&self, server: usize, key: &str) -> Result<Option<Item>> {
+        let _ = server;
+        self.get(key)
+    }
+
+    /// Stores `value` under `key` (forever) on server `server`, wherever placement would put
+    /// it. Backends with one server store it as usual.
+    fn set_on_server(&self, server: usize, key: &str, value: &[u8]) -> Result<()> {
+        let _ = server;
+        self.set(key, value, Expiry::Forever)
     }
 
     /// Reads one key.

@@ -1157,24 +1157,37 @@ impl Backend for Redis {
     }
 
     fn incr(&self, key: &str, delta: u64) -> Result<Option<u64>> {
-        check_keys([key])?;
-        let delta = delta.to_string();
-        let replies = self.eval_multi(&self.incr, 1, |c, _| {
-            c.arg(key).arg(&delta).arg(&self.next_token()[..]);
-        })?;
-        match replies.first() {
-            Some(Value::Nil) => Ok(None),
-            Some(Value::Int(-1)) => Err(Error::NotANumber {
-                key: key.to_string(),
-            }),
-            Some(Value::BulkString(n)) => std::str::from_utf8(n)
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-                .map(Some)
-                .ok_or_else(|| self.protocol(&format!("incr answered {n:?}"))),
-            Some(other) => Err(self.bad_reply(other)),
+        match self.incr_multi(&[key], delta)?.pop() {
+            Some(r) => r,
             None => Err(self.protocol("no reply to incr")),
         }
+    }
+
+    fn incr_multi(&self, keys: &[&str], delta: u64) -> Result<Vec<Result<Option<u64>>>> {
+        check_keys(keys.iter().copied())?;
+        let delta = delta.to_string();
+        let replies = self.eval_multi(&self.incr, keys.len(), |c, n| {
+            c.arg(keys[n]).arg(&delta).arg(&self.next_token()[..]);
+        })?;
+        if replies.len() != keys.len() {
+            return Err(self.protocol("wrong number of replies to incr"));
+        }
+        Ok(keys
+            .iter()
+            .zip(&replies)
+            .map(|(key, reply)| match reply {
+                Value::Nil => Ok(None),
+                Value::Int(-1) => Err(Error::NotANumber {
+                    key: key.to_string(),
+                }),
+                Value::BulkString(n) => std::str::from_utf8(n)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .map(Some)
+                    .ok_or_else(|| self.protocol(&format!("incr answered {n:?}"))),
+                other => Err(self.bad_reply(other)),
+            })
+            .collect())
     }
 
     fn probe(&self) -> Result<()> {

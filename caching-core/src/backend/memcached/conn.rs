@@ -216,6 +216,8 @@ pub(super) struct Server {
     down_until: Mutex<Option<Instant>>,
     /// The largest item the server stores, once known (asked once, on the first connection).
     item_size: Mutex<Option<usize>>,
+    /// Connections opened so far (each may be to a server that restarted since the last).
+    opened: std::sync::atomic::AtomicU64,
 }
 
 /// What `stats settings` told about the item size.
@@ -235,7 +237,13 @@ impl Server {
             idle: Mutex::new(Vec::new()),
             down_until: Mutex::new(None),
             item_size: Mutex::new(None),
+            opened: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// How many connections to this server were opened so far.
+    pub(super) fn connections_opened(&self) -> u64 {
+        self.opened.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The largest item the server stores, if known yet.
@@ -339,12 +347,15 @@ impl Server {
     fn connect(&self, options: &MemcachedOptions, deadline: &Deadline) -> Result<Conn> {
         let timeout = deadline.remaining(&self.name)?.min(options.connect_timeout);
         let max_data = self.item_size().unwrap_or(DEFAULT_ITEM_SIZE) + DATA_MARGIN;
-        Conn::open(&self.addr, timeout, options.io_timeout, max_data).map_err(|e| {
+        let conn = Conn::open(&self.addr, timeout, options.io_timeout, max_data).map_err(|e| {
             Error::Unavailable {
                 server: self.name.clone(),
                 reason: e.to_string(),
             }
-        })
+        })?;
+        self.opened
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Ok(conn)
     }
 
     fn ask_item_size(conn: &mut Conn, deadline: &Deadline, server: &str) -> Result<ItemSize> {

@@ -247,6 +247,57 @@ impl Memcached {
         })
     }
 
+    /// Reads `keys` (all placed on `server`) from `server` in one exchange, into `out`.
+    fn gets_from(
+        &self,
+        server: usize,
+        keys: &[&str],
+        out: &mut HashMap<String, Item>,
+    ) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.with_conn(server, |conn, deadline, name| {
+            let wanted: HashSet<&str> = keys.iter().copied().collect();
+            let mut buf = Vec::new();
+            for chunk in keys.chunks(GET_CHUNK) {
+                Request::Gets(chunk).encode(&mut buf);
+            }
+            conn.send(&buf, deadline, name)?;
+            let mut ends = 0;
+            let expected = keys.len().div_ceil(GET_CHUNK);
+            while ends < expected {
+                match conn.recv(deadline, name)? {
+                    Frame::End => ends += 1,
+                    Frame::Value {
+                        key,
+                        cas: Some(cas),
+                        data,
+                        ..
+                    } if wanted.contains(key.as_str()) => {
+                        out.insert(key, Item { value: data, cas });
+                    }
+                    Frame::Value { key, cas: None, .. } => {
+                        return Err(protocol_err(
+                            name,
+                            &format!("VALUE {key} without a CAS token"),
+                        ))
+                    }
+                    Frame::Value { key, .. } => {
+                        return Err(protocol_err(
+                            name,
+                            &format!("VALUE for a key not asked for: {key}"),
+                        ))
+                    }
+                    other => {
+                        return Err(protocol_err(name, &format!("unexpected reply {other:?}")))
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Runs storage commands grouped per server, returning replies in input order.
     fn store_multi(
         &self,
@@ -313,51 +364,45 @@ impl Backend for Memcached {
         let mut out = HashMap::with_capacity(keys.len());
         let groups = self.group(keys.iter().enumerate().map(|(i, k)| (i, *k, *k)));
         for (server, group) in groups.iter().enumerate() {
-            if group.is_empty() {
-                continue;
-            }
-            self.with_conn(server, |conn, deadline, name| {
-                let wanted: HashSet<&str> = group.iter().map(|(_, k)| *k).collect();
-                let mut buf = Vec::new();
-                for chunk in group.chunks(GET_CHUNK) {
-                    let keys: Vec<&str> = chunk.iter().map(|(_, k)| *k).collect();
-                    Request::Gets(&keys).encode(&mut buf);
-                }
-                conn.send(&buf, deadline, name)?;
-                let mut ends = 0;
-                let expected = group.len().div_ceil(GET_CHUNK);
-                while ends < expected {
-                    match conn.recv(deadline, name)? {
-                        Frame::End => ends += 1,
-                        Frame::Value {
-                            key,
-                            cas: Some(cas),
-                            data,
-                            ..
-                        } if wanted.contains(key.as_str()) => {
-                            out.insert(key, Item { value: data, cas });
-                        }
-                        Frame::Value { key, cas: None, .. } => {
-                            return Err(protocol_err(
-                                name,
-                                &format!("VALUE {key} without a CAS token"),
-                            ))
-                        }
-                        Frame::Value { key, .. } => {
-                            return Err(protocol_err(
-                                name,
-                                &format!("VALUE for a key not asked for: {key}"),
-                            ))
-                        }
-                        other => {
-                            return Err(protocol_err(name, &format!("unexpected reply {other:?}")))
-                        }
-                    }
-                }
-                Ok(())
-            })?;
+            let keys: Vec<&str> = group.iter().map(|(_, k)| *k).collect();
+            self.gets_from(server, &keys, &mut out)?;
         }
         Ok(out)
+    }
+
+    fn server_count(&self) -> usize {
+        self.servers.len()
+    }
+
+    fn connections_opened(&self) -> u64 {
+        self.servers.iter().map(Server::connections_opened).sum()
+    }
+
+    fn get_on_server(&self, server: usize, key: &str) -> Result<Option<Item>> {
+        check_keys([key])?;
+        if server >= self.servers.len() {
+            return Ok(None);
+        }
+        let mut out = HashMap::new();
+        self.gets_from(server, &[key], &mut out)?;
+        Ok(out.remove(key))
+    }
+
+    fn set_on_server(&self, server: usize, key: &str, value: &[u8]) -> Result<()> {
+        check_keys([key])?;
+        if server >= self.servers.len() {
+            return Ok(());
+        }
+        let request = Request::Store {
+            verb: StoreVerb::Set,
+            key,
+            value,
+            exptime: 0,
+        };
+        self.pipeline(server, &[request], |r| {
+            matches!(r, Reply::Stored | Reply::NotStored | Reply::TooLarge)
+        })?;
+        Ok(())
     }
 
     fn add_multi(&self, items: &[(&str, &[u8])], expiry: Expiry) -> Result<Vec<bool>> {
@@ -512,6 +557,39 @@ impl Backend for Memcached {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    fn incr_multi(&self, keys: &[&str], delta: u64) -> Result<Vec<Result<Option<u64>>>> {
+        check_keys(keys.iter().copied())?;
+        let mut out: Vec<Result<Option<u64>>> = keys.iter().map(|_| Ok(None)).collect();
+        let mut first_error = None;
+        let groups = self.group(keys.iter().enumerate().map(|(i, k)| (i, *k, *k)));
+        for (server, group) in groups.iter().enumerate() {
+            let requests: Vec<Request<'_>> = group
+                .iter()
+                .map(|(_, key)| Request::Incr { key, delta })
+                .collect();
+            // Every server is tried, even after one failed.
+            match self.pipeline(server, &requests, |r| {
+                matches!(r, Reply::Number(_) | Reply::NonNumeric | Reply::NotFound)
+            }) {
+                Ok(replies) => {
+                    for ((i, key), reply) in group.iter().zip(replies) {
+                        out[*i] = match reply {
+                            Reply::Number(n) => Ok(Some(n)),
+                            Reply::NonNumeric => Err(Error::NotANumber {
+                                key: key.to_string(),
+                            }),
+                            _ => Ok(None),
+                        };
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(out), Err)
     }
 
     fn incr(&self, key: &str, delta: u64) -> Result<Option<u64>> {

@@ -1,0 +1,289 @@
+//! Stampede protection: after a hot entry is invalidated, one reader reads the database and
+//! fills it while the others wait briefly for that fill instead of all reading the database.
+//!
+//! Two layers, both bounded by [`CacheConfig::lease_wait`](crate::CacheConfig::lease_wait):
+//!
+//! - **Inside a process** (single-flight): the first reader that misses a key becomes the
+//!   key's leader; the others wait until it is done (or the wait is over), then look the
+//!   entry up once more and, if it still misses (the leader's fill raced a write), read the
+//!   database.
+//! - **Across processes** (the lease): the leader stores the fill's pending marker *before*
+//!   it reads the database (the protocol's `add`, moved ahead of the read). A leader whose
+//!   `add` fails finds another process's marker, and polls the entry (1, 2, 4, 8, 8, .. ms)
+//!   until it is published, or the marker vanished (its fill raced a write or was refused:
+//!   this reader then tries to take the lease itself), or the wait is over.
+//!
+//! A reader that waited in vain reads the database and fills as usual (its `add` tells
+//! whether the marker is still held). Nothing here changes what a fill checks before it
+//! publishes (`docs/src/protocol.md`): the marker is the same add-only marker, only stored
+//! earlier, so the interleaving search covers the lease. Hits never come here.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::envelope::{pending_marker, PENDING_TTL};
+use crate::read::{Lookup, ReadPlan};
+use crate::stats::Counter;
+use crate::timeout::Expiry;
+use crate::Cache;
+
+/// The keys this process is filling right now, each with the readers waiting for it.
+#[derive(Debug, Default)]
+pub(crate) struct Flights(Mutex<HashMap<String, Arc<Flight>>>);
+
+#[derive(Debug, Default)]
+struct Flight {
+    done: Mutex<bool>,
+    cv: Condvar,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Flight {
+    /// Waits until the leader is done or `deadline` passed.
+    fn wait_until(&self, deadline: Instant) {
+        let mut done = lock(&self.done);
+        while !*done {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return;
+            };
+            if left.is_zero() {
+                return;
+            }
+            done = match self.cv.wait_timeout(done, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+}
+
+/// Held by the reader leading a key's fill in this process; dropping it (after the fill, or
+/// on any early return or panic) wakes the readers waiting for the key.
+#[derive(Debug)]
+pub(crate) struct FlightGuard<'a> {
+    flights: &'a Flights,
+    key: String,
+    flight: Arc<Flight>,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        {
+            let mut map = lock(&self.flights.0);
+            if map
+                .get(&self.key)
+                .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+            {
+                map.remove(&self.key);
+            }
+        }
+        *lock(&self.flight.done) = true;
+        self.flight.cv.notify_all();
+    }
+}
+
+enum Join<'a> {
+    Leader(FlightGuard<'a>),
+    Follower(Arc<Flight>),
+}
+
+impl Flights {
+    fn join(&self, key: &str) -> Join<'_> {
+        let mut map = lock(&self.0);
+        if let Some(f) = map.get(key) {
+            return Join::Follower(f.clone());
+        }
+        let flight = Arc::new(Flight::default());
+        map.insert(key.to_string(), flight.clone());
+        Join::Leader(FlightGuard {
+            flights: self,
+            key: key.to_string(),
+            flight,
+        })
+    }
+}
+
+/// The pauses between polls of an entry another process is filling: 1, 2, 4, 8, 8, .. ms,
+/// as many as fit in `wait`. Fixed by `wait` alone (not by the clock), so a schedule replays
+/// the same polls.
+fn poll_delays(wait: Duration) -> impl Iterator<Item = Duration> {
+    let mut spent = Duration::ZERO;
+    let mut next = Duration::from_millis(1);
+    std::iter::from_fn(move || {
+        if spent >= wait {
+            return None;
+        }
+        let d = next.min(wait - spent);
+        spent += d;
+        next = (next * 2).min(Duration::from_millis(8));
+        Some(d)
+    })
+}
+
+/// What a reader that missed got from [`Cache::lease`].
+pub(crate) enum Leased<'a> {
+    /// Another reader's fill was published while this one waited: its payload.
+    Hit(Vec<u8>),
+    /// This reader leads the fill: `marker` is stored under the key (the fill must publish
+    /// over it, or delete it); `flight` wakes this process's waiters when dropped.
+    Leader {
+        lookup: Lookup,
+        marker: Vec<u8>,
+        flight: FlightGuard<'a>,
+    },
+    /// No lease: read the database and fill as usual. `lookup` is the latest one.
+    Proceed {
+        lookup: Lookup,
+        flight: Option<FlightGuard<'a>>,
+    },
+}
+
+impl Cache {
+    /// After a miss of `plan` seen by `lookup`: takes the key's lease, or waits for the
+    /// reader holding it (see the module docs). Costs one `add` when nobody else is filling.
+    pub(crate) fn lease(&self, plan: &ReadPlan<'_>, lookup: Lookup) -> Leased<'_> {
+        let key = plan.key();
+        let mut delays = poll_delays(self.inner.config.lease_wait);
+        let mut lookup = lookup;
+        let marker_expiry = self
+            .plan_expiry(plan)
+            .min(Expiry::from_duration(PENDING_TTL));
+        let flight = match self.inner.flights.join(key) {
+            Join::Leader(guard) => guard,
+            Join::Follower(f) => {
+                self.inner.stats.inc(Counter::LeaseWaits);
+                // The leader wakes its followers when it is done: wait (at most the whole
+                // budget), look again once, then read the database if it still misses.
+                let budget: Duration = delays.sum();
+                self.pause(|| f.wait_until(Instant::now() + budget));
+                return match self.relookup(plan) {
+                    Some(l) if l.hit.is_some() => Leased::Hit(l.hit.unwrap_or_default()),
+                    Some(l) => Leased::Proceed {
+                        lookup: l,
+                        flight: None,
+                    },
+                    None => Leased::Proceed {
+                        lookup,
+                        flight: None,
+                    },
+                };
+            }
+        };
+        // This process's leader for the key: take the lease across processes.
+        let mut waited = false;
+        loop {
+            self.step("add");
+            let marker = pending_marker();
+            match self.inner.backend.add(key, &marker, marker_expiry) {
+                Ok(true) => {
+                    return Leased::Leader {
+                        lookup,
+                        marker,
+                        flight,
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    self.record_backend_error("lease", &e);
+                    return Leased::Proceed {
+                        lookup,
+                        flight: Some(flight),
+                    };
+                }
+            }
+            if !waited {
+                waited = true;
+                self.inner.stats.inc(Counter::LeaseWaits);
+            }
+            // Held elsewhere: wait for its result, or for the marker to go.
+            loop {
+                let Some(d) = delays.next() else {
+                    return Leased::Proceed {
+                        lookup,
+                        flight: Some(flight),
+                    };
+                };
+                self.pause(|| std::thread::sleep(d));
+                match self.relookup(plan) {
+                    Some(l) if l.hit.is_some() => {
+                        return Leased::Hit(l.hit.unwrap_or_default());
+                    }
+                    Some(l) => {
+                        let held = l.pending;
+                        lookup = l;
+                        if !held {
+                            // Gone without a result: try to take the lease ourselves.
+                            break;
+                        }
+                    }
+                    None => {
+                        return Leased::Proceed {
+                            lookup,
+                            flight: Some(flight),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits (`wait`), except under a step hook: an interleaving test's scheduler orders
+    /// every step itself, and a wait there could only end by its timeout.
+    fn pause(&self, wait: impl FnOnce()) {
+        if self.inner.hook.is_none() {
+            wait();
+        }
+    }
+
+    /// A fresh lookup of `plan`'s entry; `None` (counted) when the backend failed.
+    fn relookup(&self, plan: &ReadPlan<'_>) -> Option<Lookup> {
+        match self.lookup_inner(plan.key(), plan.tables(), plan.guarded_tables()) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                self.record_backend_error("lookup", &e);
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_delays_fit_the_wait() {
+        let d: Vec<u64> = poll_delays(Duration::from_millis(30))
+            .map(|d| d.as_millis() as u64)
+            .collect();
+        assert_eq!(d, [1, 2, 4, 8, 8, 7]);
+        assert_eq!(poll_delays(Duration::ZERO).count(), 0);
+        let total: Duration = poll_delays(Duration::from_millis(200)).sum();
+        assert_eq!(total, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn a_flight_wakes_its_followers_when_its_leader_is_done() {
+        let flights = Flights::default();
+        let Join::Leader(guard) = flights.join("k") else {
+            panic!("first reader leads");
+        };
+        let Join::Follower(f) = flights.join("k") else {
+            panic!("second reader follows");
+        };
+        let t = std::thread::spawn(move || {
+            let start = Instant::now();
+            f.wait_until(start + Duration::from_secs(30));
+            start.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        drop(guard);
+        assert!(t.join().unwrap() < Duration::from_secs(30));
+        // The key is free again.
+        assert!(matches!(flights.join("k"), Join::Leader(_)));
+    }
+}
