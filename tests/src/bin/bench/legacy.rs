@@ -313,19 +313,21 @@ macro_rules! fetch_by_id_db {
                 list(k).cached().fetch_by_id(conn).unwrap()
             };
             let k = |i: usize| (i % WIDE_LISTS as usize) as i32;
-            // Bytes stored: every list whole, against the id lists plus each doc once.
+            // Bytes stored (payloads, with the cache's codec): every list whole, against the
+            // id lists plus each doc once.
+            let codec = cache.config().codec;
             let mut whole_bytes = 0;
             let mut ids_bytes = 0;
             let mut seen = std::collections::BTreeSet::new();
             let mut object_bytes = 0;
             for kk in 0..WIDE_LISTS {
                 let rows = whole(&mut conn, kk);
-                whole_bytes += serde_json::to_vec(&rows).unwrap().len();
+                whole_bytes += codec.encode(&rows).unwrap().len();
                 let ids: Vec<i32> = rows.iter().map(|d| d.id).collect();
-                ids_bytes += serde_json::to_vec(&ids).unwrap().len();
+                ids_bytes += codec.encode(&ids).unwrap().len();
                 for d in rows {
                     if seen.insert(d.id) {
-                        object_bytes += serde_json::to_vec(&d).unwrap().len();
+                        object_bytes += codec.encode(&d).unwrap().len();
                     }
                 }
                 by_id(&mut conn, kk);
