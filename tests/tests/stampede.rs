@@ -111,7 +111,11 @@ fn a_leader_that_fails_gives_the_lease_back() {
             |_, _| Ok(()),
         );
         assert_eq!(failed.err(), Some("the database is down"), "{name}");
-        assert_eq!(backend.get(&key).unwrap(), None, "{name}: marker left behind");
+        assert_eq!(
+            backend.get(&key).unwrap(),
+            None,
+            "{name}: marker left behind"
+        );
         let (v, _) = caches[1]
             .read_through(&plan, || Ok::<_, ()>(7u32), |_, _| Ok(()))
             .unwrap();
@@ -136,7 +140,11 @@ fn a_refused_fill_releases_the_lease() {
             .read_through(&plan, || Ok::<_, ()>(1u32), |_, _| Err("not this one"))
             .unwrap();
         assert_eq!(v, 1, "{name}");
-        assert_eq!(backend.get(&key).unwrap(), None, "{name}: marker left behind");
+        assert_eq!(
+            backend.get(&key).unwrap(),
+            None,
+            "{name}: marker left behind"
+        );
         let no_fill = ReadPlan::new(&key, &[]).no_fill("inside a transaction");
         caches[0]
             .read_through(&no_fill, || Ok::<_, ()>(2u32), |_, _| Ok(()))
