@@ -11,7 +11,9 @@
 //!    CAS; lookups treat a pending marker as a miss. The test drives the window
 //!    deterministically with the engine's step hooks: the overlapping reader's cache runs the
 //!    write when the reader is about to `add`, and a second reader's read when it is about to
-//!    `register`.
+//!    `register`. This drives the order without stampede protection (`lease_wait_ms=0`: the
+//!    marker is added after the database read); with the lease the marker is added before
+//!    the read, and the interleaving search (`interleavings.rs`) covers that order.
 //! 2. An entry recorded under a table version that has since been bumped (whole-table
 //!    invalidation) misses, and used to stay in place: the add-only fill after the miss could
 //!    not replace it, so the query was never cached again. Lookups now delete such entries.
@@ -72,7 +74,7 @@ impl StepHook for Interleave {
 }
 
 fn run(kind: BackendKind, test: &str) {
-    let Some(cache) = test_cache(kind, test, |b| b) else {
+    let Some(cache) = test_cache(kind, test, |b| b.lease_wait(std::time::Duration::ZERO)) else {
         return;
     };
     let db = SqliteFile::new(test);
