@@ -200,10 +200,6 @@ impl Cache {
         self.step("bump");
         let mut counters: Vec<String> = inv.written.iter().map(|t| ks.generation_key(t)).collect();
         counters.extend(inv.whole.iter().map(|t| ks.version_key(t)));
-        let bumped = clock::bump(backend, &counters);
-        if let Ok(repaired) = &bumped {
-            self.inner.stats.add(Counter::Repairs, *repaired);
-        }
         let mut roots: Vec<String> = inv.objects.iter().map(|o| ks.flush_key(o)).collect();
         roots.extend(
             inv.predicates
@@ -220,7 +216,11 @@ impl Cache {
                 tracing::warn!(key = %k, "ignoring an invalid flush-list key in an invalidation");
             }
         }
-        let walked = flush::invalidate(backend, ks, roots, &HookRef(&self.inner.hook));
+        let flush::Walked { bumped, walked } =
+            flush::invalidate(backend, ks, &counters, roots, &HookRef(&self.inner.hook));
+        if let Ok(repaired) = &bumped {
+            self.inner.stats.add(Counter::Repairs, *repaired);
+        }
         if let Ok(r) = &walked {
             if r.repaired > 0 {
                 self.inner.stats.add(Counter::Repairs, r.repaired as u64);

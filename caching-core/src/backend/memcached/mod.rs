@@ -23,7 +23,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use super::{check_keys, AppendOutcome, Backend, CasOutcome, Item};
+use super::{
+    check_keys, run_stage, AppendOutcome, Backend, CasOutcome, Item, Op, OpReply, Placeholder,
+};
 use crate::error::{ConfigError, Error, Result};
 use crate::timeout::Expiry;
 
@@ -93,7 +95,7 @@ pub struct Memcached {
     options: MemcachedOptions,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Reply {
     Stored,
     NotStored,
@@ -342,6 +344,256 @@ impl Memcached {
     }
 }
 
+impl Memcached {
+    /// What appends answered `replies` did. memcached answers NOT_STORED both when the key
+    /// is missing and when the appended item would exceed the item size. Tell them apart by
+    /// reading the key (a missing key costs nothing to ask about; a full one is read again by
+    /// the compaction that follows anyway), so a full flush list is compacted instead of
+    /// looking missing. A key that exists but has room was created since the append: report
+    /// it missing, and the caller's add fails and appends again.
+    fn append_outcomes(
+        &self,
+        items: &[(&str, &[u8])],
+        replies: &[Reply],
+    ) -> Result<Vec<AppendOutcome>> {
+        let ambiguous: Vec<&str> = items
+            .iter()
+            .zip(replies)
+            .filter(|(_, r)| **r == Reply::NotStored)
+            .map(|((k, _), _)| *k)
+            .collect();
+        let existing = if ambiguous.is_empty() {
+            HashMap::new()
+        } else {
+            self.get_multi(&ambiguous)?
+        };
+        let limit = self.item_limit();
+        Ok(items
+            .iter()
+            .zip(replies)
+            .map(|((k, v), r)| match r {
+                Reply::Stored => AppendOutcome::Appended,
+                Reply::TooLarge => AppendOutcome::TooLarge,
+                Reply::NotStored
+                    if existing
+                        .get(*k)
+                        .is_some_and(|i| i.value.len() + v.len() + k.len() + 64 > limit) =>
+                {
+                    AppendOutcome::TooLarge
+                }
+                _ => AppendOutcome::Missing,
+            })
+            .collect())
+    }
+
+    /// A whole batch on one server, in one write and one read of the replies: the server
+    /// runs a connection's commands in order, which is what the batch's stages ask for.
+    fn batch_on(&self, server: usize, stages: &[&[Op<'_>]]) -> Result<Vec<Vec<OpReply>>> {
+        // Per op: the request sent for it, if any (a value too large is answered here).
+        let mut buf = Vec::new();
+        let mut out: Vec<Vec<Option<OpReply>>> = Vec::with_capacity(stages.len());
+        let mut get_keys: Vec<Vec<&str>> = Vec::with_capacity(stages.len());
+        for ops in stages {
+            let keys: Vec<&str> = ops
+                .iter()
+                .filter(|o| matches!(o, Op::Get(_)))
+                .map(Op::key)
+                .collect();
+            for chunk in keys.chunks(GET_CHUNK) {
+                Request::Gets(chunk).encode(&mut buf);
+            }
+            get_keys.push(keys);
+            let mut replies = Vec::with_capacity(ops.len());
+            for op in *ops {
+                let (request, refused) = match *op {
+                    Op::Get(_) => (None, None),
+                    // Served by the meta get's own lease: on a hit it is a plain read.
+                    Op::Lease(key, _, expiry) => (
+                        Some(Request::MetaGetLease {
+                            key,
+                            exptime: expiry.memcached_exptime(),
+                        }),
+                        None,
+                    ),
+                    Op::Add(key, value, expiry) => (
+                        Some(Request::Store {
+                            verb: StoreVerb::Add,
+                            key,
+                            value,
+                            exptime: expiry.memcached_exptime(),
+                        }),
+                        Some(OpReply::Added(false)),
+                    ),
+                    Op::Append(key, value) => (
+                        Some(Request::Store {
+                            verb: StoreVerb::Append,
+                            key,
+                            value,
+                            exptime: 0,
+                        }),
+                        Some(OpReply::Appended(AppendOutcome::TooLarge)),
+                    ),
+                    Op::Cas(key, value, expiry, cas) => (
+                        Some(Request::Cas {
+                            key,
+                            value,
+                            exptime: expiry.memcached_exptime(),
+                            cas,
+                        }),
+                        Some(OpReply::Cas(CasOutcome::Changed)),
+                    ),
+                    Op::Delete(key) => (Some(Request::Delete(key)), None),
+                    Op::Incr(key, delta) => (Some(Request::Incr { key, delta }), None),
+                };
+                let value = match *op {
+                    Op::Add(_, v, _) | Op::Append(_, v) | Op::Cas(_, v, _, _) => v,
+                    _ => &[],
+                };
+                match (request, refused) {
+                    (Some(_), Some(refused)) if !self.fits(op.key(), value) => {
+                        replies.push(Some(refused));
+                    }
+                    (Some(r), _) => {
+                        r.encode(&mut buf);
+                        replies.push(None);
+                    }
+                    (None, _) => replies.push(None),
+                }
+            }
+            out.push(replies);
+        }
+        if buf.is_empty() {
+            return Ok(out
+                .into_iter()
+                .map(|s| {
+                    s.into_iter()
+                        .map(|r| r.unwrap_or(OpReply::Deleted))
+                        .collect()
+                })
+                .collect());
+        }
+        let raw: Vec<Vec<(usize, Reply)>> = self.with_conn(server, |conn, deadline, name| {
+            conn.send(&buf, deadline, name)?;
+            let mut raw = Vec::with_capacity(stages.len());
+            for ((ops, keys), replies) in stages.iter().zip(&get_keys).zip(out.iter_mut()) {
+                let mut got: HashMap<String, Item> = HashMap::new();
+                let mut ends = 0;
+                while ends < keys.len().div_ceil(GET_CHUNK) {
+                    match conn.recv(deadline, name)? {
+                        Frame::End => ends += 1,
+                        Frame::Value {
+                            key,
+                            cas: Some(cas),
+                            data,
+                            ..
+                        } if keys.contains(&key.as_str()) => {
+                            got.insert(key, Item { value: data, cas });
+                        }
+                        other => {
+                            return Err(protocol_err(
+                                name,
+                                &format!("unexpected reply to gets: {other:?}"),
+                            ))
+                        }
+                    }
+                }
+                let mut stage_raw = Vec::new();
+                for (i, op) in ops.iter().enumerate() {
+                    if let Op::Get(k) = op {
+                        replies[i] = Some(OpReply::Value(got.remove(*k)));
+                    } else if let Op::Lease(..) = op {
+                        replies[i] = Some(match conn.recv(deadline, name)? {
+                            Frame::MetaValue {
+                                cas: Some(cas),
+                                won: true,
+                                data,
+                            } => OpReply::Leased {
+                                found: None,
+                                won: Some(Placeholder {
+                                    value: data,
+                                    cas: Some(cas),
+                                }),
+                            },
+                            Frame::MetaValue {
+                                cas: Some(cas),
+                                won: false,
+                                data,
+                            } => OpReply::Leased {
+                                found: Some(Item { value: data, cas }),
+                                won: None,
+                            },
+                            Frame::MetaMiss => OpReply::Leased {
+                                found: None,
+                                won: None,
+                            },
+                            other => {
+                                return Err(protocol_err(
+                                    name,
+                                    &format!("unexpected reply to mg: {other:?}"),
+                                ))
+                            }
+                        });
+                    } else if replies[i].is_none() {
+                        let reply = Reply::from_frame(conn.recv(deadline, name)?, name)?;
+                        stage_raw.push((i, reply));
+                    }
+                }
+                raw.push(stage_raw);
+            }
+            Ok(raw)
+        })?;
+        let name = &self.servers[server].name;
+        for ((ops, replies), stage_raw) in stages.iter().zip(out.iter_mut()).zip(raw) {
+            // Appends answered NOT_STORED are told apart (missing or full) afterwards.
+            let (mut append_at, mut append_items, mut append_replies) =
+                (Vec::new(), Vec::new(), Vec::new());
+            for (i, reply) in stage_raw {
+                let mapped = match (ops[i], reply) {
+                    (Op::Add(..), Reply::Stored) => OpReply::Added(true),
+                    (Op::Add(..), Reply::NotStored | Reply::TooLarge) => OpReply::Added(false),
+                    (
+                        Op::Append(k, v),
+                        r @ (Reply::Stored | Reply::NotStored | Reply::TooLarge),
+                    ) => {
+                        append_at.push(i);
+                        append_items.push((k, v));
+                        append_replies.push(r);
+                        continue;
+                    }
+                    (Op::Cas(..), Reply::Stored) => OpReply::Cas(CasOutcome::Stored),
+                    (Op::Cas(..), Reply::NotFound) => OpReply::Cas(CasOutcome::Missing),
+                    (Op::Cas(..), r) if cas_reply(&r) => OpReply::Cas(CasOutcome::Changed),
+                    (Op::Delete(_), Reply::Deleted | Reply::NotFound) => OpReply::Deleted,
+                    (Op::Incr(..), Reply::Number(n)) => OpReply::Counter(Some(n)),
+                    (Op::Incr(..), Reply::NotFound) => OpReply::Counter(None),
+                    (Op::Incr(..), Reply::NonNumeric) => OpReply::NotANumber,
+                    (op, r) => {
+                        return Err(protocol_err(
+                            name,
+                            &format!("unexpected reply {r:?} to {:?}", op.key()),
+                        ))
+                    }
+                };
+                replies[i] = Some(mapped);
+            }
+            if !append_at.is_empty() {
+                let outcomes = self.append_outcomes(&append_items, &append_replies)?;
+                for (i, o) in append_at.into_iter().zip(outcomes) {
+                    replies[i] = Some(OpReply::Appended(o));
+                }
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|s| {
+                s.into_iter()
+                    .map(|r| r.unwrap_or(OpReply::Deleted))
+                    .collect()
+            })
+            .collect())
+    }
+}
+
 /// The replies a `cas` may get: a too-large value or a `NOT_STORED` count as changed.
 fn cas_reply(r: &Reply) -> bool {
     matches!(
@@ -368,6 +620,23 @@ impl Backend for Memcached {
             self.gets_from(server, &keys, &mut out)?;
         }
         Ok(out)
+    }
+
+    fn batch(&self, stages: &[&[Op<'_>]]) -> Result<Vec<Vec<OpReply>>> {
+        for ops in stages {
+            check_keys(ops.iter().map(Op::key))?;
+        }
+        let mut keys = stages.iter().flat_map(|ops| ops.iter().map(Op::key));
+        let Some(first) = keys.next() else {
+            return Ok(stages.iter().map(|_| Vec::new()).collect());
+        };
+        let server = self.server_for(first);
+        if self.servers.len() == 1 || keys.all(|k| self.server_for(k) == server) {
+            return self.batch_on(server, stages);
+        }
+        // Several servers: their connections are not ordered against each other, so each
+        // stage completes before the next one starts.
+        stages.iter().map(|ops| run_stage(self, ops)).collect()
     }
 
     fn server_count(&self) -> usize {
@@ -428,40 +697,7 @@ impl Backend for Memcached {
 
     fn append_multi(&self, items: &[(&str, &[u8])]) -> Result<Vec<AppendOutcome>> {
         let replies = self.store_multi(StoreVerb::Append, items, 0)?;
-        // memcached answers NOT_STORED both when the key is missing and when the appended
-        // item would exceed the item size. Tell them apart by reading the key (a missing key
-        // costs nothing to ask about; a full one is read again by the compaction that
-        // follows anyway), so a full flush list is compacted instead of looking missing. A
-        // key that exists but has room was created since the append: report it missing, and
-        // the caller's add fails and appends again.
-        let ambiguous: Vec<&str> = items
-            .iter()
-            .zip(&replies)
-            .filter(|(_, r)| **r == Reply::NotStored)
-            .map(|((k, _), _)| *k)
-            .collect();
-        let existing = if ambiguous.is_empty() {
-            HashMap::new()
-        } else {
-            self.get_multi(&ambiguous)?
-        };
-        let limit = self.item_limit();
-        Ok(items
-            .iter()
-            .zip(replies)
-            .map(|((k, v), r)| match r {
-                Reply::Stored => AppendOutcome::Appended,
-                Reply::TooLarge => AppendOutcome::TooLarge,
-                Reply::NotStored
-                    if existing
-                        .get(*k)
-                        .is_some_and(|i| i.value.len() + v.len() + k.len() + 64 > limit) =>
-                {
-                    AppendOutcome::TooLarge
-                }
-                _ => AppendOutcome::Missing,
-            })
-            .collect())
+        self.append_outcomes(items, &replies)
     }
 
     fn cas(&self, key: &str, value: &[u8], expiry: Expiry, cas: u64) -> Result<CasOutcome> {
