@@ -388,155 +388,141 @@ impl Memcached {
 
     /// A whole batch on one server, in one write and one read of the replies: the server
     /// runs a connection's commands in order, which is what the batch's stages ask for.
+    /// Reads are meta gets (`mg <key> v c`), one per key: memcached answers a pipeline of
+    /// meta commands as fast as one multi-get, while a classic `gets` followed by any other
+    /// command costs a second flush of its answer (measured: 7-10 µs on loopback).
     fn batch_on(&self, server: usize, stages: &[&[Op<'_>]]) -> Result<Vec<Vec<OpReply>>> {
-        // Per op: the request sent for it, if any (a value too large is answered here).
         let mut buf = Vec::new();
+        // Per op: its reply when it is known without asking (a value too large to send).
         let mut out: Vec<Vec<Option<OpReply>>> = Vec::with_capacity(stages.len());
-        let mut get_keys: Vec<Vec<&str>> = Vec::with_capacity(stages.len());
         for ops in stages {
-            let keys: Vec<&str> = ops
-                .iter()
-                .filter(|o| matches!(o, Op::Get(_)))
-                .map(Op::key)
-                .collect();
-            for chunk in keys.chunks(GET_CHUNK) {
-                Request::Gets(chunk).encode(&mut buf);
-            }
-            get_keys.push(keys);
             let mut replies = Vec::with_capacity(ops.len());
             for op in *ops {
                 let (request, refused) = match *op {
-                    Op::Get(_) => (None, None),
+                    Op::Get(key) => (Request::MetaGet(key), None),
                     // Served by the meta get's own lease: on a hit it is a plain read.
                     Op::Lease(key, _, expiry) => (
-                        Some(Request::MetaGetLease {
+                        Request::MetaGetLease {
                             key,
                             exptime: expiry.memcached_exptime(),
-                        }),
+                        },
                         None,
                     ),
                     Op::Add(key, value, expiry) => (
-                        Some(Request::Store {
+                        Request::Store {
                             verb: StoreVerb::Add,
                             key,
                             value,
                             exptime: expiry.memcached_exptime(),
-                        }),
+                        },
                         Some(OpReply::Added(false)),
                     ),
                     Op::Append(key, value) => (
-                        Some(Request::Store {
+                        Request::Store {
                             verb: StoreVerb::Append,
                             key,
                             value,
                             exptime: 0,
-                        }),
+                        },
                         Some(OpReply::Appended(AppendOutcome::TooLarge)),
                     ),
                     Op::Cas(key, value, expiry, cas) => (
-                        Some(Request::Cas {
+                        Request::Cas {
                             key,
                             value,
                             exptime: expiry.memcached_exptime(),
                             cas,
-                        }),
+                        },
                         Some(OpReply::Cas(CasOutcome::Changed)),
                     ),
-                    Op::Delete(key) => (Some(Request::Delete(key)), None),
-                    Op::Incr(key, delta) => (Some(Request::Incr { key, delta }), None),
+                    Op::Delete(key) => (Request::Delete(key), None),
+                    Op::Incr(key, delta) => (Request::Incr { key, delta }, None),
                 };
                 let value = match *op {
                     Op::Add(_, v, _) | Op::Append(_, v) | Op::Cas(_, v, _, _) => v,
                     _ => &[],
                 };
-                match (request, refused) {
-                    (Some(_), Some(refused)) if !self.fits(op.key(), value) => {
-                        replies.push(Some(refused));
-                    }
-                    (Some(r), _) => {
-                        r.encode(&mut buf);
+                match refused {
+                    Some(refused) if !self.fits(op.key(), value) => replies.push(Some(refused)),
+                    _ => {
+                        request.encode(&mut buf);
                         replies.push(None);
                     }
-                    (None, _) => replies.push(None),
                 }
             }
             out.push(replies);
         }
-        if buf.is_empty() {
-            return Ok(out
-                .into_iter()
+        let finish = |out: Vec<Vec<Option<OpReply>>>| {
+            out.into_iter()
                 .map(|s| {
                     s.into_iter()
                         .map(|r| r.unwrap_or(OpReply::Deleted))
                         .collect()
                 })
-                .collect());
+                .collect()
+        };
+        if buf.is_empty() {
+            return Ok(finish(out));
         }
+        // The replies of the storage commands, mapped after the exchange (appends answered
+        // NOT_STORED need a look at the key).
         let raw: Vec<Vec<(usize, Reply)>> = self.with_conn(server, |conn, deadline, name| {
             conn.send(&buf, deadline, name)?;
             let mut raw = Vec::with_capacity(stages.len());
-            for ((ops, keys), replies) in stages.iter().zip(&get_keys).zip(out.iter_mut()) {
-                let mut got: HashMap<String, Item> = HashMap::new();
-                let mut ends = 0;
-                while ends < keys.len().div_ceil(GET_CHUNK) {
-                    match conn.recv(deadline, name)? {
-                        Frame::End => ends += 1,
-                        Frame::Value {
-                            key,
-                            cas: Some(cas),
-                            data,
-                            ..
-                        } if keys.contains(&key.as_str()) => {
-                            got.insert(key, Item { value: data, cas });
-                        }
-                        other => {
-                            return Err(protocol_err(
-                                name,
-                                &format!("unexpected reply to gets: {other:?}"),
-                            ))
-                        }
-                    }
-                }
+            for (ops, replies) in stages.iter().zip(out.iter_mut()) {
                 let mut stage_raw = Vec::new();
                 for (i, op) in ops.iter().enumerate() {
-                    if let Op::Get(k) = op {
-                        replies[i] = Some(OpReply::Value(got.remove(*k)));
-                    } else if let Op::Lease(..) = op {
-                        replies[i] = Some(match conn.recv(deadline, name)? {
+                    if replies[i].is_some() {
+                        continue;
+                    }
+                    let frame = conn.recv(deadline, name)?;
+                    let unexpected =
+                        |f: &Frame| protocol_err(name, &format!("unexpected reply to mg: {f:?}"));
+                    replies[i] = Some(match (op, frame) {
+                        (Op::Get(_), Frame::MetaMiss) => OpReply::Value(None),
+                        (
+                            Op::Get(_),
+                            Frame::MetaValue {
+                                cas: Some(cas),
+                                data,
+                                ..
+                            },
+                        ) => OpReply::Value(Some(Item { value: data, cas })),
+                        (
+                            Op::Lease(..),
                             Frame::MetaValue {
                                 cas: Some(cas),
                                 won: true,
                                 data,
-                            } => OpReply::Leased {
-                                found: None,
-                                won: Some(Placeholder {
-                                    value: data,
-                                    cas: Some(cas),
-                                }),
                             },
+                        ) => OpReply::Leased {
+                            found: None,
+                            won: Some(Placeholder {
+                                value: data,
+                                cas: Some(cas),
+                            }),
+                        },
+                        (
+                            Op::Lease(..),
                             Frame::MetaValue {
                                 cas: Some(cas),
                                 won: false,
                                 data,
-                            } => OpReply::Leased {
-                                found: Some(Item { value: data, cas }),
-                                won: None,
                             },
-                            Frame::MetaMiss => OpReply::Leased {
-                                found: None,
-                                won: None,
-                            },
-                            other => {
-                                return Err(protocol_err(
-                                    name,
-                                    &format!("unexpected reply to mg: {other:?}"),
-                                ))
-                            }
-                        });
-                    } else if replies[i].is_none() {
-                        let reply = Reply::from_frame(conn.recv(deadline, name)?, name)?;
-                        stage_raw.push((i, reply));
-                    }
+                        ) => OpReply::Leased {
+                            found: Some(Item { value: data, cas }),
+                            won: None,
+                        },
+                        (Op::Lease(..), Frame::MetaMiss) => OpReply::Leased {
+                            found: None,
+                            won: None,
+                        },
+                        (Op::Get(_) | Op::Lease(..), f) => return Err(unexpected(&f)),
+                        (_, f) => {
+                            stage_raw.push((i, Reply::from_frame(f, name)?));
+                            continue;
+                        }
+                    });
                 }
                 raw.push(stage_raw);
             }
@@ -583,14 +569,7 @@ impl Memcached {
                 }
             }
         }
-        Ok(out
-            .into_iter()
-            .map(|s| {
-                s.into_iter()
-                    .map(|r| r.unwrap_or(OpReply::Deleted))
-                    .collect()
-            })
-            .collect())
+        Ok(finish(out))
     }
 }
 

@@ -595,6 +595,8 @@ pub enum Request<'a> {
         /// The token read with the value.
         cas: u64,
     },
+    /// `mg <key> v c`: the value and its CAS token (`VA`), or `EN`.
+    MetaGet(&'a str),
     /// `mg <key> v c N<exptime>`: the value and its CAS token; a missing key is created
     /// empty, expiring as `exptime` says, and the reply says this request won it (`W`).
     MetaGetLease {
@@ -668,6 +670,7 @@ impl Request<'_> {
                 buf.extend_from_slice(b"\r\n");
                 r
             }
+            Request::MetaGet(key) => write!(buf, "mg {key} v c\r\n"),
             Request::MetaGetLease { key, exptime } => write!(buf, "mg {key} v c N{exptime}\r\n"),
             Request::Delete(key) => write!(buf, "delete {key}\r\n"),
             Request::Incr { key, delta } => write!(buf, "incr {key} {delta}\r\n"),
@@ -977,7 +980,8 @@ SERVER_ERROR object too large for cache\r\n";
             exptime: 10,
         }
         .encode(&mut buf);
-        assert_eq!(buf, b"mg k v c N10\r\n");
+        Request::MetaGet("j").encode(&mut buf);
+        assert_eq!(buf, b"mg k v c N10\r\nmg j v c\r\n");
     }
 
     fn replyish() -> impl Strategy<Value = Vec<u8>> {
