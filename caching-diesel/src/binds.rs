@@ -31,79 +31,77 @@ fn text(bytes: &[u8]) -> BindValue {
 #[cfg(feature = "postgres")]
 pub(crate) fn pg_values(
     c: &diesel::query_builder::bind_collector::RawBytesBindCollector<diesel::pg::Pg>,
-) -> Vec<BindValue> {
-    c.metadata
-        .iter()
-        .zip(&c.binds)
-        .map(|(meta, bytes)| {
-            let (Ok(oid), Some(bytes)) = (meta.oid(), bytes) else {
-                return BindValue::Other;
-            };
-            match oid {
-                // bool
-                16 if bytes.len() == 1 => BindValue::Int(i64::from(bytes[0] != 0)),
-                // int8, int2, int4
-                20 | 21 | 23 => int_be(bytes).map_or(BindValue::Other, BindValue::Int),
-                // text, varchar, bpchar, name
-                25 | 1043 | 1042 | 19 => text(bytes),
-                _ => BindValue::Other,
-            }
-        })
-        .collect()
+    out: &mut Vec<BindValue>,
+) {
+    out.extend(c.metadata.iter().zip(&c.binds).map(|(meta, bytes)| {
+        let (Ok(oid), Some(bytes)) = (meta.oid(), bytes) else {
+            return BindValue::Other;
+        };
+        match oid {
+            // bool
+            16 if bytes.len() == 1 => BindValue::Int(i64::from(bytes[0] != 0)),
+            // int8, int2, int4
+            20 | 21 | 23 => int_be(bytes).map_or(BindValue::Other, BindValue::Int),
+            // text, varchar, bpchar, name
+            25 | 1043 | 1042 | 19 => text(bytes),
+            _ => BindValue::Other,
+        }
+    }));
 }
 
 /// MySQL: native little-endian integers, text as bytes.
 #[cfg(feature = "mysql")]
 pub(crate) fn mysql_values(
     c: &diesel::query_builder::bind_collector::RawBytesBindCollector<diesel::mysql::Mysql>,
-) -> Vec<BindValue> {
+    out: &mut Vec<BindValue>,
+) {
     use diesel::mysql::MysqlType as T;
-    c.metadata
-        .iter()
-        .zip(&c.binds)
-        .map(|(ty, bytes)| {
-            let Some(b) = bytes else {
-                return BindValue::Other;
-            };
-            let int = |signed: bool| -> Option<i64> {
-                let mut le = b.clone();
-                le.reverse();
-                let v = int_be(&le).or_else(|| (b.len() == 1).then(|| i64::from(b[0] as i8)))?;
-                if signed {
-                    return Some(v);
-                }
-                // Unsigned: reinterpret the bits at the width of the value.
-                Some(match b.len() {
-                    1 => i64::from(b[0]),
-                    2 => i64::from(u16::from_le_bytes([b[0], b[1]])),
-                    4 => i64::from(u32::from_le_bytes(b.as_slice().try_into().ok()?)),
-                    8 => i64::try_from(u64::from_le_bytes(b.as_slice().try_into().ok()?)).ok()?,
-                    _ => return None,
-                })
-            };
-            let v = match ty {
-                T::Tiny | T::Short | T::Long | T::LongLong => int(true),
-                T::UnsignedTiny | T::UnsignedShort | T::UnsignedLong | T::UnsignedLongLong => {
-                    int(false)
-                }
-                T::String => return text(b),
-                _ => None,
-            };
-            v.map_or(BindValue::Other, BindValue::Int)
-        })
-        .collect()
+    out.extend(c.metadata.iter().zip(&c.binds).map(|(ty, bytes)| {
+        let Some(b) = bytes else {
+            return BindValue::Other;
+        };
+        let int = |signed: bool| -> Option<i64> {
+            let mut le = b.clone();
+            le.reverse();
+            let v = int_be(&le).or_else(|| (b.len() == 1).then(|| i64::from(b[0] as i8)))?;
+            if signed {
+                return Some(v);
+            }
+            // Unsigned: reinterpret the bits at the width of the value.
+            Some(match b.len() {
+                1 => i64::from(b[0]),
+                2 => i64::from(u16::from_le_bytes([b[0], b[1]])),
+                4 => i64::from(u32::from_le_bytes(b.as_slice().try_into().ok()?)),
+                8 => i64::try_from(u64::from_le_bytes(b.as_slice().try_into().ok()?)).ok()?,
+                _ => return None,
+            })
+        };
+        let v = match ty {
+            T::Tiny | T::Short | T::Long | T::LongLong => int(true),
+            T::UnsignedTiny | T::UnsignedShort | T::UnsignedLong | T::UnsignedLongLong => {
+                int(false)
+            }
+            T::String => return text(b),
+            _ => None,
+        };
+        v.map_or(BindValue::Other, BindValue::Int)
+    }));
 }
 
-/// SQLite: parsed from the collector's `Debug` output.
-pub(crate) fn sqlite_values(debug: &str) -> Vec<BindValue> {
-    let Some(start) = debug.find("binds: [") else {
-        return Vec::new();
+/// SQLite: parsed from the collector's `Debug` output, appended to `out`.
+pub(crate) fn sqlite_values(debug: &str, out: &mut Vec<BindValue>) {
+    const LIST: &str = "binds: [";
+    let rest = match debug.strip_prefix("SqliteBindCollector { binds: [") {
+        Some(rest) => rest,
+        None => match debug.find(LIST) {
+            Some(start) => &debug[start + LIST.len()..],
+            None => return,
+        },
     };
     let mut p = Parser {
-        s: &debug.as_bytes()[start + 8..],
+        s: rest.as_bytes(),
         i: 0,
     };
-    let mut out = Vec::new();
     loop {
         p.skip_ws_commas();
         if p.peek() != Some(b'(') {
@@ -118,7 +116,6 @@ pub(crate) fn sqlite_values(debug: &str) -> Vec<BindValue> {
         }
         out.push(value);
     }
-    out
 }
 
 struct Parser<'a> {
@@ -240,8 +237,13 @@ mod tests {
     #[test]
     fn sqlite_debug_output_is_decoded() {
         let d = r#"SqliteBindCollector { binds: [(I32(7), Integer), (BorrowedString("a \"b\"\n\u{1b}"), Text), (F64(1.5), Double), (Null, Integer), (Binary([1, 2]), Binary), (I64(-3), BigInt), (String("x)"), Text)] }"#;
+        let values = |d: &str| {
+            let mut out = Vec::new();
+            sqlite_values(d, &mut out);
+            out
+        };
         assert_eq!(
-            sqlite_values(d),
+            values(d),
             vec![
                 BindValue::Int(7),
                 BindValue::Text("a \"b\"\n\u{1b}".into()),
@@ -252,7 +254,7 @@ mod tests {
                 BindValue::Text("x)".into()),
             ]
         );
-        assert!(sqlite_values("garbage").is_empty());
-        assert!(sqlite_values("binds: [(").len() <= 1);
+        assert!(values("garbage").is_empty());
+        assert!(values("binds: [(").len() <= 1);
     }
 }

@@ -16,7 +16,7 @@ use diesel::connection::{Instrumentation, InstrumentationEvent};
 
 use crate::caches::{process_caches, CacheSet};
 use crate::error::Error;
-use crate::key::CacheConnection;
+use crate::key::{CacheConnection, Templates};
 use crate::plain::PlainWrites;
 use crate::transaction::TxState;
 
@@ -63,7 +63,9 @@ impl Instrumentation for Observer {
 pub struct CachedConnection<C: CacheConnection> {
     pub(crate) conn: C,
     pub(crate) caches: CacheSet,
-    label: String,
+    pub(crate) label: String,
+    /// What the connection remembers per query type (SQL, analysis, key prefixes).
+    pub(crate) templates: Templates,
     replica: bool,
     pub(crate) tx: TxState,
     observed_depth: Arc<AtomicU32>,
@@ -128,6 +130,7 @@ impl<C: CacheConnection> CachedConnection<C> {
             conn,
             caches,
             label: "default".to_string(),
+            templates: Templates::default(),
             replica: false,
             tx: TxState::default(),
             observed_depth,
@@ -191,6 +194,8 @@ impl<C: CacheConnection> CachedConnection<C> {
     /// databases, are cached separately; invalidation reaches all of them).
     pub fn with_label(mut self, label: impl Into<String>) -> Self {
         self.label = label.into();
+        // The label is part of the remembered key prefixes.
+        self.templates = Templates::default();
         self
     }
 

@@ -24,8 +24,8 @@
 use caching_core::{DependencyTracking, KeySpace, PredicateValue, Registrations};
 
 use crate::columns::{self, ColumnClass};
-use crate::key::{BindValue, QueryIdentity};
-use crate::sql::{self, Dialect, Literal, Operand, Statement};
+use crate::key::BindValue;
+use crate::sql::{Dialect, Literal, Operand, Statement};
 
 /// The dependencies of one cached read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -64,19 +64,22 @@ pub(crate) fn dialect_of(backend: &str) -> Dialect {
     }
 }
 
-/// The dependencies of `identity`'s statement, whose result rows are made of models whose
+/// The dependencies of the statement `sql` (whose analysis is `analysis`, see
+/// [`crate::sql::analysed`]) with bind values `binds`, whose result rows are made of models whose
 /// SQL tables are `row_tables` (model names `model_tables`), plus declared `extra` tables.
 /// `Err` if the statement cannot be understood (it must then not be cached).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn dependencies(
-    identity: &QueryIdentity,
+    sql: &str,
+    analysis: &Result<Statement, String>,
+    binds: &[BindValue],
     dialect: Dialect,
     row_tables: &[&str],
     model_tables: &[&str],
     extra: &[&str],
     tracking: DependencyTracking,
 ) -> Result<Deps, String> {
-    let analysis = sql::analysed(&identity.sql, dialect);
-    let (read_tables, counts, shifts) = match &*analysis {
+    let (read_tables, counts, shifts) = match analysis {
         Ok(Statement::Read {
             tables,
             counts,
@@ -97,13 +100,8 @@ pub(crate) fn dependencies(
             .conditions
             .iter()
             .filter_map(|cond| {
-                let values = condition_values(
-                    &t.table,
-                    &cond.column,
-                    &cond.values,
-                    &identity.values,
-                    dialect,
-                )?;
+                let values =
+                    condition_values(&t.table, &cond.column, &cond.values, binds, dialect)?;
                 Some((selectivity_rank(&cond.column, values.len()), cond, values))
             })
             .min_by_key(|(rank, _, _)| *rank);
@@ -134,7 +132,7 @@ pub(crate) fn dependencies(
             deps.guarded.push((*rt).to_string());
             deps.tables.push((*rt).to_string());
             warn_once(
-                &identity.sql,
+                sql,
                 &format!(
                     "a loaded model's table `{rt}` is not named by the SQL: if it is renamed \
                      with #[sql_name], add #[cached(sql_table = \"..\")] to the model; if the \

@@ -128,7 +128,7 @@ where
         T: QueryFragment<Self::Backend> + QueryId,
     {
         self.settle_plain_writes();
-        self.check_strict(|c| c.query_identity(source).map(|i| i.sql))?;
+        self.check_strict(|_| C::render_sql(source))?;
         self.conn.execute_returning_count(source)
     }
 
@@ -168,7 +168,7 @@ where
         Self::Backend: QueryMetadata<T::SqlType>,
     {
         self.settle_plain_writes();
-        self.check_strict(|c| c.query_identity(&source).map(|i| i.sql))?;
+        self.check_strict(|_| C::render_sql(&source))?;
         self.conn.load(source)
     }
 }

@@ -1,7 +1,7 @@
 //! The `.cached()` extension: turns any Diesel query into a cached one.
 
 use diesel::dsl::{CountStar, Select};
-use diesel::query_builder::{AsQuery, QueryFragment};
+use diesel::query_builder::{AsQuery, QueryFragment, QueryId};
 use diesel::query_dsl::methods::SelectDsl;
 use diesel::query_dsl::LoadQuery;
 use diesel::QueryResult;
@@ -47,7 +47,7 @@ pub trait CacheDsl: Sized {
         Self: SelectDsl<CountStar>,
         Select<Self, CountStar>: AsQuery,
         <Select<Self, CountStar> as AsQuery>::Query:
-            QueryFragment<C::Backend> + LoadQuery<'query, C, i64> + 'query,
+            QueryFragment<C::Backend> + QueryId + LoadQuery<'query, C, i64> + 'query,
     {
         CachedQuery::new(self).count(conn)
     }

@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use caching_core::{Cache, ReadOutcome, ReadPlan, Registrations, Timeout};
 use diesel::dsl::{CountStar, Limit, Select};
-use diesel::query_builder::{AsQuery, QueryFragment};
+use diesel::query_builder::{AsQuery, QueryFragment, QueryId};
 use diesel::query_dsl::methods::{LimitDsl, SelectDsl};
 use diesel::query_dsl::LoadQuery;
 use diesel::QueryResult;
 
 use crate::connection::CachedConnection;
-use crate::key::{query_key_builder, CacheConnection};
+use crate::key::{finish_key, CacheConnection};
 use crate::model::CacheableRow;
 
 /// Per-query cache settings; "whatever is set last sticks".
@@ -133,15 +133,24 @@ impl<Q> CachedQuery<Q> {
     pub fn key<U, C>(self, conn: &mut CachedConnection<C>) -> QueryResult<String>
     where
         C: CacheConnection,
-        U: CacheableRow,
+        U: CacheableRow + 'static,
         Q: AsQuery,
-        Q::Query: QueryFragment<C::Backend>,
+        Q::Query: QueryFragment<C::Backend> + QueryId,
     {
-        let cache = conn.caches.get(self.options.cache.as_deref())?.clone();
-        let tables = self.tables_of::<U>();
+        let cache = conn.caches.get(self.options.cache.as_deref())?;
         let query = self.query.as_query();
-        let identity = conn.conn.query_identity(&query)?;
-        Ok(key_of::<U, C>(conn, &cache, "query", &tables, &identity))
+        let (template, binds) = conn.templates.get::<C, _>(&query)?;
+        conn.conn.key_binds(&query, binds, false)?;
+        let parts = template.resolve::<U, C>(
+            "query",
+            cache.config().codec.id(),
+            &conn.label,
+            &self.options.tables,
+            None,
+        );
+        Ok(cache
+            .keys()
+            .query_key(&finish_key(&parts.prefix.builder, binds)))
     }
 
     fn tables_of<U: CacheableRow>(&self) -> Vec<&'static str> {
@@ -158,22 +167,21 @@ impl<Q> CachedQuery<Q> {
     fn read<'query, U, C, X>(
         self,
         conn: &mut CachedConnection<C>,
-        kind: &str,
+        kind: &'static str,
         query: X,
     ) -> QueryResult<(Vec<U>, ReadOutcome)>
     where
         C: CacheConnection,
         U: CacheableRow + 'static,
-        X: QueryFragment<C::Backend> + LoadQuery<'query, C, U> + 'query,
+        X: QueryFragment<C::Backend> + QueryId + LoadQuery<'query, C, U> + 'query,
     {
         // A read that never reaches the engine's read path: counted in the per-table stats
         // (under its model and declared tables: its SQL is not read) with its reason.
-        let model_tables = self.tables_of::<U>();
         let cache_name = self.options.cache.as_deref();
         let bypassed = |conn: &mut CachedConnection<C>, query: X, why: &'static str| {
             let outcome = ReadOutcome::Bypassed(why);
             if let Ok(cache) = conn.caches.get(cache_name) {
-                cache.record_read(&model_tables, outcome);
+                cache.record_read(&self.tables_of::<U>(), outcome);
             }
             query.load(&mut conn.conn).map(|rows| (rows, outcome))
         };
@@ -181,39 +189,58 @@ impl<Q> CachedQuery<Q> {
             return bypassed(conn, query, "caching turned off for this query");
         }
         let cache = conn.caches.get(self.options.cache.as_deref())?.clone();
-        let identity = match conn.conn.query_identity(&query) {
-            Ok(i) => i,
+        let dialect = crate::deps::dialect_of(C::BACKEND);
+        // The SQL, its analysis and the key's prefix: remembered per query type when its SQL
+        // depends on its type alone (see `crate::key`); the binds, on every read.
+        let remembered = conn
+            .templates
+            .get::<C, _>(&query)
+            .and_then(|(template, binds)| {
+                conn.conn.key_binds(&query, binds, true)?;
+                Ok((template, binds))
+            });
+        let (template, binds) = match remembered {
+            Ok(t) => t,
             Err(e) => {
                 tracing::warn!(error = %e, "could not build a cache key; reading the database");
                 return bypassed(conn, query, "no cache key");
             }
         };
-        let mut models = Vec::new();
-        U::models(&mut models);
-        for m in &models {
-            crate::columns::register(m);
-        }
-        let row_tables: Vec<&str> = models.iter().map(|m| m.sql_table).collect();
-        let deps = match crate::deps::dependencies(
-            &identity,
-            crate::deps::dialect_of(C::BACKEND),
-            &row_tables,
-            &model_tables,
+        let parts = template.resolve::<U, C>(
+            kind,
+            cache.config().codec.id(),
+            &conn.label,
             &self.options.tables,
-            cache.config().dependencies,
-        ) {
-            Ok(d) => d,
-            Err(why) => {
-                crate::deps::warn_uncacheable(&identity.sql, &why);
+            Some(dialect),
+        );
+        parts.prefix.register_models();
+        let deps = match parts.analysis.map(|analysis| {
+            crate::deps::dependencies(
+                parts.sql,
+                analysis,
+                &binds.values,
+                dialect,
+                &parts.prefix.row_tables,
+                &parts.prefix.model_tables,
+                &self.options.tables,
+                cache.config().dependencies,
+            )
+        }) {
+            Some(Ok(d)) => d,
+            Some(Err(why)) => {
+                crate::deps::warn_uncacheable(parts.sql, &why);
                 return bypassed(conn, query, "dependencies cannot be read from the SQL");
             }
+            None => return bypassed(conn, query, "dependencies cannot be read from the SQL"),
         };
         if deps.tables.is_empty() && self.options.timeout.is_none() {
             // No table: a constant, or a function whose value no write changes (`now()`).
             // Cached only for an explicit timeout.
             return bypassed(conn, query, "reads no table and has no timeout");
         }
-        let key = key_of::<U, C>(conn, &cache, kind, &model_tables, &identity);
+        let key = cache
+            .keys()
+            .query_key(&finish_key(&parts.prefix.builder, binds));
         let timeout = self.options.timeout.unwrap_or_default();
         let tables: Vec<&str> = deps.tables.iter().map(String::as_str).collect();
         let guarded: Vec<&str> = deps.guarded.iter().map(String::as_str).collect();
@@ -265,7 +292,7 @@ impl<Q> CachedQuery<Q> {
         Q: SelectDsl<CountStar>,
         Select<Q, CountStar>: AsQuery,
         <Select<Q, CountStar> as AsQuery>::Query:
-            QueryFragment<C::Backend> + LoadQuery<'query, C, i64> + 'query,
+            QueryFragment<C::Backend> + QueryId + LoadQuery<'query, C, i64> + 'query,
     {
         conn.settle_plain_writes();
         let query = self.query.select(diesel::dsl::count_star()).as_query();
@@ -418,7 +445,7 @@ where
     C: CacheConnection,
     U: CacheableRow + 'static,
     Q: AsQuery,
-    Q::Query: QueryFragment<C::Backend> + LoadQuery<'query, C, U> + 'query,
+    Q::Query: QueryFragment<C::Backend> + QueryId + LoadQuery<'query, C, U> + 'query,
 {
     fn load_with_outcome(
         self,
@@ -447,7 +474,8 @@ where
     U: CacheableRow + 'static,
     Q: LimitDsl,
     Limit<Q>: AsQuery,
-    <Limit<Q> as AsQuery>::Query: QueryFragment<C::Backend> + LoadQuery<'query, C, U> + 'query,
+    <Limit<Q> as AsQuery>::Query:
+        QueryFragment<C::Backend> + QueryId + LoadQuery<'query, C, U> + 'query,
 {
     fn first_cached(self, conn: &mut CachedConnection<C>) -> QueryResult<U> {
         CachedQuery {
@@ -463,27 +491,6 @@ pub(crate) fn first_row<T>(rows: Vec<T>) -> QueryResult<T> {
     rows.into_iter()
         .next()
         .ok_or(diesel::result::Error::NotFound)
-}
-
-pub(crate) fn key_of<U, C>(
-    conn: &CachedConnection<C>,
-    cache: &Cache,
-    kind: &str,
-    tables: &[&str],
-    identity: &crate::key::QueryIdentity,
-) -> String
-where
-    C: CacheConnection,
-    U: CacheableRow,
-{
-    let builder = query_key_builder::<U, C>(
-        kind,
-        conn.label(),
-        cache.config().codec.id(),
-        tables,
-        identity,
-    );
-    cache.keys().query_key(&builder)
 }
 
 /// The shared read path: the connection's part (bypass inside a foreign transaction or over

@@ -277,7 +277,7 @@ impl<C: CacheConnection> CachedConnection<C> {
         S: InsertRows<'query, C, M>,
     {
         self.guard()?;
-        let sql = self.conn.query_identity(&statement)?.sql;
+        let sql = C::render_sql(&statement)?;
         let rows: Vec<M> = self.helper_write(|c| statement.insert_rows(c, &sql))?;
         let inv = self.creation(&rows, &sql, true);
         self.after_write(inv)?;
@@ -294,7 +294,7 @@ impl<C: CacheConnection> CachedConnection<C> {
         S: ExecuteDsl<C> + QueryFragment<C::Backend>,
     {
         self.guard()?;
-        let sql = self.conn.query_identity(&statement)?.sql;
+        let sql = C::render_sql(&statement)?;
         let n = self.helper_write(|c| ExecuteDsl::execute(statement, c))?;
         let inv = self.creation(rows, &sql, false);
         self.after_write(inv)?;
@@ -392,7 +392,7 @@ impl<C: CacheConnection> CachedConnection<C> {
         S: ExecuteDsl<C> + QueryFragment<C::Backend>,
     {
         self.guard()?;
-        let sql = self.conn.query_identity(&statement)?.sql;
+        let sql = C::render_sql(&statement)?;
         let n = self.helper_write(|c| ExecuteDsl::execute(statement, c))?;
         let first = crate::sql::first_keyword(&sql);
         let inv = match first.as_str() {

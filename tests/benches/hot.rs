@@ -1,5 +1,6 @@
 //! Criterion benches of the hot functions of a hit, on the bench runner's 100-row list:
-//! deriving the query's key, decoding its payload (the runner's `floor_decode`, shared
+//! deriving the query's key (and, for comparison, the key of the same query boxed, whose SQL
+//! is rendered afresh on every read), decoding its payload (the runner's `floor_decode`, shared
 //! through `#[path]`), a locmem get of its entry, and the whole locmem hit through
 //! `.cached().load`. No server needed:
 //!
@@ -61,6 +62,17 @@ fn hot(c: &mut Criterion) {
         .to_vec();
     c.bench_function("key_derivation_100", |b| {
         b.iter(|| list100!().cached().key::<Addon, _>(&mut conn).expect("key"))
+    });
+    // The same query boxed: no static query id, so its SQL is rendered and hashed on every
+    // read (the path of `sql_query`, boxed queries and `eq_any` lists).
+    c.bench_function("key_derivation_100_boxed", |b| {
+        b.iter(|| {
+            list100!()
+                .into_boxed()
+                .cached()
+                .key::<Addon, _>(&mut conn)
+                .expect("key")
+        })
     });
     c.bench_function("codec_decode_100", |b| {
         b.iter(|| floor::floor_decode(black_box(&payload)).expect("decode"))
