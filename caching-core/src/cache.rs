@@ -29,6 +29,7 @@ pub(crate) struct Inner {
     pub(crate) delivery: Delivery,
     pub(crate) flights: Flights,
     pub(crate) servers: ServerWatch,
+    pub(crate) guard_memo: crate::guards::GuardMemo,
 }
 
 /// A cache: cheap to clone, `Send + Sync`; clones share backend, stats and the queue of
@@ -130,6 +131,7 @@ impl Cache {
                 delivery: Delivery::default(),
                 flights: Flights::default(),
                 servers: ServerWatch::default(),
+                guard_memo: Default::default(),
             }),
         }
     }

@@ -74,13 +74,44 @@ pub(crate) fn ensure(backend: &dyn Backend, keys: &[&str]) -> Result<Vec<u64>> {
 /// failed; the first error is returned. Returns how many counters were repaired.
 pub(crate) fn bump(backend: &dyn Backend, keys: &[String]) -> Result<u64> {
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-    let mut repaired = 0;
-    let outcomes = match backend.incr_multi(&refs, 1) {
-        Ok(o) => o,
+    match backend.incr_multi(&refs, 1) {
+        Ok(outcomes) => settle(backend, &refs, outcomes),
         // A server failed: go counter by counter, so each one that can be bumped is (one
         // bumped twice is still only "changed").
-        Err(_) => return bump_each(backend, &refs),
-    };
+        Err(_) => bump_each(backend, &refs),
+    }
+}
+
+/// The increments of a [`Backend::batch`] (its replies to `Op::Incr(refs[i], 1)`), as
+/// [`Backend::incr_multi`] reports them.
+pub(crate) fn incr_outcomes(
+    refs: &[&str],
+    replies: Vec<crate::backend::OpReply>,
+) -> Vec<Result<Option<u64>>> {
+    use crate::backend::OpReply;
+    refs.iter()
+        .zip(replies)
+        .map(|(key, r)| match r {
+            OpReply::Counter(n) => Ok(n),
+            OpReply::NotANumber => Err(crate::Error::NotANumber {
+                key: key.to_string(),
+            }),
+            other => Err(crate::Error::Protocol {
+                server: String::new(),
+                line: format!("{other:?} answering an increment of {key}"),
+            }),
+        })
+        .collect()
+}
+
+/// Finishes a bump whose increments answered `outcomes`: creates the counters that were
+/// missing (random start) and repairs those that were not numbers. The repaired count.
+pub(crate) fn settle(
+    backend: &dyn Backend,
+    refs: &[&str],
+    outcomes: Vec<Result<Option<u64>>>,
+) -> Result<u64> {
+    let mut repaired = 0;
     let mut first_error = None;
     let mut missing = Vec::new();
     for (key, outcome) in refs.iter().zip(outcomes) {

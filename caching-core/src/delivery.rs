@@ -286,9 +286,12 @@ fn deliver_some(cache: &Cache) -> crate::Result<()> {
                 }
                 Err(_) => st.everything = true,
             }
+            // Counted before `settle` wakes the writers waiting for it, so they see it.
+            if sent.is_ok() {
+                cache.inner.stats.inc(Counter::RetriedInvalidations);
+            }
             d.settle(st, if sent.is_ok() { covers_below } else { 0 });
             sent?;
-            cache.inner.stats.inc(Counter::RetriedInvalidations);
             tracing::info!("queued namespace bump delivered");
             continue;
         }
@@ -296,12 +299,13 @@ fn deliver_some(cache: &Cache) -> crate::Result<()> {
             return Ok(());
         };
         cache.invalidate_once(&inv)?;
+        // Counted before `settle` wakes the writers waiting for it, so they see it.
+        cache.inner.stats.inc(Counter::RetriedInvalidations);
         let mut st = lock(&d.state);
         if st.queue.front().is_some_and(|(f, _)| *f == id) {
             st.queue.pop_front();
         }
         d.settle(st, id + 1);
-        cache.inner.stats.inc(Counter::RetriedInvalidations);
         tracing::info!(tables = ?inv.tables().collect::<Vec<_>>(), "queued invalidation delivered");
     }
 }

@@ -29,9 +29,9 @@
 //! table's version is bumped (the namespace's, for a list that belongs to no table), and
 //! whatever valid keys it holds are still deleted.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use crate::backend::{AppendOutcome, Backend, CasOutcome};
+use crate::backend::{AppendOutcome, Backend, CasOutcome, Item, Op, OpReply};
 use crate::error::Result;
 use crate::key::KeySpace;
 use crate::timeout::Expiry;
@@ -336,17 +336,24 @@ fn join(tokens: &[impl AsRef<str>]) -> Vec<u8> {
     out
 }
 
-/// Appends every entry of `regs` to its list, atomically per list.
+/// Appends every entry of `regs` to its list, atomically per list, then reads `check`: the
+/// read is ordered after every registration (in the same batch when the backend can keep the
+/// order, so a fill whose lists all exist registers and checks in one round trip). Lists
+/// that do not exist yet are created (`add`) and the check is read again after them.
 pub(crate) fn register(
     backend: &dyn Backend,
     ks: &KeySpace,
     regs: &Registrations,
     epochs: bool,
-) -> Result<RegisterOutcome> {
+    check: &[&str],
+) -> Result<(RegisterOutcome, HashMap<String, Item>)> {
     let mut outcome = RegisterOutcome {
         complete: true,
         overflows: 0,
     };
+    let gets: Vec<Op<'_>> = check.iter().map(|k| Op::Get(k)).collect();
+    // The latest read of `check`, if no registration was written after it.
+    let mut checked: Option<HashMap<String, Item>> = None;
     let mut pending: Vec<(&str, &str, Vec<u8>)> = regs
         .lists
         .iter()
@@ -354,23 +361,31 @@ pub(crate) fn register(
         .collect();
     for _ in 0..MAX_REGISTER_ROUNDS {
         if pending.is_empty() {
-            return Ok(outcome);
+            break;
         }
-        let items: Vec<(&str, &[u8])> =
-            pending.iter().map(|(k, _, d)| (*k, d.as_slice())).collect();
-        let results = backend.append_multi(&items)?;
+        let appends: Vec<Op<'_>> = pending
+            .iter()
+            .map(|(k, _, d)| Op::Append(k, d.as_slice()))
+            .collect();
+        let mut replies = backend.batch(&[&appends, &gets])?.into_iter();
+        let appended = replies.next().unwrap_or_default();
+        checked = Some(crate::read::values_of(
+            check,
+            replies.next().unwrap_or_default(),
+        ));
         let mut missing = Vec::new();
         let mut retry = Vec::new();
-        for (p, r) in pending.into_iter().zip(results) {
+        for (p, r) in pending.into_iter().zip(appended) {
             match r {
-                AppendOutcome::Appended => {}
-                AppendOutcome::Missing => missing.push(p),
-                AppendOutcome::TooLarge => {
+                OpReply::Appended(AppendOutcome::Appended) => {}
+                OpReply::Appended(AppendOutcome::TooLarge) => {
                     outcome.overflows += 1;
+                    checked = None;
                     if !compact(backend, ks, p.0, p.1, &p.2)? {
                         retry.push(p);
                     }
                 }
+                _ => missing.push(p),
             }
         }
         if !missing.is_empty() {
@@ -388,23 +403,36 @@ pub(crate) fn register(
                     }
                 })
                 .collect();
-            let items: Vec<(&str, &[u8])> = missing
+            let adds: Vec<Op<'_>> = missing
                 .iter()
                 .zip(&created)
-                .map(|((k, _, _), d)| (*k, d.as_slice()))
+                .map(|((k, _, _), d)| Op::Add(k, d.as_slice(), Expiry::Forever))
                 .collect();
-            let added = backend.add_multi(&items, Expiry::Forever)?;
-            for (p, ok) in missing.into_iter().zip(added) {
-                if !ok {
+            let mut replies = backend.batch(&[&adds, &gets])?.into_iter();
+            let added = replies.next().unwrap_or_default();
+            checked = Some(crate::read::values_of(
+                check,
+                replies.next().unwrap_or_default(),
+            ));
+            for (p, r) in missing.into_iter().zip(added) {
+                if r != OpReply::Added(true) {
                     // Created by someone else meanwhile (or too large): append again.
                     retry.push(p);
                 }
             }
         }
+        if !retry.is_empty() {
+            checked = None;
+        }
         pending = retry;
     }
     outcome.complete = pending.is_empty();
-    Ok(outcome)
+    let checked = match checked {
+        Some(c) => c,
+        None if check.is_empty() => HashMap::new(),
+        None => backend.get_multi(check)?,
+    };
+    Ok((outcome, checked))
 }
 
 /// Makes room in a full list: drops duplicates, or replaces the list by overflow markers.
@@ -508,12 +536,72 @@ pub(crate) trait WalkHooks {
     fn step(&self, name: &'static str);
 }
 
-/// Deletes everything reachable from `roots` and clears the lists read, with CAS.
+/// What [`invalidate`] did: the bump of the counters it was given, and the walk.
+pub(crate) struct Walked {
+    /// The counters' bump: how many were repaired.
+    pub(crate) bumped: Result<u64>,
+    /// The walk.
+    pub(crate) walked: Result<InvalidationReport>,
+}
+
+/// Bumps `counters`, then deletes everything reachable from `roots` and clears the lists
+/// read, with CAS. The bump and the first read of the lists go in one batch (the read is
+/// ordered after the increments), the deletes and the clears in another.
 pub(crate) fn invalidate(
     backend: &dyn Backend,
     ks: &KeySpace,
+    counters: &[String],
     roots: Vec<String>,
     hooks: &dyn WalkHooks,
+) -> Walked {
+    let mut bumped = None;
+    let walked = walk(backend, ks, counters, roots, hooks, &mut bumped);
+    Walked {
+        // A walk that failed before its first read has not bumped yet: bump now.
+        bumped: bumped.unwrap_or_else(|| crate::clock::bump(backend, counters)),
+        walked,
+    }
+}
+
+/// Reads the first level of `roots` in one batch after the increments of `counters`
+/// (setting `bumped`), or only reads them once `bumped` is set.
+fn read_level(
+    backend: &dyn Backend,
+    counters: &[String],
+    refs: &[&str],
+    bumped: &mut Option<Result<u64>>,
+) -> Result<HashMap<String, Item>> {
+    if bumped.is_some() {
+        return backend.get_multi(refs);
+    }
+    let names: Vec<&str> = counters.iter().map(String::as_str).collect();
+    let incrs: Vec<Op<'_>> = names.iter().map(|k| Op::Incr(k, 1)).collect();
+    let gets: Vec<Op<'_>> = refs.iter().map(|k| Op::Get(k)).collect();
+    match backend.batch(&[&incrs, &gets]) {
+        Ok(replies) => {
+            let mut replies = replies.into_iter();
+            let incr = crate::clock::incr_outcomes(&names, replies.next().unwrap_or_default());
+            *bumped = Some(crate::clock::settle(backend, &names, incr));
+            Ok(crate::read::values_of(
+                refs,
+                replies.next().unwrap_or_default(),
+            ))
+        }
+        Err(_) => {
+            // Bump counter by counter (each one that can be is), then read.
+            *bumped = Some(crate::clock::bump(backend, counters));
+            backend.get_multi(refs)
+        }
+    }
+}
+
+fn walk(
+    backend: &dyn Backend,
+    ks: &KeySpace,
+    counters: &[String],
+    roots: Vec<String>,
+    hooks: &dyn WalkHooks,
+    bumped: &mut Option<Result<u64>>,
 ) -> Result<InvalidationReport> {
     let mut report = InvalidationReport::default();
     let mut visited: HashSet<String> = roots.iter().cloned().collect();
@@ -528,7 +616,7 @@ pub(crate) fn invalidate(
         while !level.is_empty() {
             report.levels += 1;
             let refs: Vec<&str> = level.iter().map(String::as_str).collect();
-            let got = backend.get_multi(&refs)?;
+            let got = read_level(backend, counters, &refs, bumped)?;
             let mut next = Vec::new();
             for list in &level {
                 let Some(item) = got.get(list) else { continue };
@@ -575,22 +663,31 @@ pub(crate) fn invalidate(
         hooks.step("delete");
         doomed.sort();
         doomed.dedup();
-        if !doomed.is_empty() {
-            let refs: Vec<&str> = doomed.iter().map(String::as_str).collect();
-            backend.delete_multi(&refs)?;
-            report.deleted += doomed.len();
-        }
+        report.deleted += doomed.len();
+        let deletes: Vec<Op<'_>> = doomed.iter().map(|k| Op::Delete(k)).collect();
         if let Some(e) = bump_failed {
+            backend.delete_multi(&doomed.iter().map(String::as_str).collect::<Vec<_>>())?;
             return Err(e);
         }
         // Clear with CAS: a list that changed since we read it holds registrations we have not
-        // seen; read it again rather than lose them.
+        // seen; read it again rather than lose them. (Deleting first is not needed: a reader
+        // that registers again after the clear is found by the next write.)
         hooks.step("clear");
-        let clears: Vec<(&str, &[u8], u64)> = read
+        let clears: Vec<Op<'_>> = read
             .iter()
-            .map(|(list, cas, epoch)| (list.as_str(), epoch.as_slice(), *cas))
+            .map(|(list, cas, epoch)| Op::Cas(list, epoch.as_slice(), Expiry::Forever, *cas))
             .collect();
-        let outcomes = backend.cas_multi(&clears, Expiry::Forever)?;
+        let mut stage = deletes;
+        stage.extend(clears);
+        let replies = backend.batch(&[&stage])?.pop().unwrap_or_default();
+        let outcomes: Vec<CasOutcome> = replies
+            .into_iter()
+            .skip(doomed.len())
+            .map(|r| match r {
+                OpReply::Cas(o) => o,
+                _ => CasOutcome::Changed,
+            })
+            .collect();
         for ((list, _, _), outcome) in read.iter().zip(outcomes) {
             if outcome == CasOutcome::Changed {
                 visited.remove(list);

@@ -278,10 +278,6 @@ impl Cache {
         self.step("bump");
         let mut counters: Vec<String> = inv.written.iter().map(|t| ks.generation_key(t)).collect();
         counters.extend(inv.whole.iter().map(|t| ks.version_key(t)));
-        let bumped = clock::bump(backend, &counters);
-        if let Ok(repaired) = &bumped {
-            self.inner.stats.add(Counter::Repairs, *repaired);
-        }
         let mut roots: Vec<String> = Vec::new();
         for o in &inv.objects {
             roots.push(ks.flush_key(o));
@@ -303,7 +299,11 @@ impl Cache {
                 tracing::warn!(key = %k, "ignoring an invalid flush-list key in an invalidation");
             }
         }
-        let walked = flush::invalidate(backend, ks, roots, &HookRef(&self.inner.hook));
+        let flush::Walked { bumped, walked } =
+            flush::invalidate(backend, ks, &counters, roots, &HookRef(&self.inner.hook));
+        if let Ok(repaired) = &bumped {
+            self.inner.stats.add(Counter::Repairs, *repaired);
+        }
         if let Ok(r) = &walked {
             if r.repaired > 0 {
                 self.inner.stats.add(Counter::Repairs, r.repaired as u64);

@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::backend::Placeholder;
 use crate::envelope::{pending_marker, PENDING_TTL};
 use crate::read::{Lookup, ReadPlan};
 use crate::stats::Counter;
@@ -129,11 +130,12 @@ pub(crate) enum Leased<'a> {
     /// Another reader's fill was published while this one waited: its payload.
     Hit(Vec<u8>),
     /// This reader leads the fill: `marker` is stored under the key (the fill must publish
-    /// over it, or delete it); `flight` wakes this process's waiters when dropped.
+    /// over it, or delete it); `flight`, if this reader also leads in this process, wakes
+    /// this process's waiters when dropped.
     Leader {
         lookup: Lookup,
-        marker: Vec<u8>,
-        flight: FlightGuard<'a>,
+        marker: Placeholder,
+        flight: Option<FlightGuard<'a>>,
     },
     /// No lease: read the database and fill as usual. `lookup` is the latest one.
     Proceed {
@@ -144,11 +146,26 @@ pub(crate) enum Leased<'a> {
 
 impl Cache {
     /// After a miss of `plan` seen by `lookup`: takes the key's lease, or waits for the
-    /// reader holding it (see the module docs). Costs one `add` when nobody else is filling.
+    /// reader holding it (see the module docs). Costs nothing more when the lookup took the
+    /// lease already (its batch adds the marker), one `add` when it could not yet.
     pub(crate) fn lease(&self, plan: &ReadPlan<'_>, lookup: Lookup) -> Leased<'_> {
         let key = plan.key();
         let mut delays = poll_delays(self.inner.config.lease_wait);
         let mut lookup = lookup;
+        if let Some(marker) = lookup.marker.take() {
+            // The lookup stored our marker: we lead the fill across processes, and must not
+            // wait for anybody (a reader of this process that joined the flight first waits
+            // for our result through the marker, as a reader elsewhere would).
+            let flight = match self.inner.flights.join(key) {
+                Join::Leader(guard) => Some(guard),
+                Join::Follower(_) => None,
+            };
+            return Leased::Leader {
+                lookup,
+                marker,
+                flight,
+            };
+        }
         let marker_expiry = self
             .plan_expiry(plan)
             .min(Expiry::from_duration(PENDING_TTL));
@@ -161,7 +178,7 @@ impl Cache {
                 let budget: Duration = delays.sum();
                 self.pause(|| f.wait_until(Instant::now() + budget));
                 return match self.relookup(plan) {
-                    Some(l) if l.hit.is_some() => Leased::Hit(l.hit.unwrap_or_default()),
+                    Some(Lookup { hit: Some(hit), .. }) => Leased::Hit(hit),
                     Some(l) => Leased::Proceed {
                         lookup: l,
                         flight: None,
@@ -182,8 +199,11 @@ impl Cache {
                 Ok(true) => {
                     return Leased::Leader {
                         lookup,
-                        marker,
-                        flight,
+                        marker: Placeholder {
+                            value: marker,
+                            cas: None,
+                        },
+                        flight: Some(flight),
                     }
                 }
                 Ok(false) => {}
@@ -209,9 +229,7 @@ impl Cache {
                 };
                 self.pause(|| std::thread::sleep(d));
                 match self.relookup(plan) {
-                    Some(l) if l.hit.is_some() => {
-                        return Leased::Hit(l.hit.unwrap_or_default());
-                    }
+                    Some(Lookup { hit: Some(hit), .. }) => return Leased::Hit(hit),
                     Some(l) => {
                         let held = l.pending;
                         lookup = l;

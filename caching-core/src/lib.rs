@@ -24,6 +24,7 @@ mod delivery;
 mod envelope;
 mod error;
 mod flush;
+mod guards;
 mod hooks;
 mod invalidate;
 pub mod key;
@@ -34,7 +35,7 @@ mod servers;
 mod stats;
 mod timeout;
 
-pub use backend::{AppendOutcome, Backend, CasOutcome, Item};
+pub use backend::{AppendOutcome, Backend, CasOutcome, Item, Op, OpReply, Placeholder};
 pub use cache::Cache;
 pub use config::{
     CacheBuilder, CacheConfig, DependencyTracking, InvalidateOnCreate, DEFAULT_MEMCACHED_PORT,

@@ -15,9 +15,11 @@
 //! A read of a table with an invalidation this process could not deliver yet bypasses the
 //! cache (see [`Cache::pending_invalidations`]): a process always reads its own writes.
 
+use std::collections::HashMap;
+
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::backend::CasOutcome;
+use crate::backend::{CasOutcome, Item, Op, OpReply, Placeholder};
 use crate::clock;
 use crate::envelope::{envelope, open_envelope, pending_marker, PENDING_MAGIC, PENDING_TTL};
 use crate::error::{Error, Result};
@@ -28,6 +30,23 @@ use crate::stats::{Counter, TableEvent};
 use crate::timeout::{Expiry, Timeout};
 use crate::{Cache, ObjectKey};
 
+/// Whether a stored value is a fill in progress: a pending marker, or the empty item a
+/// backend's native lease stores (see [`Op::Lease`]). No envelope is empty.
+pub(crate) fn is_pending(value: &[u8]) -> bool {
+    value.is_empty() || value.starts_with(PENDING_MAGIC)
+}
+
+/// The values among `replies` to `Op::Get(keys[i])`, by key.
+pub(crate) fn values_of(keys: &[&str], replies: Vec<OpReply>) -> HashMap<String, Item> {
+    keys.iter()
+        .zip(replies)
+        .filter_map(|(k, r)| match r {
+            OpReply::Value(Some(item)) => Some((k.to_string(), item)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// What a lookup found.
 #[derive(Debug)]
 pub struct Lookup {
@@ -37,6 +56,9 @@ pub struct Lookup {
     pub token: FillToken,
     /// Whether the key held another reader's pending fill marker.
     pub(crate) pending: bool,
+    /// The pending marker this lookup stored under the key (a lookup that takes the lease
+    /// adds it in the same round trip): this reader leads the fill.
+    pub(crate) marker: Option<Placeholder>,
 }
 
 /// State observed by a lookup, carried to the fill that follows a miss.
@@ -279,10 +301,20 @@ impl Cache {
             return load().map(|v| (v, ReadOutcome::Bypassed(why)));
         }
         let guarded = plan.guarded_tables();
-        let mut lookup = match self.lookup_inner(key, plan.tables, guarded) {
-            Ok(l) => Some(l),
+        // With stampede protection on, the lookup also tries to take the lease (the pending
+        // marker's `add`, in the same round trip): a miss then already leads its fill.
+        let leasing = plan.no_fill.is_none() && !self.inner.config.lease_wait.is_zero();
+        let lease = leasing.then(|| {
+            self.plan_expiry(plan)
+                .min(Expiry::from_duration(PENDING_TTL))
+        });
+        let mut lookup = match self.lookup_with(&[key], plan.tables, guarded, lease) {
+            Ok(mut l) => l.pop(),
             Err(e) => {
                 self.record_backend_error("lookup", &e);
+                // The lease may have been stored before the failure: do not leave a marker
+                // that makes other readers wait.
+                self.release_lease(key, lease.is_some());
                 None
             }
         };
@@ -295,7 +327,7 @@ impl Cache {
         // Stampede protection: lead this key's fill, or wait for the reader that does.
         let mut marker = None;
         let mut _flight = None;
-        if plan.no_fill.is_none() && !self.inner.config.lease_wait.is_zero() {
+        if leasing {
             if let Some(l) = lookup.take() {
                 match self.lease(plan, l) {
                     Leased::Hit(bytes) => match self.inner.config.codec.decode::<T>(&bytes) {
@@ -309,7 +341,7 @@ impl Cache {
                     } => {
                         lookup = Some(l);
                         marker = Some(m);
-                        _flight = Some(flight);
+                        _flight = flight;
                     }
                     Leased::Proceed { lookup: l, flight } => {
                         lookup = Some(l);
@@ -325,7 +357,7 @@ impl Cache {
         let value = match load() {
             Ok(v) => v,
             Err(e) => {
-                self.release_lease(key, marker.as_deref());
+                self.release_lease(key, marker.is_some());
                 return Err(e);
             }
         };
@@ -337,7 +369,7 @@ impl Cache {
             .no_fill
             .map_or_else(|| register(&value, &mut regs), Err);
         if let Err(why) = refused {
-            self.release_lease(key, marker.as_deref());
+            self.release_lease(key, marker.is_some());
             self.inner.stats.inc(Counter::SkippedFills);
             self.inner
                 .stats
@@ -348,7 +380,7 @@ impl Cache {
         let payload = match self.inner.config.codec.encode(&value) {
             Ok(p) => p,
             Err(e) => {
-                self.release_lease(key, marker.as_deref());
+                self.release_lease(key, marker.is_some());
                 self.inner.stats.inc(Counter::SkippedFills);
                 self.inner
                     .stats
@@ -358,7 +390,7 @@ impl Cache {
             }
         };
         let expiry = self.plan_expiry(plan);
-        let filled = self.fill_leased(&lookup.token, &payload, &regs, expiry, marker.as_deref());
+        let filled = self.fill_leased(&lookup.token, &payload, &regs, expiry, marker.as_ref());
         self.inner
             .stats
             .count_tables(plan.tables, TableEvent::of_fill(&filled));
@@ -378,8 +410,8 @@ impl Cache {
 
     /// Gives up a lease this reader holds (its fill will not happen): deletes its marker, so
     /// readers waiting in other processes stop waiting.
-    fn release_lease(&self, key: &str, marker: Option<&[u8]>) {
-        if marker.is_some() {
+    fn release_lease(&self, key: &str, held: bool) {
+        if held {
             if let Err(e) = self.inner.backend.delete(key) {
                 self.record_backend_error("lease release", &e);
             }
@@ -424,7 +456,7 @@ impl Cache {
         guarded: &[&str],
     ) -> Result<Lookup> {
         // One key in, one lookup out.
-        self.lookup_many(&[key], tables, guarded)?
+        self.lookup_with(&[key], tables, guarded, None)?
             .pop()
             .ok_or_else(|| Error::Protocol {
                 server: self.inner.backend.name().to_string(),
@@ -440,30 +472,71 @@ impl Cache {
         tables: &[&str],
         guarded: &[&str],
     ) -> Result<Vec<Lookup>> {
+        self.lookup_with(keys, tables, guarded, None)
+    }
+
+    /// [`lookup_many`](Cache::lookup_many); with `lease` (one key only), the same batch
+    /// then adds a pending marker under the key (expiring after `lease`), ordered after the
+    /// reads: the lookup's [`Lookup::marker`] says whether it was stored.
+    fn lookup_with(
+        &self,
+        keys: &[&str],
+        tables: &[&str],
+        guarded: &[&str],
+        lease: Option<Expiry>,
+    ) -> Result<Vec<Lookup>> {
         self.step("lookup");
         let ks = &self.inner.keys;
         let mut version_keys = vec![ks.namespace_key()];
         version_keys.extend(tables.iter().map(|t| ks.version_key(t)));
         let generation_keys: Vec<String> = tables.iter().map(|t| ks.generation_key(t)).collect();
         let n = keys.len();
-        let mut all: Vec<&str> = Vec::with_capacity(n + version_keys.len() + generation_keys.len());
+        let counted = version_keys.len() + generation_keys.len();
+        // Eviction-safe mode: the lists the entry's guards named last time, read with it.
+        let prefetch = if self.inner.config.eviction_safe && n == 1 {
+            self.inner.guard_memo.get(keys[0])
+        } else {
+            None
+        };
+        let prefetched = prefetch.as_deref().unwrap_or_default();
+        let mut all: Vec<&str> = Vec::with_capacity(n + counted + prefetched.len());
         all.extend_from_slice(keys);
         all.extend(version_keys.iter().map(String::as_str));
         all.extend(generation_keys.iter().map(String::as_str));
-        let mut got = self.inner.backend.get_multi(&all)?;
+        all.extend(prefetched.iter().map(String::as_str));
+        let (mut got, marker) = match lease.filter(|_| n == 1) {
+            None => (self.inner.backend.get_multi(&all)?, None),
+            Some(expiry) => {
+                // The entry's read takes its lease if it is missing (one op: memcached's meta
+                // get vivifies it, costing a hit nothing).
+                let marker = pending_marker();
+                let mut ops: Vec<Op<'_>> = all.iter().map(|k| Op::Get(k)).collect();
+                ops[0] = Op::Lease(keys[0], &marker, expiry);
+                let mut replies = self.inner.backend.batch(&[&ops])?.pop().unwrap_or_default();
+                let (found, won) = match replies.first_mut() {
+                    Some(OpReply::Leased { found, won }) => (found.take(), won.take()),
+                    _ => (None, None),
+                };
+                let mut got = values_of(&all, replies);
+                if let Some(item) = found {
+                    got.insert(keys[0].to_string(), item);
+                }
+                (got, won)
+            }
+        };
         // A server reached on a new connection may have come back empty: if so the
         // namespace was just bumped, and the lookup is repeated to see it.
         if self.watch_servers()? {
             got = self.inner.backend.get_multi(&all)?;
         }
-        let counters: Vec<Option<u64>> = all[n..]
+        let counters: Vec<Option<u64>> = all[n..n + counted]
             .iter()
             .map(|k| got.get(*k).and_then(|i| clock::parse(&i.value)))
             .collect();
         let counters: Vec<u64> = if counters.iter().all(Option::is_some) {
             counters.into_iter().flatten().collect()
         } else {
-            clock::ensure(&*self.inner.backend, &all[n..])?
+            clock::ensure(&*self.inner.backend, &all[n..n + counted])?
         };
         let (versions, generations) = counters.split_at(version_keys.len());
         let mut recorded_now = versions.to_vec();
@@ -475,13 +548,14 @@ impl Cache {
         Ok(keys
             .iter()
             .map(|key| Lookup {
-                // `get`, not `remove`: a key listed twice hits twice.
-                hit: got
-                    .get(*key)
-                    .and_then(|item| self.judge(key, &item.value, &recorded_now)),
-                pending: got
-                    .get(*key)
-                    .is_some_and(|item| item.value.starts_with(PENDING_MAGIC)),
+                // `get`, not `remove`: a key listed twice hits twice. A key whose marker
+                // this lookup stored is not this lookup's to clean up.
+                hit: got.get(*key).and_then(|item| {
+                    let lists = (prefetched, &got);
+                    self.judge(key, &item.value, &recorded_now, lists, marker.is_none())
+                }),
+                pending: got.get(*key).is_some_and(|item| is_pending(&item.value)),
+                marker: marker.clone(),
                 token: FillToken {
                     key: key.to_string(),
                     versions: recorded_now.clone(),
@@ -494,51 +568,81 @@ impl Cache {
 
     /// Whether a stored item is a hit under the versions `recorded_now`: its payload if so.
     /// Entries that can never hit again, and garbage, are deleted.
-    fn judge(&self, key: &str, value: &[u8], recorded_now: &[u64]) -> Option<Vec<u8>> {
+    /// Entries that can never hit again, and garbage, are deleted (if `clean`). `lists` are
+    /// flush lists read with the entry (names asked for, and what was found).
+    fn judge(
+        &self,
+        key: &str,
+        value: &[u8],
+        recorded_now: &[u64],
+        lists: (&[String], &HashMap<String, Item>),
+        clean: bool,
+    ) -> Option<Vec<u8>> {
+        let drop = || {
+            if clean {
+                let _ = self.inner.backend.delete(key);
+            }
+            None
+        };
         match open_envelope(value) {
             Some(e) if e.versions == recorded_now => {
-                if e.guards.is_empty() || self.guards_hold(&e.guards) {
+                if e.guards.is_empty() || self.guards_hold(key, &e.guards, lists) {
                     Some(e.payload.to_vec())
                 } else {
                     // A flush list it relies on was evicted (or evicted and re-created):
                     // a write may have missed it.
-                    let _ = self.inner.backend.delete(key);
-                    None
+                    drop()
                 }
             }
-            Some(_) => {
-                // Recorded under versions that have changed since: it can never hit again,
-                // and while it sits there the add-only fill after this miss cannot replace it.
-                let _ = self.inner.backend.delete(key);
-                None
-            }
+            // Recorded under versions that have changed since: it can never hit again, and
+            // while it sits there the add-only fill after this miss cannot replace it.
+            Some(_) => drop(),
             // Another reader's fill in progress: a miss, and not ours to delete.
-            None if value.starts_with(PENDING_MAGIC) => None,
+            None if is_pending(value) => None,
             None => {
                 self.inner.stats.inc(Counter::DecodeErrors);
-                let _ = self.inner.backend.delete(key);
-                None
+                drop()
             }
         }
     }
 
-    /// Eviction-safe mode: whether every flush list an entry is registered on still exists
-    /// with the epoch recorded at fill time. One more round trip; a backend error reads as
-    /// "does not hold".
-    fn guards_hold(&self, guards: &[(String, u64)]) -> bool {
-        let keys: Vec<&str> = guards.iter().map(|(k, _)| k.as_str()).collect();
-        match self.inner.backend.get_multi(&keys) {
-            Ok(lists) => guards.iter().all(|(k, epoch)| {
-                lists
-                    .get(k)
-                    .and_then(|i| flush::epoch_of(&i.value))
-                    .is_some_and(|e| e == *epoch)
-            }),
-            Err(e) => {
-                self.record_backend_error("guard check", &e);
-                false
+    /// Eviction-safe mode: whether every flush list entry `key` is registered on still
+    /// exists with the epoch recorded at fill time. Lists among `read` (names asked for with
+    /// the entry, and what was found) cost nothing more; the others one more round trip. A
+    /// backend error reads as "does not hold". The names are remembered for the key's next
+    /// lookup (`guards` module).
+    fn guards_hold(
+        &self,
+        key: &str,
+        guards: &[(String, u64)],
+        read: (&[String], &HashMap<String, Item>),
+    ) -> bool {
+        let (asked, found) = read;
+        let asked: std::collections::HashSet<&str> = asked.iter().map(String::as_str).collect();
+        let missing: Vec<&str> = guards
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| !asked.contains(k))
+            .collect();
+        let fetched = if missing.is_empty() {
+            HashMap::new()
+        } else {
+            match self.inner.backend.get_multi(&missing) {
+                Ok(lists) => lists,
+                Err(e) => {
+                    self.record_backend_error("guard check", &e);
+                    return false;
+                }
             }
-        }
+        };
+        self.inner.guard_memo.remember(key, guards);
+        guards.iter().all(|(k, epoch)| {
+            found
+                .get(k)
+                .or_else(|| fetched.get(k))
+                .and_then(|i| flush::epoch_of(&i.value))
+                .is_some_and(|e| e == *epoch)
+        })
     }
 
     /// Stores `payload` after a miss, counting the outcome; on an error, deletes whatever
@@ -562,7 +666,7 @@ impl Cache {
         payload: &[u8],
         regs: &Registrations,
         expiry: Expiry,
-        marker: Option<&[u8]>,
+        marker: Option<&Placeholder>,
     ) -> Result<FillOutcome> {
         let outcome = self.fill_inner(token, payload, regs, expiry, marker);
         let counter = match &outcome {
@@ -589,7 +693,7 @@ impl Cache {
         payload: &[u8],
         regs: &Registrations,
         expiry: Expiry,
-        leased: Option<&[u8]>,
+        leased: Option<&Placeholder>,
     ) -> Result<FillOutcome> {
         let backend = &*self.inner.backend;
         if token.versions.len() > usize::from(u8::MAX) {
@@ -614,24 +718,33 @@ impl Cache {
             return Ok(FillOutcome::TooLarge);
         }
         let own;
-        let marker: &[u8] = match leased {
+        let marker: &Placeholder = match leased {
             Some(m) => m,
             None => {
                 self.step("add");
-                own = pending_marker();
+                own = Placeholder {
+                    value: pending_marker(),
+                    cas: None,
+                };
                 let pending = expiry.min(Expiry::from_duration(PENDING_TTL));
-                if !backend.add(&token.key, &own, pending)? {
+                if !backend.add(&token.key, &own.value, pending)? {
                     return Ok(FillOutcome::AlreadyCached);
                 }
                 &own
             }
         };
+        // Register, then check (one batch: the check reads after every registration).
+        let mut refs: Vec<&str> = vec![&token.key];
+        refs.extend(token.generation_keys.iter().map(String::as_str));
+        let gens_end = refs.len();
+        refs.extend(guard_lists.iter().copied());
         self.step("register");
-        let reg = flush::register(
+        let (reg, now) = flush::register(
             backend,
             &self.inner.keys,
             regs,
             self.inner.config.eviction_safe,
+            &refs,
         )?;
         if reg.overflows > 0 {
             self.inner.stats.add(Counter::Overflows, reg.overflows);
@@ -641,11 +754,6 @@ impl Cache {
             return Ok(FillOutcome::Unregistered);
         }
         self.step("check");
-        let mut refs: Vec<&str> = vec![&token.key];
-        refs.extend(token.generation_keys.iter().map(String::as_str));
-        let gens_end = refs.len();
-        refs.extend(guard_lists.iter().copied());
-        let now = backend.get_multi(&refs)?;
         let unchanged = refs[1..gens_end]
             .iter()
             .zip(&token.generations)
@@ -656,11 +764,7 @@ impl Cache {
         }
         // Our marker must still be there: a writer that found the registration deletes it,
         // and then this result must not be published.
-        let Some(cas) = now
-            .get(&token.key)
-            .filter(|i| i.value == marker)
-            .map(|i| i.cas)
-        else {
+        let Some(cas) = now.get(&token.key).filter(|i| marker.is(i)).map(|i| i.cas) else {
             return Ok(FillOutcome::Raced);
         };
         // Eviction-safe mode: record each list's epoch, read after our registration and only
@@ -683,7 +787,12 @@ impl Cache {
         let value = envelope(&token.versions, &guards, payload);
         self.step("publish");
         match backend.cas(&token.key, &value, expiry, cas)? {
-            CasOutcome::Stored => Ok(FillOutcome::Stored),
+            CasOutcome::Stored => {
+                if !guards.is_empty() {
+                    self.inner.guard_memo.remember(&token.key, &guards);
+                }
+                Ok(FillOutcome::Stored)
+            }
             // Deleted (or replaced) by a writer since the check: its invalidation wins.
             CasOutcome::Changed | CasOutcome::Missing => Ok(FillOutcome::Raced),
         }

@@ -505,11 +505,14 @@ pub fn unix_time() -> i64 {
 }
 
 /// A real backend that records every key it is sent (reads and writes), so a test can check
-/// what reached the server. Calls go straight through to the wrapped backend.
+/// what reached the server, and counts the calls that reach it (round trips, for a backend
+/// on one server: every method, a whole [`Backend::batch`] included, is one). Calls go
+/// straight through to the wrapped backend.
 #[derive(Debug)]
 pub struct RecordingBackend {
     inner: Arc<dyn Backend>,
     keys: Mutex<Vec<String>>,
+    calls: std::sync::atomic::AtomicUsize,
 }
 
 impl RecordingBackend {
@@ -518,7 +521,13 @@ impl RecordingBackend {
         RecordingBackend {
             inner,
             keys: Mutex::new(Vec::new()),
+            calls: Default::default(),
         }
+    }
+
+    /// Calls made so far (each one round trip to a single server).
+    pub fn round_trips(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Every key sent so far, in order (with repeats).
@@ -531,6 +540,8 @@ impl RecordingBackend {
     }
 
     fn record<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.lock().extend(keys.into_iter().map(str::to_string));
     }
 }
@@ -587,6 +598,32 @@ impl Backend for RecordingBackend {
     fn incr(&self, key: &str, delta: u64) -> caching_core::Result<Option<u64>> {
         self.record([key]);
         self.inner.incr(key, delta)
+    }
+
+    fn incr_multi(
+        &self,
+        keys: &[&str],
+        delta: u64,
+    ) -> caching_core::Result<Vec<caching_core::Result<Option<u64>>>> {
+        self.record(keys.iter().copied());
+        self.inner.incr_multi(keys, delta)
+    }
+
+    fn cas_multi(
+        &self,
+        items: &[(&str, &[u8], u64)],
+        expiry: Expiry,
+    ) -> caching_core::Result<Vec<CasOutcome>> {
+        self.record(items.iter().map(|i| i.0));
+        self.inner.cas_multi(items, expiry)
+    }
+
+    fn batch(
+        &self,
+        stages: &[&[caching_core::Op<'_>]],
+    ) -> caching_core::Result<Vec<Vec<caching_core::OpReply>>> {
+        self.record(stages.iter().flat_map(|ops| ops.iter().map(|o| o.key())));
+        self.inner.batch(stages)
     }
 }
 

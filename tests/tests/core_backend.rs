@@ -845,6 +845,34 @@ mod redis_backend {
             .unwrap()
     }
 
+    /// A batch sends scripts by hash; after `SCRIPT FLUSH` on the server (the connection
+    /// stays open) the batch fails instead of running its commands out of order, and the
+    /// next one works again (the scripts were loaded again).
+    #[test]
+    fn a_batch_after_script_flush_fails_once_then_works() {
+        use caching_core::{Op, OpReply};
+        // A private server: a flush on the shared one would fail other tests' batches.
+        let Some(private) = RedisProcess::start("a_batch_after_script_flush_fails_once_then_works")
+        else {
+            return;
+        };
+        let url = private.url();
+        let b = test_redis(&url);
+        let key = "list".to_string();
+        let stages: [&[Op<'_>]; 2] = [
+            &[Op::Add(&key, b"", Expiry::Forever)],
+            &[Op::Append(&key, b" q")],
+        ];
+        b.batch(&stages).unwrap();
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query(&mut redis_connection(&url))
+            .unwrap();
+        assert!(b.batch(&stages).is_err(), "NOSCRIPT fails the batch");
+        let replies = b.batch(&stages).unwrap();
+        assert_eq!(replies[1], [OpReply::Appended(AppendOutcome::Appended)]);
+    }
+
     #[test]
     fn the_eviction_policy_is_read_from_the_server() {
         let Some((url, b)) = server("the_eviction_policy_is_read_from_the_server") else {
@@ -1247,4 +1275,151 @@ mod redis_backend {
         assert_eq!(score(4), 4, "the value from before the write is gone");
         assert_eq!(score(5), 4, "caching resumed");
     }
+}
+
+/// `Backend::batch` answers every op as the single-purpose methods do, and applies the stages
+/// in order: an append sees the add of the stage before it, a read sees both, and the
+/// increments and deletes of a stage are seen by the reads of the next.
+#[test]
+fn batch_runs_stages_in_order_and_answers_like_the_single_methods() {
+    for (name, cache) in each_cache(
+        "batch_runs_stages_in_order_and_answers_like_the_single_methods",
+        |b| b,
+    ) {
+        check_batch(name, cache.backend(), cache.keys().prefix());
+    }
+}
+
+/// The same on two memcached servers, where the keys of one batch live on both: stages are
+/// then run one after another, and still answer in op order.
+#[test]
+fn batch_over_two_memcached_servers_keeps_the_stage_order() {
+    let test = "batch_over_two_memcached_servers_keeps_the_stage_order";
+    let (Some(a), Some(b)) = (MemcachedProcess::start(test), MemcachedProcess::start(test)) else {
+        return;
+    };
+    let backend = Memcached::new(&[a.addr(), b.addr()], test_memcached_options()).unwrap();
+    let prefix = unique_prefix(test);
+    check_batch("two memcached servers", &backend, &prefix);
+    // The keys really were spread over both servers.
+    let servers: std::collections::HashSet<&str> = (0..20)
+        .map(|i| backend.server_of(&format!("{prefix}list{i}")))
+        .collect();
+    assert_eq!(servers.len(), 2, "keys on both servers");
+}
+
+fn check_batch(name: &str, b: &dyn Backend, prefix: &str) {
+    use caching_core::{Op, OpReply};
+    let key = |s: &str| format!("{prefix}{s}");
+    let lists: Vec<String> = (0..20).map(|i| key(&format!("list{i}"))).collect();
+    let (counter, gone, nan, absent) = (key("n"), key("gone"), key("nan"), key("absent"));
+    b.set(&counter, b"41", Expiry::Forever).unwrap();
+    b.set(&gone, b"x", Expiry::Forever).unwrap();
+    b.set(&nan, b"not a number", Expiry::Forever).unwrap();
+    b.set(&lists[0], b" old", Expiry::Forever).unwrap();
+    let adds: Vec<Op<'_>> = lists
+        .iter()
+        .map(|l| Op::Add(l, b" @1", Expiry::Forever))
+        .collect();
+    let mut second: Vec<Op<'_>> = lists.iter().map(|l| Op::Append(l, b" q")).collect();
+    second.extend([
+        Op::Incr(&counter, 1),
+        Op::Incr(&absent, 1),
+        Op::Incr(&nan, 1),
+        Op::Delete(&gone),
+    ]);
+    let mut third: Vec<Op<'_>> = lists.iter().map(|l| Op::Get(l)).collect();
+    third.extend([Op::Get(&counter), Op::Get(&gone), Op::Get(&absent)]);
+    let replies = b.batch(&[&adds, &second, &third]).unwrap();
+    assert_eq!(replies.len(), 3, "{name}: one reply list per stage");
+    // The first list existed: its add failed, the others were created.
+    let expected: Vec<OpReply> = (0..lists.len()).map(|i| OpReply::Added(i != 0)).collect();
+    assert_eq!(replies[0], expected, "{name}: adds");
+    let mut expected: Vec<OpReply> = lists
+        .iter()
+        .map(|_| OpReply::Appended(AppendOutcome::Appended))
+        .collect();
+    expected.extend([
+        OpReply::Counter(Some(42)),
+        OpReply::Counter(None),
+        OpReply::NotANumber,
+        OpReply::Deleted,
+    ]);
+    assert_eq!(replies[1], expected, "{name}: appends, increments, delete");
+    let values: Vec<Option<Vec<u8>>> = replies[2]
+        .iter()
+        .map(|r| match r {
+            OpReply::Value(v) => v.as_ref().map(|i| i.value.clone()),
+            other => panic!("{name}: a get answered {other:?}"),
+        })
+        .collect();
+    assert_eq!(values[0].as_deref(), Some(&b" old q"[..]), "{name}");
+    for v in &values[1..lists.len()] {
+        assert_eq!(
+            v.as_deref(),
+            Some(&b" @1 q"[..]),
+            "{name}: add, then append"
+        );
+    }
+    let n = lists.len();
+    assert_eq!(
+        values[n].as_deref(),
+        Some(&b"42"[..]),
+        "{name}: incremented"
+    );
+    assert_eq!(values[n + 1], None, "{name}: deleted");
+    assert_eq!(
+        values[n + 2],
+        None,
+        "{name}: a missing counter is not created"
+    );
+    // Each get carries the item's CAS token: a cas over it stores, a stale one does not.
+    let (OpReply::Value(Some(item)), OpReply::Value(Some(other))) =
+        (&replies[2][1], &replies[2][2])
+    else {
+        panic!("{name}: list1 and list2 exist");
+    };
+    let replies = b
+        .batch(&[&[
+            Op::Cas(&lists[1], b" @1", Expiry::Forever, item.cas),
+            Op::Cas(
+                &lists[2],
+                b" @1",
+                Expiry::Forever,
+                other.cas.wrapping_add(1 << 40),
+            ),
+            Op::Cas(&absent, b"v", Expiry::Forever, 7),
+        ]])
+        .unwrap();
+    assert_eq!(
+        replies[0],
+        [
+            OpReply::Cas(CasOutcome::Stored),
+            OpReply::Cas(CasOutcome::Changed),
+            OpReply::Cas(CasOutcome::Missing),
+        ],
+        "{name}: cas"
+    );
+    // Values over the item size are refused without an error, as by the single methods.
+    let huge = vec![b'h'; b.max_item_size() + 1];
+    let replies = b
+        .batch(&[&[
+            Op::Add(&absent, &huge, Expiry::Forever),
+            Op::Append(&lists[3], &huge),
+        ]])
+        .unwrap();
+    assert_eq!(
+        replies[0],
+        [
+            OpReply::Added(false),
+            OpReply::Appended(AppendOutcome::TooLarge)
+        ],
+        "{name}: too large"
+    );
+    assert_eq!(value(b, &absent), None, "{name}");
+    assert!(b.batch(&[]).unwrap().is_empty(), "{name}: no stages");
+    assert!(
+        b.batch(&[&[Op::Get("bad key")]]).is_err(),
+        "{name}: invalid keys are refused"
+    );
 }

@@ -130,3 +130,58 @@ fn eviction_safe_mode_survives_writes_that_clear_lists() {
         assert!(e.queries() > 0);
     });
 }
+
+/// An eviction-safe hit reads the entry's flush lists with the entry, in one round trip, once
+/// the cache has seen the entry (its fill, or one earlier hit); a cache that has not (another
+/// process) pays a second round trip once. Either way an evicted list makes it miss.
+#[test]
+fn eviction_safe_hits_take_one_round_trip_once_the_entry_is_known() {
+    use caching_core::Backend;
+    use caching_diesel::{Cache, CacheSet, CachedConnection};
+    use caching_tests::{each_backend, unique_prefix, RecordingBackend};
+    use std::sync::Arc;
+    let test = "eviction_safe_one_round_trip";
+    for (name, backend) in each_backend(test) {
+        let recording = Arc::new(RecordingBackend::new(backend));
+        let prefix = unique_prefix(test);
+        let cache = |r: &Arc<RecordingBackend>| {
+            Cache::builder()
+                .shared_backend(r.clone())
+                .prefix(prefix.clone())
+                .eviction_safe(true)
+                .build()
+                .unwrap()
+        };
+        let (a, b) = (cache(&recording), cache(&recording));
+        let db = caching_tests::db::SqliteFile::new(&format!("{test}_{name}"));
+        let mut conn_a = CachedConnection::with_caches(db.connect(), CacheSet::new(a.clone()));
+        let mut conn_b = CachedConnection::with_caches(db.connect(), CacheSet::new(b.clone()));
+        let find = |c: &mut CachedConnection<SqliteConnection>| -> (User, usize) {
+            let before = recording.round_trips();
+            let (u, outcome) = users::table
+                .find(1)
+                .cached()
+                .load_with_outcome::<User>(c)
+                .unwrap();
+            assert_eq!(u.len(), 1, "{name}");
+            let _ = outcome;
+            (u[0].clone(), recording.round_trips() - before)
+        };
+        find(&mut conn_a); // the fill
+        assert_eq!(a.stats().fills, 1, "{name}");
+        assert_eq!(find(&mut conn_a).1, 1, "{name}: a hit after our own fill");
+        assert_eq!(find(&mut conn_b).1, 2, "{name}: first hit in another cache");
+        assert_eq!(
+            find(&mut conn_b).1,
+            1,
+            "{name}: then one round trip there too"
+        );
+        assert_eq!(a.stats().hits + b.stats().hits, 3, "{name}");
+        // An evicted list still makes the one-round-trip hit miss.
+        let list = a.keys().flush_key(&ObjectKey::new("users", &["1"]));
+        recording.delete(&list).unwrap();
+        let misses = a.stats().misses;
+        find(&mut conn_a);
+        assert_eq!(a.stats().misses, misses + 1, "{name}: evicted list");
+    }
+}

@@ -3,7 +3,8 @@
 //! The trait holds exactly what the read, fill and invalidation paths need (see
 //! `docs/src/protocol.md`): a multi-get that returns CAS tokens, add-only and CAS stores,
 //! batched set / append / delete, and counters. Every method that takes several keys is one
-//! round trip per server.
+//! round trip per server. [`Backend::batch`] runs several such steps in order, in one round
+//! trip where the backend can keep their order (one server).
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -46,6 +47,99 @@ pub enum CasOutcome {
     Changed,
     /// Not stored: the key no longer exists.
     Missing,
+}
+
+/// One command of a [`Backend::batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op<'a> {
+    /// Read a key with its CAS token: [`OpReply::Value`].
+    Get(&'a str),
+    /// Read a key with its CAS token and, if it is missing, take its lease: store `marker`
+    /// under it as [`Op::Add`] would (expiring after the expiry): [`OpReply::Leased`]. A
+    /// backend with a native lease may store an empty value instead of `marker` (memcached's
+    /// meta get with `N` creates an empty item); the reply says what was stored. On a key
+    /// that exists this costs what a get costs.
+    Lease(&'a str, &'a [u8], Expiry),
+    /// Store only if the key does not exist: [`OpReply::Added`].
+    Add(&'a str, &'a [u8], Expiry),
+    /// Append to an existing value: [`OpReply::Appended`].
+    Append(&'a str, &'a [u8]),
+    /// Compare-and-swap against a token read earlier: [`OpReply::Cas`].
+    Cas(&'a str, &'a [u8], Expiry, u64),
+    /// Delete (a missing key is not an error): [`OpReply::Deleted`].
+    Delete(&'a str),
+    /// Increment a decimal counter: [`OpReply::Counter`] (or [`OpReply::NotANumber`]).
+    Incr(&'a str, u64),
+}
+
+impl<'a> Op<'a> {
+    /// The key the command is about.
+    pub fn key(&self) -> &'a str {
+        match *self {
+            Op::Get(k)
+            | Op::Lease(k, ..)
+            | Op::Add(k, ..)
+            | Op::Append(k, _)
+            | Op::Cas(k, ..)
+            | Op::Delete(k)
+            | Op::Incr(k, _) => k,
+        }
+    }
+}
+
+/// A lease stored by [`Op::Lease`]: the value stored (the marker asked for, or empty where
+/// the backend's native lease stores an empty item) and, when the backend reports it, its CAS
+/// token. The lease is still held while the key holds this value (with this token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placeholder {
+    /// The value stored.
+    pub value: Vec<u8>,
+    /// Its CAS token, if known.
+    pub cas: Option<u64>,
+}
+
+impl Placeholder {
+    /// Whether `item` is this placeholder, unchanged.
+    ///
+    /// ```
+    /// use caching_core::backend::{Item, Placeholder};
+    /// let p = Placeholder { value: vec![], cas: Some(7) };
+    /// assert!(p.is(&Item { value: vec![], cas: 7 }));
+    /// assert!(!p.is(&Item { value: vec![], cas: 8 }));
+    /// let q = Placeholder { value: b"P1x".to_vec(), cas: None };
+    /// assert!(q.is(&Item { value: b"P1x".to_vec(), cas: 8 }));
+    /// ```
+    pub fn is(&self, item: &Item) -> bool {
+        item.value == self.value && self.cas.is_none_or(|c| c == item.cas)
+    }
+}
+
+/// The answer to one [`Op`], what the corresponding single-purpose method returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpReply {
+    /// [`Op::Get`]: the item, if the key exists.
+    Value(Option<Item>),
+    /// [`Op::Lease`]: the item the key held (`None` if it was missing), and the lease this
+    /// op stored, if it stored one. Both `None`: the key was missing when read and created by
+    /// someone else before the lease could be stored.
+    Leased {
+        /// What the key held.
+        found: Option<Item>,
+        /// What this op stored under the missing key.
+        won: Option<Placeholder>,
+    },
+    /// [`Op::Add`]: whether it was stored.
+    Added(bool),
+    /// [`Op::Append`].
+    Appended(AppendOutcome),
+    /// [`Op::Cas`].
+    Cas(CasOutcome),
+    /// [`Op::Delete`].
+    Deleted,
+    /// [`Op::Incr`]: the new value, `None` if the counter does not exist.
+    Counter(Option<u64>),
+    /// [`Op::Incr`] of a value that is not a decimal number (nothing was changed).
+    NotANumber,
 }
 
 /// A key-value store with memcached's semantics.
@@ -151,6 +245,35 @@ pub trait Backend: Send + Sync + Debug + 'static {
         self.set(key, value, Expiry::Forever)
     }
 
+    /// Runs `stages` in order and returns their replies, stage by stage, op by op.
+    ///
+    /// Every command of a stage is applied after every command of the stages before it;
+    /// inside a stage the commands are unordered, as the keys of one `_multi` call are, so a
+    /// stage names each key at most once. A backend whose commands all reach one server in
+    /// order (one memcached server, Redis) sends the whole batch in one round trip; the
+    /// default runs each stage with the `_multi` methods, one after another. The outer error
+    /// is a failure of the backend, after which any prefix of the batch may have been
+    /// applied.
+    ///
+    /// ```
+    /// use caching_core::backend::{Backend, Op, OpReply, locmem::LocMem};
+    /// use caching_core::Expiry;
+    /// let b = LocMem::new();
+    /// let replies = b
+    ///     .batch(&[
+    ///         &[Op::Add("list", b"", Expiry::Forever)],
+    ///         &[Op::Append("list", b" q1")],
+    ///         &[Op::Get("list")],
+    ///     ])
+    ///     .unwrap();
+    /// assert_eq!(replies[0], [OpReply::Added(true)]);
+    /// let OpReply::Value(Some(item)) = &replies[2][0] else { panic!("list exists") };
+    /// assert_eq!(item.value, b" q1");
+    /// ```
+    fn batch(&self, stages: &[&[Op<'_>]]) -> Result<Vec<Vec<OpReply>>> {
+        stages.iter().map(|ops| run_stage(self, ops)).collect()
+    }
+
     /// Reads one key.
     fn get(&self, key: &str) -> Result<Option<Item>> {
         Ok(self.get_multi(&[key])?.remove(key))
@@ -173,6 +296,123 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// Deletes one key.
     fn delete(&self, key: &str) -> Result<()> {
         self.delete_multi(&[key])
+    }
+}
+
+/// One stage of [`Backend::batch`] through the `_multi` methods: one call per kind of
+/// command (and per expiry or delta), replies in op order.
+pub fn run_stage<B: Backend + ?Sized>(backend: &B, ops: &[Op<'_>]) -> Result<Vec<OpReply>> {
+    let mut out: Vec<Option<OpReply>> = vec![None; ops.len()];
+    let idx = |f: &dyn Fn(&Op<'_>) -> bool| -> Vec<usize> {
+        (0..ops.len()).filter(|i| f(&ops[*i])).collect()
+    };
+    let gets = idx(&|o| matches!(o, Op::Get(_) | Op::Lease(..)));
+    if !gets.is_empty() {
+        let keys: Vec<&str> = gets.iter().map(|i| ops[*i].key()).collect();
+        let mut got = backend.get_multi(&keys)?;
+        // A lease of a missing key: an add, after the read.
+        let mut leases: Vec<(usize, &str, &[u8], Expiry)> = Vec::new();
+        for i in gets {
+            let found = got.remove(ops[i].key());
+            out[i] = Some(match (ops[i], found) {
+                (Op::Lease(k, marker, expiry), None) => {
+                    leases.push((i, k, marker, expiry));
+                    continue;
+                }
+                (Op::Lease(..), found) => OpReply::Leased { found, won: None },
+                (_, found) => OpReply::Value(found),
+            });
+        }
+        for (i, key, marker, expiry) in leases {
+            let won = backend.add(key, marker, expiry)?.then(|| Placeholder {
+                value: marker.to_vec(),
+                cas: None,
+            });
+            out[i] = Some(OpReply::Leased { found: None, won });
+        }
+    }
+    let mut pending: Vec<usize> = idx(&|o| !matches!(o, Op::Get(_) | Op::Lease(..)));
+    while let Some(&first) = pending.first() {
+        // Every op of the first one's kind (and expiry or delta) goes in one call.
+        let same: Vec<usize> = pending
+            .iter()
+            .copied()
+            .filter(|i| same_call(&ops[first], &ops[*i]))
+            .collect();
+        pending.retain(|i| !same.contains(i));
+        let replies: Vec<OpReply> = match ops[first] {
+            Op::Add(_, _, expiry) => {
+                let items: Vec<(&str, &[u8])> = same.iter().map(|i| item_of(&ops[*i])).collect();
+                let r = backend.add_multi(&items, expiry)?;
+                r.into_iter().map(OpReply::Added).collect()
+            }
+            Op::Append(..) => {
+                let items: Vec<(&str, &[u8])> = same.iter().map(|i| item_of(&ops[*i])).collect();
+                let r = backend.append_multi(&items)?;
+                r.into_iter().map(OpReply::Appended).collect()
+            }
+            Op::Cas(_, _, expiry, _) => {
+                let items: Vec<(&str, &[u8], u64)> = same
+                    .iter()
+                    .filter_map(|i| match ops[*i] {
+                        Op::Cas(k, v, _, cas) => Some((k, v, cas)),
+                        _ => None,
+                    })
+                    .collect();
+                let r = backend.cas_multi(&items, expiry)?;
+                r.into_iter().map(OpReply::Cas).collect()
+            }
+            Op::Delete(_) => {
+                let keys: Vec<&str> = same.iter().map(|i| ops[*i].key()).collect();
+                backend.delete_multi(&keys)?;
+                vec![OpReply::Deleted; keys.len()]
+            }
+            Op::Incr(_, delta) => {
+                let keys: Vec<&str> = same.iter().map(|i| ops[*i].key()).collect();
+                let mut r = Vec::with_capacity(keys.len());
+                for outcome in backend.incr_multi(&keys, delta)? {
+                    r.push(match outcome {
+                        Ok(n) => OpReply::Counter(n),
+                        Err(crate::Error::NotANumber { .. }) => OpReply::NotANumber,
+                        Err(e) => return Err(e),
+                    });
+                }
+                r
+            }
+            // Gets and leases ran first; none is pending.
+            Op::Get(_) | Op::Lease(..) => Vec::new(),
+        };
+        if replies.len() != same.len() {
+            return Err(crate::Error::Protocol {
+                server: backend.name().to_string(),
+                line: format!("{} replies to {} commands", replies.len(), same.len()),
+            });
+        }
+        for (i, r) in same.into_iter().zip(replies) {
+            out[i] = Some(r);
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|r| r.unwrap_or(OpReply::Deleted))
+        .collect())
+}
+
+/// Whether two ops go in one `_multi` call.
+fn same_call(a: &Op<'_>, b: &Op<'_>) -> bool {
+    match (a, b) {
+        (Op::Add(_, _, x), Op::Add(_, _, y)) => x == y,
+        (Op::Cas(_, _, x, _), Op::Cas(_, _, y, _)) => x == y,
+        (Op::Incr(_, x), Op::Incr(_, y)) => x == y,
+        (Op::Append(..), Op::Append(..)) | (Op::Delete(_), Op::Delete(_)) => true,
+        _ => false,
+    }
+}
+
+fn item_of<'a>(op: &Op<'a>) -> (&'a str, &'a [u8]) {
+    match *op {
+        Op::Add(k, v, _) | Op::Lease(k, v, _) | Op::Append(k, v) | Op::Cas(k, v, _, _) => (k, v),
+        Op::Get(k) | Op::Delete(k) | Op::Incr(k, _) => (k, &[]),
     }
 }
 

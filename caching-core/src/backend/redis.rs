@@ -86,7 +86,7 @@ use std::time::{Duration, Instant};
 
 use redis::{Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, Value};
 
-use super::{check_keys, AppendOutcome, Backend, CasOutcome, Item};
+use super::{check_keys, AppendOutcome, Backend, CasOutcome, Item, Op, OpReply, Placeholder};
 use crate::error::{ConfigError, Error, Result};
 use crate::timeout::Expiry;
 
@@ -825,7 +825,26 @@ impl Redis {
         if !known {
             self.read_policy(&mut conn).map_err(|e| unavailable(&e))?;
         }
+        // Batches send scripts by hash only (a `NOSCRIPT` there cannot be re-sent in order):
+        // make sure the server knows them. It does until it restarts (a new connection) or
+        // someone runs `SCRIPT FLUSH`.
+        match self.load_scripts(&mut conn) {
+            Ok(()) => {}
+            Err(e) if is_closed(&e) || e.is_io_error() || e.is_timeout() => {
+                return Err(unavailable(&e))
+            }
+            Err(e) => tracing::warn!(server = %self.name, error = %e, "SCRIPT LOAD refused"),
+        }
         Ok(conn)
+    }
+
+    /// Loads the scripts into the server's script cache (one round trip).
+    fn load_scripts(&self, conn: &mut redis::Connection) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for script in [&self.append, &self.cas, &self.incr] {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(script.src);
+        }
+        pipe.query::<Value>(conn).map(|_| ())
     }
 
     /// Reads `maxmemory-policy` (`CONFIG GET`, else `INFO memory`, in one round trip),
@@ -1034,6 +1053,194 @@ impl Backend for Redis {
             }
         }
         Ok(out)
+    }
+
+    fn batch(&self, stages: &[&[Op<'_>]]) -> Result<Vec<Vec<OpReply>>> {
+        // One server that runs a connection's commands in order: the whole batch is one
+        // pipeline.
+        for ops in stages {
+            check_keys(ops.iter().map(Op::key))?;
+        }
+        let limit = self.options.item_size;
+        let mut pipe = redis::pipe();
+        let mut out: Vec<Vec<Option<OpReply>>> = Vec::with_capacity(stages.len());
+        // Per stage: its gets (one MGET per chunk), then the ops sent, in order.
+        // Per stage: its gets, the other ops sent, and the values its leases stored.
+        #[allow(clippy::type_complexity)]
+        let mut sent: Vec<(Vec<usize>, Vec<usize>, Vec<Option<Vec<u8>>>)> =
+            Vec::with_capacity(stages.len());
+        let script = |c: &mut Cmd, lua: &Lua| {
+            c.arg(&lua.sha).arg(1);
+        };
+        for ops in stages {
+            let gets: Vec<usize> = (0..ops.len())
+                .filter(|i| matches!(ops[*i], Op::Get(_)))
+                .collect();
+            for chunk in gets.chunks(MGET_CHUNK) {
+                let keys: Vec<&str> = chunk.iter().map(|i| ops[*i].key()).collect();
+                pipe.cmd("MGET").arg(keys);
+            }
+            let mut replies = vec![None; ops.len()];
+            let mut leases: Vec<Option<Vec<u8>>> = vec![None; ops.len()];
+            let mut others = Vec::new();
+            for (i, op) in ops.iter().enumerate() {
+                let cmd = match *op {
+                    Op::Get(_) => continue,
+                    // A read, then an add of the marker: two commands, one reply.
+                    Op::Lease(k, v, expiry) => {
+                        pipe.cmd("GET").arg(k);
+                        let stored = self.stored(if self.fits(v) { v } else { &[] });
+                        let mut c = redis::cmd("SET");
+                        c.arg(k).arg(&stored).arg("NX");
+                        expire_args(&mut c, expiry);
+                        leases[i] = Some(stored);
+                        c
+                    }
+                    Op::Add(k, v, expiry) if self.fits(v) => {
+                        let mut c = redis::cmd("SET");
+                        c.arg(k).arg(self.stored(v)).arg("NX");
+                        expire_args(&mut c, expiry);
+                        c
+                    }
+                    Op::Add(..) => {
+                        replies[i] = Some(OpReply::Added(false));
+                        continue;
+                    }
+                    Op::Append(k, v) if self.fits(v) => {
+                        let mut c = redis::cmd("EVALSHA");
+                        script(&mut c, &self.append);
+                        c.arg(k).arg(&self.next_token()[..]).arg(v).arg(limit);
+                        c
+                    }
+                    Op::Append(..) => {
+                        replies[i] = Some(OpReply::Appended(AppendOutcome::TooLarge));
+                        continue;
+                    }
+                    Op::Cas(k, v, expiry, cas) if self.fits(v) => {
+                        let secs = match expiry {
+                            Expiry::Forever => 0,
+                            Expiry::Seconds(s) => s.max(1),
+                        };
+                        let mut c = redis::cmd("EVALSHA");
+                        script(&mut c, &self.cas);
+                        c.arg(k)
+                            .arg(&cas.to_be_bytes()[..])
+                            .arg(self.stored(v))
+                            .arg(secs);
+                        c
+                    }
+                    Op::Cas(..) => {
+                        replies[i] = Some(OpReply::Cas(CasOutcome::Changed));
+                        continue;
+                    }
+                    Op::Delete(k) => {
+                        let mut c = redis::cmd("DEL");
+                        c.arg(k);
+                        c
+                    }
+                    Op::Incr(k, delta) => {
+                        let mut c = redis::cmd("EVALSHA");
+                        script(&mut c, &self.incr);
+                        c.arg(k).arg(delta.to_string()).arg(&self.next_token()[..]);
+                        c
+                    }
+                };
+                pipe.add_command(cmd);
+                others.push(i);
+            }
+            out.push(replies);
+            sent.push((gets, others, leases));
+        }
+        let mut replies = self.run(&mut pipe)?.into_iter();
+        if replies
+            .as_slice()
+            .iter()
+            .any(|v| matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT"))
+        {
+            // The scripts were flushed since this connection loaded them: the commands after
+            // the refused ones ran out of order. Load them for the next call, and fail this
+            // one (every caller treats a failed batch as not done).
+            let _ = self.exchange(true, |conn| self.load_scripts(conn));
+            return Err(self.protocol("NOSCRIPT in a batch (scripts flushed); not completed"));
+        }
+        for ((ops, (gets, others, mut leases)), stage) in
+            stages.iter().zip(sent).zip(out.iter_mut())
+        {
+            for chunk in gets.chunks(MGET_CHUNK) {
+                let values = match replies.next() {
+                    Some(Value::Array(v)) if v.len() == chunk.len() => v,
+                    other => return Err(self.bad_reply(&other.unwrap_or(Value::Nil))),
+                };
+                for (i, v) in chunk.iter().zip(values) {
+                    stage[*i] = Some(OpReply::Value(match v {
+                        Value::Nil => None,
+                        Value::BulkString(bytes) => Some(item_of(bytes)),
+                        other => return Err(self.bad_reply(&other)),
+                    }));
+                }
+            }
+            for i in others {
+                if let Op::Lease(..) = ops[i] {
+                    let (read, add) = (replies.next(), replies.next());
+                    stage[i] = Some(match (read, add) {
+                        (Some(Value::BulkString(bytes)), Some(Value::Nil | Value::Okay)) => {
+                            OpReply::Leased {
+                                found: Some(item_of(bytes)),
+                                won: None,
+                            }
+                        }
+                        (Some(Value::Nil), Some(Value::Okay)) => {
+                            let item = item_of(leases[i].take().unwrap_or_default());
+                            OpReply::Leased {
+                                found: None,
+                                won: Some(Placeholder {
+                                    value: item.value,
+                                    cas: Some(item.cas),
+                                }),
+                            }
+                        }
+                        (Some(Value::Nil), Some(Value::Nil)) => OpReply::Leased {
+                            found: None,
+                            won: None,
+                        },
+                        (read, add) => {
+                            return Err(self.bad_reply(&Value::Array(
+                                [read, add].into_iter().flatten().collect(),
+                            )))
+                        }
+                    });
+                    continue;
+                }
+                let reply = replies.next().unwrap_or(Value::Nil);
+                stage[i] = Some(match (ops[i], &reply) {
+                    (Op::Add(..), Value::Okay) => OpReply::Added(true),
+                    (Op::Add(..), Value::Nil) => OpReply::Added(false),
+                    (Op::Append(..), Value::Int(0)) => OpReply::Appended(AppendOutcome::Missing),
+                    (Op::Append(..), Value::Int(1)) => OpReply::Appended(AppendOutcome::Appended),
+                    (Op::Append(..), Value::Int(2)) => OpReply::Appended(AppendOutcome::TooLarge),
+                    (Op::Cas(..), Value::Int(0)) => OpReply::Cas(CasOutcome::Missing),
+                    (Op::Cas(..), Value::Int(1)) => OpReply::Cas(CasOutcome::Changed),
+                    (Op::Cas(..), Value::Int(2)) => OpReply::Cas(CasOutcome::Stored),
+                    (Op::Delete(_), Value::Int(_)) => OpReply::Deleted,
+                    (Op::Incr(..), Value::Nil) => OpReply::Counter(None),
+                    (Op::Incr(..), Value::Int(-1)) => OpReply::NotANumber,
+                    (Op::Incr(..), Value::BulkString(n)) => std::str::from_utf8(n)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .map(|n| OpReply::Counter(Some(n)))
+                        .ok_or_else(|| self.protocol(&format!("incr answered {n:?}")))?,
+                    _ => return Err(self.bad_reply(&reply)),
+                });
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|s| {
+                s.into_iter()
+                    .map(|r| r.unwrap_or(OpReply::Deleted))
+                    .collect()
+            })
+            .collect())
     }
 
     fn add_multi(&self, items: &[(&str, &[u8])], expiry: Expiry) -> Result<Vec<bool>> {

@@ -23,7 +23,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use super::{check_keys, AppendOutcome, Backend, CasOutcome, Item};
+use super::{
+    check_keys, run_stage, AppendOutcome, Backend, CasOutcome, Item, Op, OpReply, Placeholder,
+};
 use crate::error::{ConfigError, Error, Result};
 use crate::timeout::Expiry;
 
@@ -93,7 +95,7 @@ pub struct Memcached {
     options: MemcachedOptions,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Reply {
     Stored,
     NotStored,
@@ -342,6 +344,235 @@ impl Memcached {
     }
 }
 
+impl Memcached {
+    /// What appends answered `replies` did. memcached answers NOT_STORED both when the key
+    /// is missing and when the appended item would exceed the item size. Tell them apart by
+    /// reading the key (a missing key costs nothing to ask about; a full one is read again by
+    /// the compaction that follows anyway), so a full flush list is compacted instead of
+    /// looking missing. A key that exists but has room was created since the append: report
+    /// it missing, and the caller's add fails and appends again.
+    fn append_outcomes(
+        &self,
+        items: &[(&str, &[u8])],
+        replies: &[Reply],
+    ) -> Result<Vec<AppendOutcome>> {
+        let ambiguous: Vec<&str> = items
+            .iter()
+            .zip(replies)
+            .filter(|(_, r)| **r == Reply::NotStored)
+            .map(|((k, _), _)| *k)
+            .collect();
+        let existing = if ambiguous.is_empty() {
+            HashMap::new()
+        } else {
+            self.get_multi(&ambiguous)?
+        };
+        let limit = self.item_limit();
+        Ok(items
+            .iter()
+            .zip(replies)
+            .map(|((k, v), r)| match r {
+                Reply::Stored => AppendOutcome::Appended,
+                Reply::TooLarge => AppendOutcome::TooLarge,
+                Reply::NotStored
+                    if existing
+                        .get(*k)
+                        .is_some_and(|i| i.value.len() + v.len() + k.len() + 64 > limit) =>
+                {
+                    AppendOutcome::TooLarge
+                }
+                _ => AppendOutcome::Missing,
+            })
+            .collect())
+    }
+
+    /// A whole batch on one server, in one write and one read of the replies: the server
+    /// runs a connection's commands in order, which is what the batch's stages ask for.
+    /// Reads are meta gets (`mg <key> v c`), one per key: memcached answers a pipeline of
+    /// meta commands as fast as one multi-get, while a classic `gets` followed by any other
+    /// command costs a second flush of its answer (measured: 7-10 µs on loopback).
+    fn batch_on(&self, server: usize, stages: &[&[Op<'_>]]) -> Result<Vec<Vec<OpReply>>> {
+        let mut buf = Vec::new();
+        // Per op: its reply when it is known without asking (a value too large to send).
+        let mut out: Vec<Vec<Option<OpReply>>> = Vec::with_capacity(stages.len());
+        for ops in stages {
+            let mut replies = Vec::with_capacity(ops.len());
+            for op in *ops {
+                let (request, refused) = match *op {
+                    Op::Get(key) => (Request::MetaGet(key), None),
+                    // Served by the meta get's own lease: on a hit it is a plain read.
+                    Op::Lease(key, _, expiry) => (
+                        Request::MetaGetLease {
+                            key,
+                            exptime: expiry.memcached_exptime(),
+                        },
+                        None,
+                    ),
+                    Op::Add(key, value, expiry) => (
+                        Request::Store {
+                            verb: StoreVerb::Add,
+                            key,
+                            value,
+                            exptime: expiry.memcached_exptime(),
+                        },
+                        Some(OpReply::Added(false)),
+                    ),
+                    Op::Append(key, value) => (
+                        Request::Store {
+                            verb: StoreVerb::Append,
+                            key,
+                            value,
+                            exptime: 0,
+                        },
+                        Some(OpReply::Appended(AppendOutcome::TooLarge)),
+                    ),
+                    Op::Cas(key, value, expiry, cas) => (
+                        Request::Cas {
+                            key,
+                            value,
+                            exptime: expiry.memcached_exptime(),
+                            cas,
+                        },
+                        Some(OpReply::Cas(CasOutcome::Changed)),
+                    ),
+                    Op::Delete(key) => (Request::Delete(key), None),
+                    Op::Incr(key, delta) => (Request::Incr { key, delta }, None),
+                };
+                let value = match *op {
+                    Op::Add(_, v, _) | Op::Append(_, v) | Op::Cas(_, v, _, _) => v,
+                    _ => &[],
+                };
+                match refused {
+                    Some(refused) if !self.fits(op.key(), value) => replies.push(Some(refused)),
+                    _ => {
+                        request.encode(&mut buf);
+                        replies.push(None);
+                    }
+                }
+            }
+            out.push(replies);
+        }
+        let finish = |out: Vec<Vec<Option<OpReply>>>| {
+            out.into_iter()
+                .map(|s| {
+                    s.into_iter()
+                        .map(|r| r.unwrap_or(OpReply::Deleted))
+                        .collect()
+                })
+                .collect()
+        };
+        if buf.is_empty() {
+            return Ok(finish(out));
+        }
+        // The replies of the storage commands, mapped after the exchange (appends answered
+        // NOT_STORED need a look at the key).
+        let raw: Vec<Vec<(usize, Reply)>> = self.with_conn(server, |conn, deadline, name| {
+            conn.send(&buf, deadline, name)?;
+            let mut raw = Vec::with_capacity(stages.len());
+            for (ops, replies) in stages.iter().zip(out.iter_mut()) {
+                let mut stage_raw = Vec::new();
+                for (i, op) in ops.iter().enumerate() {
+                    if replies[i].is_some() {
+                        continue;
+                    }
+                    let frame = conn.recv(deadline, name)?;
+                    let unexpected =
+                        |f: &Frame| protocol_err(name, &format!("unexpected reply to mg: {f:?}"));
+                    replies[i] = Some(match (op, frame) {
+                        (Op::Get(_), Frame::MetaMiss) => OpReply::Value(None),
+                        (
+                            Op::Get(_),
+                            Frame::MetaValue {
+                                cas: Some(cas),
+                                data,
+                                ..
+                            },
+                        ) => OpReply::Value(Some(Item { value: data, cas })),
+                        (
+                            Op::Lease(..),
+                            Frame::MetaValue {
+                                cas: Some(cas),
+                                won: true,
+                                data,
+                            },
+                        ) => OpReply::Leased {
+                            found: None,
+                            won: Some(Placeholder {
+                                value: data,
+                                cas: Some(cas),
+                            }),
+                        },
+                        (
+                            Op::Lease(..),
+                            Frame::MetaValue {
+                                cas: Some(cas),
+                                won: false,
+                                data,
+                            },
+                        ) => OpReply::Leased {
+                            found: Some(Item { value: data, cas }),
+                            won: None,
+                        },
+                        (Op::Lease(..), Frame::MetaMiss) => OpReply::Leased {
+                            found: None,
+                            won: None,
+                        },
+                        (Op::Get(_) | Op::Lease(..), f) => return Err(unexpected(&f)),
+                        (_, f) => {
+                            stage_raw.push((i, Reply::from_frame(f, name)?));
+                            continue;
+                        }
+                    });
+                }
+                raw.push(stage_raw);
+            }
+            Ok(raw)
+        })?;
+        let name = &self.servers[server].name;
+        for ((ops, replies), stage_raw) in stages.iter().zip(out.iter_mut()).zip(raw) {
+            // Appends answered NOT_STORED are told apart (missing or full) afterwards.
+            let (mut append_at, mut append_items, mut append_replies) =
+                (Vec::new(), Vec::new(), Vec::new());
+            for (i, reply) in stage_raw {
+                let mapped = match (ops[i], reply) {
+                    (Op::Add(..), Reply::Stored) => OpReply::Added(true),
+                    (Op::Add(..), Reply::NotStored | Reply::TooLarge) => OpReply::Added(false),
+                    (
+                        Op::Append(k, v),
+                        r @ (Reply::Stored | Reply::NotStored | Reply::TooLarge),
+                    ) => {
+                        append_at.push(i);
+                        append_items.push((k, v));
+                        append_replies.push(r);
+                        continue;
+                    }
+                    (Op::Cas(..), Reply::Stored) => OpReply::Cas(CasOutcome::Stored),
+                    (Op::Cas(..), Reply::NotFound) => OpReply::Cas(CasOutcome::Missing),
+                    (Op::Cas(..), r) if cas_reply(&r) => OpReply::Cas(CasOutcome::Changed),
+                    (Op::Delete(_), Reply::Deleted | Reply::NotFound) => OpReply::Deleted,
+                    (Op::Incr(..), Reply::Number(n)) => OpReply::Counter(Some(n)),
+                    (Op::Incr(..), Reply::NotFound) => OpReply::Counter(None),
+                    (Op::Incr(..), Reply::NonNumeric) => OpReply::NotANumber,
+                    (op, r) => {
+                        return Err(protocol_err(
+                            name,
+                            &format!("unexpected reply {r:?} to {:?}", op.key()),
+                        ))
+                    }
+                };
+                replies[i] = Some(mapped);
+            }
+            if !append_at.is_empty() {
+                let outcomes = self.append_outcomes(&append_items, &append_replies)?;
+                for (i, o) in append_at.into_iter().zip(outcomes) {
+                    replies[i] = Some(OpReply::Appended(o));
+                }
+            }
+        }
+        Ok(finish(out))
+    }
+}
+
 /// The replies a `cas` may get: a too-large value or a `NOT_STORED` count as changed.
 fn cas_reply(r: &Reply) -> bool {
     matches!(
@@ -368,6 +599,23 @@ impl Backend for Memcached {
             self.gets_from(server, &keys, &mut out)?;
         }
         Ok(out)
+    }
+
+    fn batch(&self, stages: &[&[Op<'_>]]) -> Result<Vec<Vec<OpReply>>> {
+        for ops in stages {
+            check_keys(ops.iter().map(Op::key))?;
+        }
+        let mut keys = stages.iter().flat_map(|ops| ops.iter().map(Op::key));
+        let Some(first) = keys.next() else {
+            return Ok(stages.iter().map(|_| Vec::new()).collect());
+        };
+        let server = self.server_for(first);
+        if self.servers.len() == 1 || keys.all(|k| self.server_for(k) == server) {
+            return self.batch_on(server, stages);
+        }
+        // Several servers: their connections are not ordered against each other, so each
+        // stage completes before the next one starts.
+        stages.iter().map(|ops| run_stage(self, ops)).collect()
     }
 
     fn server_count(&self) -> usize {
@@ -428,40 +676,7 @@ impl Backend for Memcached {
 
     fn append_multi(&self, items: &[(&str, &[u8])]) -> Result<Vec<AppendOutcome>> {
         let replies = self.store_multi(StoreVerb::Append, items, 0)?;
-        // memcached answers NOT_STORED both when the key is missing and when the appended
-        // item would exceed the item size. Tell them apart by reading the key (a missing key
-        // costs nothing to ask about; a full one is read again by the compaction that
-        // follows anyway), so a full flush list is compacted instead of looking missing. A
-        // key that exists but has room was created since the append: report it missing, and
-        // the caller's add fails and appends again.
-        let ambiguous: Vec<&str> = items
-            .iter()
-            .zip(&replies)
-            .filter(|(_, r)| **r == Reply::NotStored)
-            .map(|((k, _), _)| *k)
-            .collect();
-        let existing = if ambiguous.is_empty() {
-            HashMap::new()
-        } else {
-            self.get_multi(&ambiguous)?
-        };
-        let limit = self.item_limit();
-        Ok(items
-            .iter()
-            .zip(replies)
-            .map(|((k, v), r)| match r {
-                Reply::Stored => AppendOutcome::Appended,
-                Reply::TooLarge => AppendOutcome::TooLarge,
-                Reply::NotStored
-                    if existing
-                        .get(*k)
-                        .is_some_and(|i| i.value.len() + v.len() + k.len() + 64 > limit) =>
-                {
-                    AppendOutcome::TooLarge
-                }
-                _ => AppendOutcome::Missing,
-            })
-            .collect())
+        self.append_outcomes(items, &replies)
     }
 
     fn cas(&self, key: &str, value: &[u8], expiry: Expiry, cas: u64) -> Result<CasOutcome> {

@@ -66,6 +66,19 @@ pub enum Frame {
         /// The value.
         data: Vec<u8>,
     },
+    /// `VA <bytes> <flags>*` and its data block: the answer of a meta get (`mg`) with `v`.
+    /// Of the return flags only `c` (the CAS token) and `W` (this request vivified the
+    /// missing item, and so won its lease) are kept.
+    MetaValue {
+        /// The CAS token (`c` flag).
+        cas: Option<u64>,
+        /// Whether the item was created by this request (`W` flag).
+        won: bool,
+        /// The value.
+        data: Vec<u8>,
+    },
+    /// `EN`: a meta get found nothing (and created nothing).
+    MetaMiss,
     /// `END`: the end of a retrieval or `stats` answer.
     End,
     /// `STORED`.
@@ -179,22 +192,28 @@ pub struct Decoder {
 enum State {
     Line,
     Data {
-        key: String,
-        flags: u32,
-        cas: Option<u64>,
+        header: Header,
         len: usize,
         data: Vec<u8>,
     },
 }
 
-enum Parsed {
-    Frame(Frame),
+/// The line announcing a data block.
+#[derive(Debug)]
+enum Header {
+    /// `VALUE <key> <flags> <bytes> [<cas>]`.
     Value {
         key: String,
         flags: u32,
         cas: Option<u64>,
-        len: usize,
     },
+    /// `VA <bytes> <flags>*`.
+    Meta { cas: Option<u64>, won: bool },
+}
+
+enum Parsed {
+    Frame(Frame),
+    Data { header: Header, len: usize },
 }
 
 impl Decoder {
@@ -326,16 +345,9 @@ impl Decoder {
                     self.line.clear();
                     match parsed? {
                         Parsed::Frame(f) => return Ok(Some(f)),
-                        Parsed::Value {
-                            key,
-                            flags,
-                            cas,
-                            len,
-                        } => {
+                        Parsed::Data { header, len } => {
                             self.state = State::Data {
-                                key,
-                                flags,
-                                cas,
+                                header,
                                 len,
                                 data: Vec::new(),
                             };
@@ -343,9 +355,7 @@ impl Decoder {
                     }
                 }
                 State::Data {
-                    key,
-                    flags,
-                    cas,
+                    header,
                     len,
                     mut data,
                 } => {
@@ -355,24 +365,21 @@ impl Decoder {
                     push_capped(&mut data, &input[..take], total);
                     *input = &input[take..];
                     if data.len() < total {
-                        self.state = State::Data {
-                            key,
-                            flags,
-                            cas,
-                            len,
-                            data,
-                        };
+                        self.state = State::Data { header, len, data };
                         return Ok(None);
                     }
                     if data[len..] != *b"\r\n" {
                         return Err(WireError::BadDataTerminator);
                     }
                     data.truncate(len);
-                    return Ok(Some(Frame::Value {
-                        key,
-                        flags,
-                        cas,
-                        data,
+                    return Ok(Some(match header {
+                        Header::Value { key, flags, cas } => Frame::Value {
+                            key,
+                            flags,
+                            cas,
+                            data,
+                        },
+                        Header::Meta { cas, won } => Frame::MetaValue { cas, won, data },
                     }));
                 }
             }
@@ -407,6 +414,7 @@ fn parse_line(raw: &[u8], max_data: usize) -> Result<Parsed, WireError> {
     let text = |s: &str| s.chars().take(MAX_ERROR_TEXT).collect::<String>();
     let frame = match line {
         "END" => Frame::End,
+        "EN" => Frame::MetaMiss,
         "STORED" => Frame::Stored,
         "NOT_STORED" => Frame::NotStored,
         "EXISTS" => Frame::Exists,
@@ -433,6 +441,7 @@ fn parse_line(raw: &[u8], max_data: usize) -> Result<Parsed, WireError> {
             }
         }
         l if l.starts_with("VALUE ") => return parse_value(l, max_data),
+        l if l.starts_with("VA ") => return parse_meta_value(l, max_data),
         l if !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()) => {
             Frame::Number(parse_u64(l).ok_or_else(|| WireError::BadNumber(text(l)))?)
         }
@@ -456,20 +465,51 @@ fn parse_value(line: &str, max_data: usize) -> Result<Parsed, WireError> {
     let flags = u32::try_from(number(flags)?).map_err(|_| WireError::BadNumber(text()))?;
     let len = number(len)?;
     let cas = cas.map(number).transpose()?;
-    let len = match usize::try_from(len) {
-        Ok(l) if l <= max_data => l,
-        _ => {
-            return Err(WireError::DataTooLong {
-                len,
-                limit: max_data,
-            })
+    Ok(Parsed::Data {
+        header: Header::Value {
+            key: key.to_string(),
+            flags,
+            cas,
+        },
+        len: data_len(len, max_data)?,
+    })
+}
+
+/// A data block's announced length, within `max_data`.
+fn data_len(len: u64, max_data: usize) -> Result<usize, WireError> {
+    match usize::try_from(len) {
+        Ok(l) if l <= max_data => Ok(l),
+        _ => Err(WireError::DataTooLong {
+            len,
+            limit: max_data,
+        }),
+    }
+}
+
+/// `VA <bytes> <flags>*`: flags are single letters, most followed by a token; `c<cas>` and
+/// `W` are kept, the others (`k`, `t`, `s`, `Z`, `X`, ..) are checked for shape and dropped.
+fn parse_meta_value(line: &str, max_data: usize) -> Result<Parsed, WireError> {
+    let text = || line.chars().take(MAX_ERROR_TEXT).collect::<String>();
+    let mut fields = line.split(' ').skip(1);
+    let len = fields
+        .next()
+        .and_then(parse_u64)
+        .ok_or_else(|| WireError::BadNumber(text()))?;
+    let (mut cas, mut won) = (None, false);
+    for flag in fields {
+        let mut chars = flag.chars();
+        match chars.next() {
+            Some('c') => {
+                cas = Some(parse_u64(chars.as_str()).ok_or_else(|| WireError::BadNumber(text()))?)
+            }
+            Some('W') if chars.as_str().is_empty() => won = true,
+            Some(c) if c.is_ascii_alphabetic() && flag.bytes().all(|b| b > b' ' && b != 0x7f) => {}
+            _ => return Err(WireError::Malformed(text())),
         }
-    };
-    Ok(Parsed::Value {
-        key: key.to_string(),
-        flags,
-        cas,
-        len,
+    }
+    Ok(Parsed::Data {
+        header: Header::Meta { cas, won },
+        len: data_len(len, max_data)?,
     })
 }
 
@@ -555,6 +595,16 @@ pub enum Request<'a> {
         /// The token read with the value.
         cas: u64,
     },
+    /// `mg <key> v c`: the value and its CAS token (`VA`), or `EN`.
+    MetaGet(&'a str),
+    /// `mg <key> v c N<exptime>`: the value and its CAS token; a missing key is created
+    /// empty, expiring as `exptime` says, and the reply says this request won it (`W`).
+    MetaGetLease {
+        /// The key.
+        key: &'a str,
+        /// memcached's exptime for an item created for the lease (0: never).
+        exptime: u64,
+    },
     /// `delete <key>`.
     Delete(&'a str),
     /// `incr <key> <delta>`.
@@ -620,6 +670,8 @@ impl Request<'_> {
                 buf.extend_from_slice(b"\r\n");
                 r
             }
+            Request::MetaGet(key) => write!(buf, "mg {key} v c\r\n"),
+            Request::MetaGetLease { key, exptime } => write!(buf, "mg {key} v c N{exptime}\r\n"),
             Request::Delete(key) => write!(buf, "delete {key}\r\n"),
             Request::Incr { key, delta } => write!(buf, "incr {key} {delta}\r\n"),
             Request::Version => write!(buf, "version\r\n"),
@@ -880,12 +932,67 @@ SERVER_ERROR object too large for cache\r\n";
     }
 
     /// Input that often looks like replies, so the decoder reaches every state.
+    #[test]
+    fn meta_get_replies_decode() {
+        let input = b"VA 0 c856774 W\r\n\r\nVA 2 c5 Z t-1 kkey\r\nab\r\nEN\r\nVA 1\r\nx\r\n";
+        let (frames, err) = decode_all(input);
+        assert_eq!(err, None);
+        assert_eq!(
+            frames,
+            [
+                Frame::MetaValue {
+                    cas: Some(856774),
+                    won: true,
+                    data: vec![]
+                },
+                Frame::MetaValue {
+                    cas: Some(5),
+                    won: false,
+                    data: b"ab".to_vec()
+                },
+                Frame::MetaMiss,
+                Frame::MetaValue {
+                    cas: None,
+                    won: false,
+                    data: b"x".to_vec()
+                },
+            ]
+        );
+        for chunk in [1, 2, 5] {
+            assert_eq!(decode_chunked(1024, input, chunk), (frames.clone(), None));
+        }
+        for bad in [
+            &b"VA\r\n"[..],
+            b"VA x c1\r\n",
+            b"VA 1 cx\r\n",
+            b"VA 1 1\r\n",
+        ] {
+            let (_, err) = decode_all(bad);
+            assert!(err.is_some(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert!(matches!(
+            decode_all(b"VA 2000 c1\r\n").1,
+            Some(WireError::DataTooLong { .. })
+        ));
+        let mut buf = Vec::new();
+        Request::MetaGetLease {
+            key: "k",
+            exptime: 10,
+        }
+        .encode(&mut buf);
+        Request::MetaGet("j").encode(&mut buf);
+        assert_eq!(buf, b"mg k v c N10\r\nmg j v c\r\n");
+    }
+
     fn replyish() -> impl Strategy<Value = Vec<u8>> {
         let piece = prop_oneof![
             Just(b"VALUE k 0 5 1\r\n".to_vec()),
             Just(b"VALUE k 0 40 1\r\n".to_vec()),
             Just(b"VALUE k 0 18446744073709551615 1\r\n".to_vec()),
             Just(b"END\r\n".to_vec()),
+            Just(b"VA 3 c9 W\r\n".to_vec()),
+            Just(b"VA 18446744073709551615 c1\r\n".to_vec()),
+            Just(b"EN\r\n".to_vec()),
             Just(b"\r\n".to_vec()),
             Just(b"STAT a b\r\n".to_vec()),
             Just(b"123\r\n".to_vec()),

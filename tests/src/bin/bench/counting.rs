@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use caching_core::{AppendOutcome, Backend, CasOutcome, Expiry, Item};
+use caching_core::{AppendOutcome, Backend, CasOutcome, Expiry, Item, Op, OpReply};
 
 /// `inner`, with a count of the calls made through it.
 #[derive(Debug)]
@@ -87,6 +87,21 @@ impl Backend for Counting {
     fn incr(&self, key: &str, delta: u64) -> caching_core::Result<Option<u64>> {
         self.count();
         self.inner.incr(key, delta)
+    }
+
+    fn incr_multi(
+        &self,
+        keys: &[&str],
+        delta: u64,
+    ) -> caching_core::Result<Vec<caching_core::Result<Option<u64>>>> {
+        self.count();
+        self.inner.incr_multi(keys, delta)
+    }
+
+    /// One round trip: every backend the bench measures runs a batch on one server.
+    fn batch(&self, stages: &[&[Op<'_>]]) -> caching_core::Result<Vec<Vec<OpReply>>> {
+        self.count();
+        self.inner.batch(stages)
     }
 
     fn probe(&self) -> caching_core::Result<()> {
