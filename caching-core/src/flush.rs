@@ -8,6 +8,15 @@
 //! instead of being cleared, so a registration made meanwhile is never lost. This is the
 //! "add, then register; CAS clear; generation check" protocol of `docs/src/protocol.md`.
 //!
+//! Foreign keys: a fill registers its query on the row's own list (`f:o:`) and on the
+//! *children list* (`f:c:`) of each row the row points at ([`Registrations::child`]). A write
+//! to a row walks both of its lists; a write's foreign-key parents are walked through their
+//! own lists only, so saving one child never reads or deletes the queries of its siblings
+//! (the cost of a write does not grow with them). A children list also carries a *table tag*
+//! `#{version key}` per child table registered on it, which compaction turns into overflow
+//! markers (a query token does not tell which table it reads). The older scheme, linking a
+//! row's list into its parent's list ([`Registrations::link`]), is still walked.
+//!
 //! Lists are bounded by the backend's item size. When an append would exceed it, the list is
 //! compacted (duplicates removed) with CAS; if it is still too large it is replaced by an
 //! overflow marker `!{version key}`: from then on a write to that row bumps its table
@@ -41,8 +50,8 @@ const MAX_REGISTER_ROUNDS: usize = 4;
 /// let mut regs = Registrations::new();
 /// let addon = ObjectKey::new("addons", &["1"]);
 /// let user = ObjectKey::new("users", &["1"]);
-/// regs.row(&ks, &addon, "app:q:abc");
-/// regs.link(&ks, &addon, &user);
+/// regs.row(&ks, &addon, "app:q:abc"); // on app:f:o:addons:1
+/// regs.child(&ks, &addon, &user, "app:q:abc"); // on app:f:c:users:1 (addon 1's author)
 /// assert_eq!(regs.len(), 2);
 /// ```
 #[derive(Debug, Clone, Default)]
@@ -124,8 +133,67 @@ impl Registrations {
         self.push(ks, row, ks.key_flush_key(key));
     }
 
+    /// Registers `key` (a query or a value that holds row `child`) and its own flush list on
+    /// the children list of `parent`, a row `child` points at through a foreign key: a write
+    /// to `parent` ([`Invalidation::object`](crate::Invalidation::object)) deletes it, a write
+    /// to another child of `parent` does not. This is what a fill does for each foreign key
+    /// of each row it holds.
+    ///
+    /// The list also gets the tag of `child`'s table (`#{version key}`): if the list
+    /// overflows, its overflow markers bump that table's version, which covers the queries it
+    /// held. A self-reference registers nothing (the row's own list already holds `key`).
+    ///
+    /// ```
+    /// use caching_core::{KeySpace, ObjectKey, Registrations};
+    /// let ks = KeySpace::new("app").unwrap();
+    /// let (addon, user) = (ObjectKey::new("addons", &["1"]), ObjectKey::new("users", &["1"]));
+    /// let mut regs = Registrations::new();
+    /// regs.child(&ks, &addon, &user, "app:q:abc");
+    /// assert_eq!(regs.len(), 1);
+    /// regs.child(&ks, &user, &user, "app:q:abc"); // a self-reference: nothing more
+    /// assert_eq!(regs.len(), 1);
+    /// ```
+    pub fn child(
+        &mut self,
+        ks: &KeySpace,
+        child: &crate::ObjectKey,
+        parent: &crate::ObjectKey,
+        key: &str,
+    ) {
+        if child != parent {
+            self.on_children(ks, parent, child.model(), key);
+        }
+    }
+
+    /// [`child`](Registrations::child) for a key that holds a row of `table` pointing at
+    /// `parent` (no self-reference check).
+    pub(crate) fn on_children(
+        &mut self,
+        ks: &KeySpace,
+        parent: &crate::ObjectKey,
+        table: &str,
+        key: &str,
+    ) {
+        let version = ks.version_key(table);
+        let tag = format!("#{version}");
+        let list = self
+            .lists
+            .entry(ks.children_key(parent))
+            .or_insert_with(|| ListRegs::new(version));
+        list.add(key.to_string());
+        list.add(ks.key_flush_key(key));
+        list.add(tag);
+    }
+
     /// Links a row's flush list into its foreign-key target's list: a write to `parent`
-    /// invalidates what is registered on `child`.
+    /// invalidates what is registered on `child`, and so does any write that walks
+    /// `parent`'s list, a write to another child of `parent` included (through
+    /// [`Invalidation::object`](crate::Invalidation::object) or
+    /// [`Invalidation::parent`](crate::Invalidation::parent)).
+    ///
+    /// The scheme of earlier versions, still walked: fills now register on children lists
+    /// instead ([`child`](Registrations::child)), whose cost to a write does not grow with
+    /// the parent's children.
     pub fn link(&mut self, ks: &KeySpace, child: &crate::ObjectKey, parent: &crate::ObjectKey) {
         // A self-reference adds nothing but must not add a cycle either.
         if child != parent {
@@ -133,8 +201,8 @@ impl Registrations {
         }
     }
 
-    /// Every list this registration writes to (the rows' own lists and their foreign-key
-    /// targets' lists).
+    /// Every list this registration writes to (the rows' own lists, their foreign-key
+    /// targets' children lists, predicate and exit lists).
     pub(crate) fn lists(&self) -> impl Iterator<Item = &str> {
         self.lists.keys().map(String::as_str)
     }
@@ -207,6 +275,9 @@ pub(crate) enum Token<'a> {
     Epoch(&'a str),
     /// An overflow marker: the version key to bump instead (`!ver:t`).
     Overflow(&'a str),
+    /// A table tag of a children list, whole (`#ver:t`): the list holds queries over table
+    /// `t`, whose version its overflow markers must bump. Nothing to walk or delete.
+    Tag(&'a str),
     /// Anything else: not UTF-8, not a valid key. The list cannot be trusted.
     Bad,
 }
@@ -220,6 +291,7 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = Token<'_>> {
             Ok(t) if t.starts_with('!') && crate::key::is_valid_key(&t[1..]) => {
                 Token::Overflow(&t[1..])
             }
+            Ok(t) if t.starts_with('#') && crate::key::is_valid_key(&t[1..]) => Token::Tag(t),
             Ok(t) if crate::key::is_valid_key(t) => Token::Key(t),
             _ => Token::Bad,
         })
@@ -244,7 +316,7 @@ pub(crate) fn holds_all(value: &[u8], wanted: &[String]) -> bool {
     let mut present = HashSet::new();
     for t in tokens(value) {
         match t {
-            Token::Key(k) => {
+            Token::Key(k) | Token::Tag(k) => {
                 present.insert(k);
             }
             Token::Overflow(_) => return true,
@@ -367,9 +439,11 @@ pub(crate) fn register(
 /// Returns whether `extra` is now covered (`false`: the list changed meanwhile, retry).
 ///
 /// The markers cover everything the dropped tokens protected: the list's own table version
-/// (queries over the row), and the version of each table whose rows' lists were linked here
-/// (a write to this row reached those queries through the links). A list that does not parse
-/// is never compacted into a shorter list: it overflows.
+/// (queries over the row; for a children list, the table of the child that registered), the
+/// version of each table whose rows' lists were linked here (a write to this row reached
+/// those queries through the links), and the version of each table a tag of a children list
+/// names (the tables of the queries registered on it). A list that does not parse is never
+/// compacted into a shorter list: it overflows.
 fn compact(
     backend: &dyn Backend,
     ks: &KeySpace,
@@ -382,6 +456,7 @@ fn compact(
     };
     let mut seen = HashSet::new();
     let mut kept: Vec<&str> = Vec::new();
+    let mut tags: BTreeSet<&str> = BTreeSet::new();
     let mut epoch = None;
     let mut markers: BTreeSet<String> = BTreeSet::new();
     let mut overflowed = false;
@@ -391,6 +466,9 @@ fn compact(
                 if seen.insert(k) {
                     kept.push(k);
                 }
+            }
+            Token::Tag(t) => {
+                tags.insert(t);
             }
             Token::Epoch(e) => {
                 epoch.get_or_insert(e);
@@ -402,7 +480,8 @@ fn compact(
             Token::Bad => overflowed = true,
         }
     }
-    let compacted = join(&kept);
+    let mut compacted = join(&kept);
+    compacted.extend_from_slice(&join(&tags.iter().collect::<Vec<_>>()));
     let limit = backend.max_item_size();
     let value = if !overflowed && compacted.len() + list.len() + 64 <= limit / 2 {
         let mut v = epoch
@@ -420,6 +499,8 @@ fn compact(
         // rows' tables through them. (A query's own list, `f:k:`, holds values tied to a
         // query over this row's table: the row's table version covers them.)
         markers.extend(kept.iter().filter_map(|k| ks.row_list_version_key(k)));
+        // The tables of the queries registered on a children list.
+        markers.extend(tags.iter().map(|t| t[1..].to_string()));
         let mut v = epoch.map(|e| format!(" {e}")).unwrap_or_default();
         for m in &markers {
             v.push_str(" !");
@@ -547,7 +628,7 @@ fn walk(
                 let mut corrupt = false;
                 for t in tokens(&item.value) {
                     match t {
-                        Token::Epoch(_) => {}
+                        Token::Epoch(_) | Token::Tag(_) => {}
                         Token::Overflow(v) => versions.push(v.to_string()),
                         Token::Key(k) if ks.is_flush_key(k) => {
                             if visited.insert(k.to_string()) {

@@ -1,7 +1,8 @@
 //! The write path: what a write invalidates ([`Invalidation`]) and how
 //! ([`Cache::invalidate`]): bump the written tables' write generations (and versions, for
 //! whole-table invalidation), then delete everything reachable from the written rows' flush
-//! lists and clear the lists with CAS.
+//! lists (their own lists and their children lists; their foreign-key parents' own lists)
+//! and clear the lists with CAS.
 //!
 //! Nothing the cache holds can make an invalidation skip work: a counter that is not a number
 //! is repaired and counts as bumped, a flush list that does not parse is treated as
@@ -22,19 +23,27 @@ use crate::Cache;
 
 /// Tables touched by a write, and the rows whose flush lists must be walked.
 ///
+/// A written row is named with [`object`](Invalidation::object) (its own list and its
+/// children list are walked); a row it points at through a foreign key with
+/// [`parent`](Invalidation::parent) (its own list only: the queries that hold the parent go,
+/// the queries that hold its other children stay).
+///
 /// ```
 /// use caching_core::{Invalidation, ObjectKey};
 /// let mut inv = Invalidation::new();
-/// inv.object(ObjectKey::new("addons", &["1"]));
-/// inv.object(ObjectKey::new("users", &["1"]));
+/// inv.object(ObjectKey::new("addons", &["1"])); // saved
+/// inv.parent(ObjectKey::new("users", &["1"])); // its author
 /// inv.whole_table("users");
 /// assert_eq!(inv.tables().count(), 2);
+/// assert_eq!(inv.objects().count(), 1);
+/// assert_eq!(inv.parents().count(), 1);
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Invalidation {
     written: BTreeSet<String>,
     whole: BTreeSet<String>,
     objects: BTreeSet<ObjectKey>,
+    parents: BTreeSet<ObjectKey>,
     keys: BTreeSet<String>,
     predicates: BTreeSet<(String, String, PredicateValue)>,
     exits: BTreeSet<String>,
@@ -47,11 +56,70 @@ impl Invalidation {
         Self::default()
     }
 
-    /// A row was written (or is a foreign-key target of a written row): its flush list is
-    /// walked, and its model's write generation bumped.
+    /// A row was written: its flush list (the queries and values that hold it) and its
+    /// children list (those that hold a row pointing at it through a foreign key, see
+    /// [`Registrations::child`](crate::Registrations::child)) are walked, and its model's
+    /// write generation bumped.
+    ///
+    /// Walking the row's own list also follows the links of the older scheme
+    /// ([`Registrations::link`](crate::Registrations::link)), so naming a foreign-key target
+    /// here, as earlier versions did, still reaches the lists linked into it.
     pub fn object(&mut self, object: ObjectKey) -> &mut Self {
         self.written.insert(object.model().to_string());
         self.objects.insert(object);
+        self
+    }
+
+    /// A row a written row points at through a foreign key (scenario 15: saving an add-on
+    /// invalidates the cached queries that hold its authors): its own flush list is walked
+    /// and its model's write generation bumped, but not its children list, so the queries
+    /// that hold only its other children (the written row's siblings) stay cached and the
+    /// write's cost does not grow with them. Queries a written row enters or leaves are
+    /// reached through predicate and exit lists and generations, not through siblings (see
+    /// `docs/src/invalidation.md`). A row also named with [`object`](Invalidation::object)
+    /// has both of its lists walked.
+    ///
+    /// ```
+    /// use caching_core::{Cache, Invalidation, ObjectKey, ReadOutcome, ReadPlan};
+    /// let cache = Cache::locmem();
+    /// let user = ObjectKey::new("users", &["1"]);
+    /// let addons = [ObjectKey::new("addons", &["1"]), ObjectKey::new("addons", &["2"])];
+    /// // One cached query per add-on of user 1, registered as a fill registers its rows.
+    /// let read = |i: usize| {
+    ///     let key = cache.keys().manual_key(&format!("addon-{i}"));
+    ///     let plan = ReadPlan::new(&key, &["addons"]);
+    ///     let load = || Ok::<_, std::convert::Infallible>(i);
+    ///     let (_, outcome) = cache
+    ///         .read_through(&plan, load, |_, regs| {
+    ///             regs.row(cache.keys(), &addons[i], &key);
+    ///             regs.child(cache.keys(), &addons[i], &user, &key);
+    ///             Ok(())
+    ///         })
+    ///         .unwrap();
+    ///     outcome
+    /// };
+    /// read(0);
+    /// read(1);
+    /// // Saving add-on 1: its own query goes, its sibling's stays.
+    /// let mut inv = Invalidation::new();
+    /// inv.object(addons[0].clone()).parent(user.clone());
+    /// cache.invalidate(&inv).unwrap();
+    /// assert_eq!((read(0), read(1)), (ReadOutcome::Miss, ReadOutcome::Hit));
+    /// // Renaming the user: every query holding one of its add-ons goes.
+    /// let mut inv = Invalidation::new();
+    /// inv.object(user.clone());
+    /// cache.invalidate(&inv).unwrap();
+    /// assert_eq!((read(0), read(1)), (ReadOutcome::Miss, ReadOutcome::Miss));
+    /// // The scheme of earlier versions: naming the parent with `object` walks its
+    /// // children list too, so every sibling's query goes.
+    /// let mut inv = Invalidation::new();
+    /// inv.object(addons[0].clone()).object(user.clone());
+    /// cache.invalidate(&inv).unwrap();
+    /// assert_eq!((read(0), read(1)), (ReadOutcome::Miss, ReadOutcome::Miss));
+    /// ```
+    pub fn parent(&mut self, parent: ObjectKey) -> &mut Self {
+        self.written.insert(parent.model().to_string());
+        self.parents.insert(parent);
         self
     }
 
@@ -112,6 +180,7 @@ impl Invalidation {
         self.written.extend(other.written);
         self.whole.extend(other.whole);
         self.objects.extend(other.objects);
+        self.parents.extend(other.parents);
         self.keys.extend(other.keys);
         self.predicates.extend(other.predicates);
         self.exits.extend(other.exits);
@@ -121,7 +190,10 @@ impl Invalidation {
 
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.written.is_empty() && self.objects.is_empty() && self.keys.is_empty()
+        self.written.is_empty()
+            && self.objects.is_empty()
+            && self.parents.is_empty()
+            && self.keys.is_empty()
     }
 
     /// Marks the invalidation as following a write made outside the write helpers (counted in
@@ -136,9 +208,15 @@ impl Invalidation {
         self.written.iter().map(String::as_str)
     }
 
-    /// Rows whose flush lists will be walked.
+    /// Written rows: their own flush lists and their children lists will be walked.
     pub fn objects(&self) -> impl Iterator<Item = &ObjectKey> {
         self.objects.iter()
+    }
+
+    /// Foreign-key parents of written rows that are not written rows themselves: their own
+    /// flush lists will be walked, not their children lists.
+    pub fn parents(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.parents.iter().filter(|p| !self.objects.contains(*p))
     }
 
     /// Whether a read of `table` may depend on what this invalidation deletes. Flush lists
@@ -171,7 +249,7 @@ impl Cache {
         }
         match self.invalidate_once(inv) {
             Ok(r) => {
-                tracing::debug!(tables = ?inv.written, objects = inv.objects.len(), deleted = r.deleted, "invalidated");
+                tracing::debug!(tables = ?inv.written, objects = inv.objects.len(), parents = inv.parents.len(), deleted = r.deleted, "invalidated");
                 Ok(r)
             }
             Err(e) if !e.is_backend_failure() => {
@@ -200,7 +278,12 @@ impl Cache {
         self.step("bump");
         let mut counters: Vec<String> = inv.written.iter().map(|t| ks.generation_key(t)).collect();
         counters.extend(inv.whole.iter().map(|t| ks.version_key(t)));
-        let mut roots: Vec<String> = inv.objects.iter().map(|o| ks.flush_key(o)).collect();
+        let mut roots: Vec<String> = Vec::new();
+        for o in &inv.objects {
+            roots.push(ks.flush_key(o));
+            roots.push(ks.children_key(o));
+        }
+        roots.extend(inv.parents().map(|p| ks.flush_key(p)));
         roots.extend(
             inv.predicates
                 .iter()

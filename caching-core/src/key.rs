@@ -215,6 +215,27 @@ impl KeySpace {
         self.make("f", object.as_str())
     }
 
+    /// The children list of an object: the cached queries (and values) that hold a row whose
+    /// foreign key points at `object`, registered by their fills
+    /// ([`Registrations::child`](crate::Registrations::child)). A write to the object itself
+    /// walks it ([`Invalidation::object`](crate::Invalidation::object): renaming a user drops
+    /// the cached lists of its add-ons); a write to one of those rows does not
+    /// ([`Invalidation::parent`](crate::Invalidation::parent)), so saving one child never
+    /// reaches the queries of its siblings.
+    ///
+    /// ```
+    /// use caching_core::{KeySpace, ObjectKey};
+    /// let ks = KeySpace::new("app").unwrap();
+    /// let user = ObjectKey::new("users", &["1"]);
+    /// assert_eq!(ks.children_key(&user), "app:f:c:users:1");
+    /// assert!(ks.is_flush_key(&ks.children_key(&user)));
+    /// ```
+    pub fn children_key(&self, object: &ObjectKey) -> String {
+        let body = object.as_str();
+        let rest = body.strip_prefix("o:").unwrap_or(body);
+        self.make("f", &format!("c:{rest}"))
+    }
+
     /// The flush list of another key (a query's own flush list, holding extra keys that die
     /// with it).
     pub fn key_flush_key(&self, key: &str) -> String {
@@ -268,15 +289,18 @@ impl KeySpace {
 
     /// The version key that covers everything a flush list can protect, for when the list
     /// itself cannot be trusted (it does not parse): the version of its row's table for a
-    /// row's list, else the namespace version.
+    /// row's list, else the namespace version (a query's own list; a children list, whose
+    /// queries hold rows of tables only its table tags name, which the damage may have
+    /// destroyed).
     pub(crate) fn covering_version_key(&self, flush_key: &str) -> String {
         self.row_list_version_key(flush_key)
             .unwrap_or_else(|| self.namespace_key())
     }
 
     /// The version key of the table whose list `flush_key` is: a row's list, a predicate
-    /// list or an exit list (`None` for other lists: a query's own list, or a key too long
-    /// to carry its table).
+    /// list or an exit list (`None` for other lists: a query's own list, a children list,
+    /// whose queries are over other tables than its row's, or a key too long to carry its
+    /// table).
     pub(crate) fn row_list_version_key(&self, flush_key: &str) -> Option<String> {
         let body = strip(flush_key, &self.prefix);
         body.strip_prefix("f:o:")
@@ -391,5 +415,18 @@ mod tests {
         assert!(ks.is_flush_key(&ks.flush_key(&o)));
         assert!(ks.is_flush_key(&ks.key_flush_key("p:q:abc")));
         assert!(!ks.is_flush_key("p:q:abc"));
+        assert!(ks.is_flush_key(&ks.children_key(&o)));
+    }
+
+    #[test]
+    fn children_lists_are_apart_from_row_lists_and_carry_no_table() {
+        let ks = KeySpace::new("p").unwrap();
+        let o = ObjectKey::new("users", &["1", "2"]);
+        assert_eq!(ks.children_key(&o), "p:f:c:users:1:2");
+        assert_ne!(ks.children_key(&o), ks.flush_key(&o));
+        assert_eq!(ks.row_list_version_key(&ks.children_key(&o)), None);
+        assert_eq!(ks.covering_version_key(&ks.children_key(&o)), "p:ns");
+        let long = ObjectKey::new(&"t".repeat(40), &vec!["x".repeat(40); 6]);
+        assert!(is_valid_key(&ks.children_key(&long)));
     }
 }

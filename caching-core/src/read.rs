@@ -218,6 +218,14 @@ pub trait FlushTarget {
     fn flush_key(&self, keys: &KeySpace) -> Option<String>;
     /// The tables the target is read from (their write generations guard the fill).
     fn tables(&self) -> Vec<String>;
+    /// The rows the target points at through foreign keys. A value tied to the target is
+    /// also registered on their children lists (as a cached query holding the target is), so
+    /// a write to one of them (renaming a post's author) deletes it too, and a write to
+    /// another of their children does not. Default: none (`#[derive(Cached)]` models name
+    /// their foreign-key targets).
+    fn parents(&self) -> Vec<ObjectKey> {
+        Vec::new()
+    }
 }
 
 impl FlushTarget for ObjectKey {
@@ -236,6 +244,9 @@ impl<T: FlushTarget + ?Sized> FlushTarget for &T {
     fn tables(&self) -> Vec<String> {
         (**self).tables()
     }
+    fn parents(&self) -> Vec<ObjectKey> {
+        (**self).parents()
+    }
 }
 
 impl<T: FlushTarget> FlushTarget for Option<T> {
@@ -244,6 +255,9 @@ impl<T: FlushTarget> FlushTarget for Option<T> {
     }
     fn tables(&self) -> Vec<String> {
         self.as_ref().map(|t| t.tables()).unwrap_or_default()
+    }
+    fn parents(&self) -> Vec<ObjectKey> {
+        self.as_ref().map(|t| t.parents()).unwrap_or_default()
     }
 }
 
@@ -931,6 +945,8 @@ impl Cache {
         let ks = self.keys();
         // Each target's flush list, with the version key its overflow marker bumps.
         let mut lists: Vec<(String, String)> = Vec::new();
+        // The children lists of the targets' foreign-key parents, with the target's table.
+        let mut children: Vec<(ObjectKey, String)> = Vec::new();
         let mut tables: Vec<String> = Vec::new();
         let mut full_key = key.to_string();
         for target in targets {
@@ -942,6 +958,13 @@ impl Cache {
                 .first()
                 .map(|t| ks.version_key(t))
                 .unwrap_or_else(|| ks.namespace_key());
+            if let Some(table) = own.first() {
+                for parent in target.parents() {
+                    if ks.flush_key(&parent) != flush_key {
+                        children.push((parent, table.clone()));
+                    }
+                }
+            }
             for t in own {
                 if !tables.contains(&t) {
                     tables.push(t);
@@ -957,6 +980,9 @@ impl Cache {
         let register = |_: &T, regs: &mut Registrations| {
             for (flush_key, version_key) in lists {
                 regs.on_list(flush_key, version_key, &k);
+            }
+            for (parent, table) in &children {
+                regs.on_children(ks, parent, table, &k);
             }
             Ok(())
         };

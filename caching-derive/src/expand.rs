@@ -131,6 +131,10 @@ pub fn expand(m: &Model<'_>) -> TokenStream {
                 fn tables(&self) -> ::std::vec::Vec<::std::string::String> {
                     ::std::vec![::std::string::ToString::to_string(#model_name)]
                 }
+
+                fn parents(&self) -> ::std::vec::Vec<::caching_diesel::ObjectKey> {
+                    ::caching_diesel::CachedModel::foreign_keys(self)
+                }
             }
         };
     }

@@ -157,7 +157,7 @@ where
             Ok(out)
         };
         let keyspace = cache.keys().clone();
-        // Like a query's rows: the row's flush list, linked into its foreign-key parents'
+        // Like a query's rows: the row's flush list and its foreign-key parents' children
         // lists; and the predicate list of its primary key, which a write through another
         // model of the same table walks too.
         let pk_column = <PrimaryKeyOf<U> as Column>::NAME.to_lowercase();

@@ -63,8 +63,8 @@ pub trait CacheableRow: Serialize + DeserializeOwned {
     fn tables(out: &mut Vec<&'static str>);
     /// Adds the row type's fingerprint to a key.
     fn fingerprint(key: &mut QueryKeyBuilder);
-    /// Registers `key` on this row's flush lists (and links the row to its foreign-key
-    /// targets).
+    /// Registers `key` on this row's flush lists: the row's own list, and the children list
+    /// of each row it points at through a foreign key.
     fn register(&self, keys: &KeySpace, key: &str, regs: &mut Registrations);
     /// Adds the models the row is made of (their SQL tables and columns).
     fn models(out: &mut Vec<ModelInfo>) {
@@ -82,8 +82,10 @@ pub fn register_model<M: CachedModel>(
 ) {
     let me = row.object_key();
     regs.row(keys, &me, key);
+    // On the parents' children lists, not linked into their own lists: a write to a parent
+    // reaches `key`, a write to a sibling of this row does not (`Invalidation::parent`).
     for parent in row.foreign_keys() {
-        regs.link(keys, &me, &parent);
+        regs.child(keys, &me, &parent, key);
     }
 }
 

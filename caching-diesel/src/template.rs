@@ -89,13 +89,13 @@
 //!
 //! # Invalidation
 //!
-//! The rendered fragment is registered on the flush list of every object passed, with the
-//! fill protocol of every cached read (see `docs/src/protocol.md`): a write to one of the
+//! The rendered fragment is registered on the flush list of every object passed, and on the
+//! children list of every row an [`object`] points at through a declared foreign key, with
+//! the fill protocol of every cached read (see `docs/src/protocol.md`): a write to one of the
 //! objects' tables while the block renders leaves nothing cached. A write that invalidates
 //! any of the rows deletes the fragment: the write helpers, `invalidate`, a write to a row
 //! that points at one of them through a declared foreign key, and a write to a row one of
-//! them points at when that object was read through a cached query (which links the flush
-//! lists of the rows it caches into their foreign-key targets' lists).
+//! them points at (an add-on's author), as for a cached query that holds the object.
 //!
 //! An empty list (or `none`) has no flush list: its fragment is cached only when `timeout=` is
 //! given, and then lives for that long (keyed by its content, so a list that gains a row is a
@@ -111,7 +111,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use caching_core::{Cache, ObjectKey, QueryKeyBuilder, Timeout};
+use caching_core::{Cache, FlushTarget, KeySpace, ObjectKey, QueryKeyBuilder, Timeout};
 use serde::Serialize;
 
 pub use minijinja;
@@ -178,7 +178,7 @@ pub fn register(env: &mut Environment<'_>, cache: Cache) {
 /// assert_eq!(out, "1: Hello");
 /// ```
 pub fn object<M: CachedModel>(model: &M) -> Value {
-    object_with_key(model.object_key(), model)
+    cached_object(model.object_key(), model.foreign_keys(), model)
 }
 
 /// Every model of `models` as an [`object`], in a list the template can loop over.
@@ -229,6 +229,15 @@ where
 /// assert_eq!(out, "fliggy (2)");
 /// ```
 pub fn object_with_key<T: Serialize + ?Sized>(key: ObjectKey, value: &T) -> Value {
+    cached_object(key, Vec::new(), value)
+}
+
+/// A [`CachedObject`] of `value`, the row `key` names, pointing at `parents`.
+fn cached_object<T: Serialize + ?Sized>(
+    key: ObjectKey,
+    parents: Vec<ObjectKey>,
+    value: &T,
+) -> Value {
     let json = match serde_json::to_vec(value) {
         Ok(json) => json,
         Err(e) => {
@@ -245,6 +254,7 @@ pub fn object_with_key<T: Serialize + ?Sized>(key: ObjectKey, value: &T) -> Valu
     };
     Value::from_object(CachedObject {
         key,
+        parents,
         content: *blake3::hash(&json).as_bytes(),
         fields,
         names,
@@ -255,6 +265,9 @@ pub fn object_with_key<T: Serialize + ?Sized>(key: ObjectKey, value: &T) -> Valu
 #[derive(Debug)]
 struct CachedObject {
     key: ObjectKey,
+    /// The rows it points at through foreign keys ([`object`] of a model): the fragment is
+    /// registered on their children lists too.
+    parents: Vec<ObjectKey>,
     /// blake3 of the row's JSON: part of the fragment key.
     content: [u8; 32],
     fields: Value,
@@ -333,18 +346,39 @@ fn fragment(
     Ok(Value::from_safe_string(html))
 }
 
-/// Adds `objects` to the key and their object keys to `rows`: an object, a (nested) list of
-/// them, or `none`.
+/// A row a fragment is registered on: its flush list, and its parents' children lists.
+struct FragmentRow {
+    key: ObjectKey,
+    parents: Vec<ObjectKey>,
+}
+
+impl FlushTarget for FragmentRow {
+    fn flush_key(&self, keys: &KeySpace) -> Option<String> {
+        self.key.flush_key(keys)
+    }
+    fn tables(&self) -> Vec<String> {
+        self.key.tables()
+    }
+    fn parents(&self) -> Vec<ObjectKey> {
+        self.parents.clone()
+    }
+}
+
+/// Adds `objects` to the key and their rows to `rows`: an object, a (nested) list of them,
+/// or `none`.
 fn collect_objects(
     objects: &Value,
     key: &mut QueryKeyBuilder,
-    rows: &mut Vec<ObjectKey>,
+    rows: &mut Vec<FragmentRow>,
     depth: usize,
 ) -> Result<(), Error> {
     if let Some(o) = objects.downcast_object_ref::<CachedObject>() {
         key.part("object", o.key.as_str().as_bytes());
         key.part("content", &o.content);
-        rows.push(o.key.clone());
+        rows.push(FragmentRow {
+            key: o.key.clone(),
+            parents: o.parents.clone(),
+        });
         return Ok(());
     }
     match objects.kind() {

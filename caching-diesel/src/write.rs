@@ -12,7 +12,9 @@
 //! | [`execute_bulk`](CachedConnection::execute_bulk) | none: whole table | all (MySQL bulk writes) |
 //!
 //! Every helper invalidates by the written rows' values (see `docs/src/invalidation.md`):
-//! each row's flush list (the queries that contained it), its foreign-key targets' lists,
+//! each row's flush list (the queries that contained it) and children list (the queries that
+//! hold a row pointing at it), its foreign-key targets' own lists (not their children lists:
+//! the queries of the row's siblings stay),
 //! the predicate lists of its comparable column values (the queries it enters or matched)
 //! and its table's write generation (the queries with no usable condition). Updates whose
 //! old values are unknown (`save_changes`, `update`, `invalidate`, upserts) also walk the
@@ -37,11 +39,12 @@ use crate::key::CacheConnection;
 use crate::model::CachedModel;
 
 /// The invalidation of written rows, given the values they have now (or had, for deleted
-/// rows): each row's flush list, its foreign-key targets' lists, the predicate lists of its
-/// comparable column values (the cached queries the row is in or can enter now), and its
-/// table's write generation. If `M` lacks a comparable column another model of the table
-/// declares, the whole table is invalidated (the predicate lists of that column cannot be
-/// named).
+/// rows): each row's flush list and children list ([`Invalidation::object`]), its
+/// foreign-key targets' own lists ([`Invalidation::parent`]: the queries that hold them, not
+/// those that hold only their other children), the predicate lists of its comparable column
+/// values (the cached queries the row is in or can enter now), and its table's write
+/// generation. If `M` lacks a comparable column another model of the table declares, the
+/// whole table is invalidated (the predicate lists of that column cannot be named).
 ///
 /// ```
 /// use caching_diesel::prelude::*;
@@ -51,6 +54,7 @@ use crate::model::CachedModel;
 /// struct User { id: i32, name: String }
 /// let inv = caching_diesel::rows_invalidation([&User { id: 1, name: "fliggy".into() }]);
 /// assert_eq!(inv.objects().count(), 1);
+/// assert_eq!(inv.parents().count(), 0);
 /// assert_eq!(inv.tables().collect::<Vec<_>>(), ["users"]);
 /// ```
 pub fn rows_invalidation<'a, M: CachedModel + 'a>(
@@ -68,7 +72,7 @@ pub fn rows_invalidation<'a, M: CachedModel + 'a>(
     for row in rows {
         inv.object(row.object_key());
         for parent in row.foreign_keys() {
-            inv.object(parent);
+            inv.parent(parent);
         }
         values.clear();
         row.predicate_values(&mut values);

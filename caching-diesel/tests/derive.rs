@@ -1,6 +1,6 @@
 //! What `#[derive(Cached)]` generates: object keys (composite, custom model name, default table
 //! name), foreign-key targets (nullable, declared under `#[cached]`), the fingerprint, the
-//! `FlushTarget` impl, and a composite-key model cached and invalidated end to end on SQLite.
+//! `FlushTarget` impl (its parents too), and a composite-key model cached and invalidated end to end on SQLite.
 
 use caching_diesel::core::{FlushTarget, KeySpace};
 use caching_diesel::prelude::*;
@@ -223,6 +223,17 @@ fn flush_target() {
         Some(ks.flush_key(&p.object_key()))
     );
     assert_eq!(FlushTarget::tables(&p), ["pairs"]);
+    assert!(FlushTarget::parents(&p).is_empty());
+    // A value tied to a row is also registered on its foreign-key targets' children lists.
+    let post = Post {
+        id: 1,
+        user_id: Some(7),
+        other_id: 8,
+    };
+    assert_eq!(
+        keys(&FlushTarget::parents(&post)),
+        ["o:users:7", "o:users:8"]
+    );
 }
 
 /// A composite-key model cached and invalidated on SQLite in memory.

@@ -1,7 +1,9 @@
 //! Flush lists through the public API of `caching-core`: concurrent registrations are never
 //! lost, expansion terminates on cycles, invalidation removes everything reachable from a row
-//! and nothing else, an overflowing list falls back to the table version, and lists stay
-//! bounded however many registrations one row receives.
+//! and nothing else, a child's write reaches its parent's queries and not its siblings' (whose
+//! number does not change the walk), an overflowing list falls back to the table version (a
+//! children list to its child tables' versions), and lists stay bounded however many
+//! registrations one row receives.
 //!
 //! Registrations go through the real fill path (`Cache::lookup` then `Cache::fill` with
 //! `Registrations`), as the Diesel adapter drives it.
@@ -306,6 +308,306 @@ fn invalidation_removes_everything_reachable_and_nothing_else() {
         invalidate_or_hang(&cache, inv);
         assert!(!is_hit(&cache, &q_a2, &["addons"]), "{name}");
         assert!(!is_hit(&cache, &q_u2, &["users"]), "{name}");
+    }
+}
+
+/// Fills `n` queries, each holding one child of `parent` (registered as a fill registers a
+/// row: its own list, and its parent's children list), and one query holding the parent.
+fn fill_children(
+    cache: &Cache,
+    parent: &ObjectKey,
+    n: usize,
+) -> (Vec<ObjectKey>, Vec<String>, String) {
+    let ks = cache.keys();
+    let children: Vec<ObjectKey> = (0..n)
+        .map(|i| row_of("addons", &format!("{}-{i}", parent.as_str())))
+        .collect();
+    let mut keys = Vec::new();
+    for (i, child) in children.iter().enumerate() {
+        let q = query_key(cache, &format!("child {i} of {parent}"));
+        let mut regs = Registrations::new();
+        regs.row(ks, child, &q);
+        regs.child(ks, child, parent, &q);
+        assert_eq!(
+            fill_query(cache, &q, &["addons"], b"child", &regs),
+            FillOutcome::Stored
+        );
+        keys.push(q);
+    }
+    let q_parent = query_key(cache, &format!("holds {parent}"));
+    let mut regs = Registrations::new();
+    regs.row(ks, parent, &q_parent);
+    assert_eq!(
+        fill_query(cache, &q_parent, &["users"], b"parent", &regs),
+        FillOutcome::Stored
+    );
+    (children, keys, q_parent)
+}
+
+/// Saving one child (the child as an object, its parent as a parent) deletes the queries
+/// that hold the child or the parent, and reads no list of the siblings: the walk is the
+/// same for 3 siblings as for 300. Writing the parent deletes every child's query.
+#[test]
+fn a_childs_write_reaches_its_parent_not_its_siblings() {
+    for (name, cache) in each_cache("a_childs_write_reaches_its_parent_not_its_siblings", |b| b) {
+        let ks = cache.keys();
+        let mut reports = Vec::new();
+        for n in [3, 300] {
+            let parent = row_of("users", &format!("p{n}"));
+            let (children, keys, q_parent) = fill_children(&cache, &parent, n);
+            let children_list = ks.children_key(&parent);
+            let tokens = list_tokens(&cache, &children_list);
+            assert!(tokens.contains(&keys[0]), "{name}: {tokens:?}");
+            assert!(
+                tokens.contains(&format!("#{}", ks.version_key("addons"))),
+                "{name}: the children list carries its child table's tag: {tokens:?}"
+            );
+            assert!(
+                list_tokens(&cache, &ks.flush_key(&parent))
+                    == [q_parent.clone(), ks.key_flush_key(&q_parent)],
+                "{name}: the parent's own list holds only the query that holds the parent"
+            );
+
+            let mut inv = Invalidation::new();
+            inv.object(children[0].clone()).parent(parent.clone());
+            let report = invalidate_or_hang(&cache, inv);
+            assert!(
+                !is_hit(&cache, &keys[0], &["addons"]),
+                "{name}: the saved child's query"
+            );
+            assert!(
+                !is_hit(&cache, &q_parent, &["users"]),
+                "{name}: the parent's query (scenario 15)"
+            );
+            let kept = keys[1..]
+                .iter()
+                .filter(|q| is_hit(&cache, q, &["addons"]))
+                .count();
+            assert_eq!(kept, n - 1, "{name}: every sibling's query stays cached");
+            assert_eq!(report.deleted, 2, "{name}: {report:?}");
+            reports.push(report);
+
+            let mut inv = Invalidation::new();
+            inv.object(parent.clone());
+            let report = invalidate_or_hang(&cache, inv);
+            // Every key on the children list (the saved child's query, already gone, too).
+            assert_eq!(report.deleted, n, "{name}: {report:?}");
+            let left = keys
+                .iter()
+                .filter(|q| is_hit(&cache, q, &["addons"]))
+                .count();
+            assert_eq!(
+                left, 0,
+                "{name}: writing the parent deletes every child's query"
+            );
+            assert!(
+                list_tokens(&cache, &children_list).is_empty(),
+                "{name}: cleared"
+            );
+        }
+        assert_eq!(
+            (reports[0].lists_read, reports[0].levels),
+            (reports[1].lists_read, reports[1].levels),
+            "{name}: a child's write reads as many lists with 300 siblings as with 3: {reports:?}"
+        );
+    }
+}
+
+/// The older scheme stays reachable: a parent named with `object` walks its children list,
+/// and links made with `Registrations::link` are still followed from the parent's own list
+/// (by `object` and by `parent`).
+#[test]
+fn naming_the_parent_as_an_object_and_old_links_reach_every_sibling() {
+    for (name, cache) in each_cache("naming_the_parent_as_an_object_and_old_links", |b| b) {
+        let ks = cache.keys();
+        let parent = row_of("users", "1");
+        let (children, keys, _) = fill_children(&cache, &parent, 3);
+        let mut inv = Invalidation::new();
+        inv.object(children[0].clone()).object(parent.clone());
+        invalidate_or_hang(&cache, inv);
+        assert!(
+            keys.iter().all(|q| !is_hit(&cache, q, &["addons"])),
+            "{name}: object(parent) walks the children list"
+        );
+
+        let linked = row_of("addons", "linked");
+        let q = query_key(&cache, "linked");
+        let mut regs = Registrations::new();
+        regs.row(ks, &linked, &q);
+        regs.link(ks, &linked, &parent);
+        assert_eq!(
+            fill_query(&cache, &q, &["addons"], b"l", &regs),
+            FillOutcome::Stored
+        );
+        let mut inv = Invalidation::new();
+        inv.parent(parent.clone());
+        invalidate_or_hang(&cache, inv);
+        assert!(
+            !is_hit(&cache, &q, &["addons"]),
+            "{name}: a link is still followed"
+        );
+    }
+}
+
+/// Rows whose foreign keys point at each other (scenario 22) with children lists: the walk
+/// terminates and reaches what it should.
+#[test]
+fn children_lists_of_a_cycle() {
+    for (name, cache) in each_cache("children_lists_of_a_cycle", |b| b) {
+        let ks = cache.keys();
+        let (a, b, c) = (
+            row_of("nodes", "a"),
+            row_of("nodes", "b"),
+            row_of("nodes", "c"),
+        );
+        let (qa, qb, qc) = (
+            query_key(&cache, "a"),
+            query_key(&cache, "b"),
+            query_key(&cache, "c"),
+        );
+        // a points at b, b at a, c at itself.
+        for (row, parent, q) in [(&a, &b, &qa), (&b, &a, &qb), (&c, &c, &qc)] {
+            let mut regs = Registrations::new();
+            regs.row(ks, row, q);
+            regs.child(ks, row, parent, q);
+            assert_eq!(
+                fill_query(&cache, q, &["nodes"], b"n", &regs),
+                FillOutcome::Stored
+            );
+        }
+        assert!(
+            list_tokens(&cache, &ks.children_key(&c)).is_empty(),
+            "{name}: a self-reference registers nothing on the children list"
+        );
+        let mut inv = Invalidation::new();
+        inv.object(a.clone()).parent(b.clone());
+        let report = invalidate_or_hang(&cache, inv);
+        assert_eq!(report.uncleared, 0, "{name}: {report:?}");
+        assert!(!is_hit(&cache, &qa, &["nodes"]), "{name}");
+        assert!(
+            !is_hit(&cache, &qb, &["nodes"]),
+            "{name}: b is a's parent and a's child"
+        );
+        assert!(is_hit(&cache, &qc, &["nodes"]), "{name}");
+        let mut inv = Invalidation::new();
+        inv.object(c.clone()).parent(c.clone());
+        invalidate_or_hang(&cache, inv);
+        assert!(!is_hit(&cache, &qc, &["nodes"]), "{name}: a self-reference");
+    }
+}
+
+/// A children list that overflows falls back to the versions of its child tables (the
+/// tables its queries read, from its tags), not to its parent's table.
+#[test]
+fn an_overflowing_children_list_falls_back_to_its_child_tables() {
+    let backend = LocMem::with_limits(LocMemLimits {
+        max_item_size: 1024,
+        ..LocMemLimits::default()
+    });
+    let cache = Cache::builder()
+        .backend(backend)
+        .prefix("ovfc")
+        .build()
+        .unwrap();
+    let ks = cache.keys();
+    let parent = row_of("users", "1");
+    let list = ks.children_key(&parent);
+    let q_user = query_key(&cache, "user");
+    let mut regs = Registrations::new();
+    regs.row(ks, &parent, &q_user);
+    assert_eq!(
+        fill_query(&cache, &q_user, &["users"], b"u", &regs),
+        FillOutcome::Stored
+    );
+    let mut keys = Vec::new();
+    for i in 0..40 {
+        // Children of two tables.
+        let (table, child) = if i % 2 == 0 {
+            ("addons", row_of("addons", &i.to_string()))
+        } else {
+            ("comments", row_of("comments", &i.to_string()))
+        };
+        let q = query_key(&cache, &format!("child {i}"));
+        let mut regs = Registrations::new();
+        regs.row(ks, &child, &q);
+        regs.child(ks, &child, &parent, &q);
+        assert_eq!(
+            fill_query(&cache, &q, &[table], b"c", &regs),
+            FillOutcome::Stored
+        );
+        let len = cache.backend().get(&list).unwrap().unwrap().value.len();
+        assert!(len <= 1024, "list of {len} bytes over the item size");
+        keys.push((table, q));
+    }
+    assert!(cache.stats().overflows > 0, "{:?}", cache.stats());
+    let tokens = list_tokens(&cache, &list);
+    for table in ["addons", "comments"] {
+        let marker = format!("!{}", ks.version_key(table));
+        assert!(tokens.contains(&marker), "no {marker} in {tokens:?}");
+    }
+    assert!(
+        !tokens.contains(&format!("!{}", ks.version_key("users"))),
+        "the parent's table needs no marker: {tokens:?}"
+    );
+    let report = cache
+        .invalidate(Invalidation::new().object(parent.clone()))
+        .unwrap();
+    let mut bumped = report.overflow_versions.clone();
+    bumped.sort();
+    assert_eq!(
+        bumped,
+        vec![ks.version_key("addons"), ks.version_key("comments")],
+        "{report:?}"
+    );
+    for (table, q) in &keys {
+        assert!(
+            !is_hit(&cache, q, &[table]),
+            "a child's query survived the overflow"
+        );
+    }
+    assert!(
+        !is_hit(&cache, &q_user, &["users"]),
+        "the parent's own query"
+    );
+}
+
+/// A children list that does not parse is treated as overflowed: its tags may be gone, so it
+/// falls back to the namespace version.
+#[test]
+fn a_corrupted_children_list_falls_back_to_the_namespace() {
+    for (name, cache) in each_cache("a_corrupted_children_list", |b| b) {
+        let ks = cache.keys();
+        let parent = row_of("users", "1");
+        let (_, keys, _) = fill_children(&cache, &parent, 2);
+        let list = ks.children_key(&parent);
+        let out = cache
+            .backend()
+            .append_multi(&[(list.as_str(), b" \xff".as_slice())])
+            .unwrap();
+        assert_eq!(out, vec![caching_core::AppendOutcome::Appended], "{name}");
+        let unrelated = query_key(&cache, "unrelated");
+        let mut regs = Registrations::new();
+        regs.row(ks, &row_of("posts", "1"), &unrelated);
+        assert_eq!(
+            fill_query(&cache, &unrelated, &["posts"], b"p", &regs),
+            FillOutcome::Stored
+        );
+        let report = cache
+            .invalidate(Invalidation::new().object(parent.clone()))
+            .unwrap();
+        assert_eq!(report.repaired, 1, "{name}: {report:?}");
+        assert!(
+            report.overflow_versions.contains(&ks.namespace_key()),
+            "{name}: {report:?}"
+        );
+        assert!(
+            keys.iter().all(|q| !is_hit(&cache, q, &["addons"])),
+            "{name}"
+        );
+        assert!(
+            !is_hit(&cache, &unrelated, &["posts"]),
+            "{name}: the namespace moved"
+        );
     }
 }
 

@@ -6,10 +6,13 @@
 //!   result registered on that list miss.
 //! - A write generation (`gen:{table}`) that is not a number: reads keep working, and a write
 //!   made while the counter is broken must not be lost once the counter is repaired or evicted.
-//! - In eviction-safe mode, the flush list of a *parent* row (the user whose add-ons a query
-//!   lists; the add-ons' lists are linked into it) that was evicted, or that overflowed and
-//!   was compacted to an overflow marker: creating an add-on for that user, or moving one to
-//!   that user, must make the list of that user's add-ons miss.
+//! - The lists through which a created or moved child reaches the cached list of its new
+//!   parent's children: in eviction-safe mode, the parent's *children list* (the user whose
+//!   add-ons a query lists; the query is registered on it) or the predicate list of the
+//!   query's condition (`author1_id = 1`), evicted; and the children list overflowed and
+//!   compacted to overflow markers (in both modes): creating an add-on for that user, or moving
+//!   one to that user, must make the list of that user's add-ons miss. An overflowed children
+//!   list must still reach the queries that were on it when the parent is written.
 //!
 //! Damage is made directly in the backend (`append`, `set`, `delete`), which is what a
 //! corrupting client, a foreign writer or memcached's LRU does. Every case runs on every
@@ -21,7 +24,7 @@ macro_rules! suite {
     ($conn:ty, $kind:expr) => {
         use caching_diesel::core::{AppendOutcome, Expiry};
         use caching_diesel::prelude::*;
-        use caching_diesel::{CacheBuilder, ObjectKey};
+        use caching_diesel::{CacheBuilder, ObjectKey, PredicateValue};
         use caching_tests::db::schema::{addons, users};
         use caching_tests::db::{Addon, BackendKind, Env, User, Writes};
 
@@ -91,11 +94,27 @@ macro_rules! suite {
             assert_eq!(outcome, vec![AppendOutcome::Appended], "append to {list}");
         }
 
-        /// Deletes a parent's flush list, as memcached's LRU does when it evicts it.
+        /// The children list of a row: the queries holding a row that points at it.
+        fn children_list(e: &Env<Db>, table: &str, pk: i32) -> String {
+            e.cache
+                .keys()
+                .children_key(&ObjectKey::new(table, &[pk.to_string()]))
+        }
+
+        /// The predicate list of `addons.author1_id = user`.
+        fn author_list(e: &Env<Db>, user: i32) -> String {
+            e.cache.keys().predicate_key(
+                "addons",
+                "author1_id",
+                &PredicateValue::from_int(user.into()),
+            )
+        }
+
+        /// Deletes a list, as memcached's LRU does when it evicts it.
         fn evict(e: &Env<Db>, list: &str) {
             assert!(
                 e.cache.backend().get(list).unwrap().is_some(),
-                "the fill linked its rows into {list}"
+                "the fill registered on {list}"
             );
             e.cache.backend().delete(list).unwrap();
         }
@@ -234,7 +253,7 @@ macro_rules! suite {
             );
         }
 
-        // ---- 5. a parent's flush list evicted or overflowed (eviction-safe mode) --------
+        // ---- 5. a parent's lists evicted or overflowed ------------------------------------
 
         fn new_addon(id: i32, author1_id: i32, author2_id: i32) -> Addon {
             Addon {
@@ -253,32 +272,41 @@ macro_rules! suite {
             assert_eq!(e.queries(), 0, "cached");
         }
 
-        /// Eviction-safe mode, user 1's list evicted, then an add-on created for user 1. Its
-        /// second author is user 1 too, so no other list links to the cached result: only
-        /// user 1's list did.
-        #[test]
-        fn eviction_safe_creating_a_child_of_a_parent_whose_list_was_evicted() {
-            let Some(mut e) = eviction_safe_env("evict_parent_create") else {
+        /// Eviction-safe mode, `list` (of user 1) evicted, then an add-on created for user 1.
+        /// Its second author is user 1 too, so no list of another user holds the cached
+        /// result.
+        fn evicted_then_created(test: &str, list: fn(&Env<Db>) -> String) {
+            let Some(mut e) = eviction_safe_env(test) else {
                 return;
             };
             cache_addons_of_user_1(&mut e);
-            evict(&e, &flush_list(&e, "users", 1));
+            let list = list(&e);
+            evict(&e, &list);
             <Db as Writes>::create_addon(&mut e.conn, &new_addon(3, 1, 1)).unwrap();
             e.queries();
             assert_eq!(
                 addons_of(&mut e, 1),
                 [1, 2, 3],
                 "the list of user 1's add-ons is stale after an add-on was created for user 1 \
-                 (user 1's flush list had been evicted)"
+                 ({list} had been evicted)"
             );
             assert!(e.queries() > 0);
         }
 
-        /// Eviction-safe mode, user 1's list evicted, then add-on 3 (user 3's) moved to
-        /// user 1 by a `save_changes` of its author.
         #[test]
-        fn eviction_safe_moving_a_child_to_a_parent_whose_list_was_evicted() {
-            let Some(mut e) = eviction_safe_env("evict_parent_move") else {
+        fn eviction_safe_creating_a_child_of_a_parent_whose_list_was_evicted() {
+            evicted_then_created("evict_parent_create", |e| children_list(e, "users", 1));
+        }
+
+        #[test]
+        fn eviction_safe_creating_a_child_after_the_predicate_list_was_evicted() {
+            evicted_then_created("evict_pred_create", |e| author_list(e, 1));
+        }
+
+        /// Eviction-safe mode, `list` (of user 1) evicted, then add-on 3 (user 3's) moved to
+        /// user 1 by a `save_changes` of its author.
+        fn evicted_then_moved(test: &str, list: fn(&Env<Db>) -> String) {
+            let Some(mut e) = eviction_safe_env(test) else {
                 return;
             };
             <Db as Writes>::create_user(
@@ -292,7 +320,8 @@ macro_rules! suite {
             <Db as Writes>::create_addon(&mut e.conn, &new_addon(3, 3, 3)).unwrap();
             cache_addons_of_user_1(&mut e);
             assert_eq!(addons_of(&mut e, 3), [3]);
-            evict(&e, &flush_list(&e, "users", 1));
+            let list = list(&e);
+            evict(&e, &list);
             let moved: Addon = e.conn.save_changes(&new_addon(3, 1, 3)).unwrap();
             assert_eq!(moved.author1_id, 1);
             e.queries();
@@ -300,16 +329,26 @@ macro_rules! suite {
                 addons_of(&mut e, 1),
                 [1, 2, 3],
                 "the list of user 1's add-ons is stale after add-on 3 moved to user 1 \
-                 (user 1's flush list had been evicted)"
+                 ({list} had been evicted)"
             );
             assert!(e.queries() > 0);
             assert_eq!(addons_of(&mut e, 3), Vec::<i32>::new(), "user 3's list");
         }
 
+        #[test]
+        fn eviction_safe_moving_a_child_to_a_parent_whose_list_was_evicted() {
+            evicted_then_moved("evict_parent_move", |e| children_list(e, "users", 1));
+        }
+
+        #[test]
+        fn eviction_safe_moving_a_child_after_the_predicate_list_was_evicted() {
+            evicted_then_moved("evict_pred_move", |e| author_list(e, 1));
+        }
+
         /// Makes `list` overflow the way a busy row's list does: distinct tokens to more than
         /// half an item (so compaction cannot save it), filler to the brim, then a real fill
-        /// whose registration on the list does not fit: the engine compacts the list to an
-        /// overflow marker, dropping the links it held.
+        /// whose registration on the list does not fit: the engine compacts the list to
+        /// overflow markers, dropping the registrations it held.
         fn overflow(e: &mut Env<Db>, list: &str) {
             let backend = e.cache.backend();
             let limit = backend.max_item_size();
@@ -336,7 +375,7 @@ macro_rules! suite {
                 }
             }
             let before = e.cache.stats().overflows;
-            // Another query over user 1's add-ons: its rows link into user 1's list again.
+            // Another query over user 1's add-ons: it registers on user 1's children list.
             let rows: Vec<Addon> = addons::table
                 .filter(addons::author1_id.eq(1))
                 .filter(addons::val.eq(42))
@@ -359,8 +398,14 @@ macro_rules! suite {
                 return;
             };
             cache_addons_of_user_1(&mut e);
-            let list = flush_list(&e, "users", 1);
+            let list = children_list(&e, "users", 1);
             overflow(&mut e, &list);
+            let marker = format!("!{}", e.cache.keys().version_key("addons"));
+            let tokens = caching_tests::list_tokens(&e.cache, &list);
+            assert!(
+                tokens.contains(&marker),
+                "the overflowed children list names its child table: {tokens:?}"
+            );
             e.queries();
             assert_eq!(addons_of(&mut e, 1), [1, 2]);
             assert_eq!(e.queries(), 0, "the overflow itself invalidates nothing");
@@ -370,13 +415,54 @@ macro_rules! suite {
                 addons_of(&mut e, 1),
                 [1, 2, 3],
                 "the list of user 1's add-ons is stale after an add-on was created for user 1 \
-                 (user 1's flush list had overflowed; eviction-safe: {safe})"
+                 (user 1's children list had overflowed; eviction-safe: {safe})"
             );
             assert!(e.queries() > 0);
         }
 
-        /// Eviction-safe mode, user 1's list overflowed (compacted to an overflow marker),
-        /// then an add-on created for user 1.
+        /// User 1's children list overflowed, dropping the registration of the cached list of
+        /// its add-ons: renaming user 1 still reaches it (scenario 16), through the marker.
+        fn overflowed_parent_renamed(test: &str, safe: bool) {
+            let Some(mut e) = env_with(test, |b| b.eviction_safe(safe)) else {
+                return;
+            };
+            cache_addons_of_user_1(&mut e);
+            let list = children_list(&e, "users", 1);
+            let key = addons::table
+                .filter(addons::author1_id.eq(1))
+                .order(addons::id)
+                .cached()
+                .key::<Addon, _>(&mut e.conn)
+                .unwrap();
+            overflow(&mut e, &list);
+            assert!(
+                !caching_tests::list_tokens(&e.cache, &list).contains(&key),
+                "the compaction dropped the registration"
+            );
+            e.queries();
+            assert_eq!(addons_of(&mut e, 1), [1, 2]);
+            assert_eq!(e.queries(), 0, "cached");
+            rename(&mut e, "renamed");
+            assert_eq!(addons_of(&mut e, 1), [1, 2]);
+            assert!(
+                e.queries() > 0,
+                "renaming user 1 reaches the queries of its overflowed children list \
+                 (eviction-safe: {safe})"
+            );
+        }
+
+        #[test]
+        fn renaming_a_parent_whose_children_list_overflowed() {
+            overflowed_parent_renamed("overflow_parent_rename", false);
+        }
+
+        #[test]
+        fn eviction_safe_renaming_a_parent_whose_children_list_overflowed() {
+            overflowed_parent_renamed("overflow_parent_rename_safe", true);
+        }
+
+        /// Eviction-safe mode, user 1's children list overflowed (compacted to overflow
+        /// markers), then an add-on created for user 1.
         #[test]
         fn eviction_safe_creating_a_child_of_a_parent_whose_list_overflowed() {
             overflowed_parent_case("overflow_parent_safe", true);

@@ -544,8 +544,148 @@ macro_rules! suite {
                 .unwrap();
             assert!(
                 e.queries() > 0,
-                "addons whose author changed are invalidated too (flush-list links)"
+                "addons whose author changed are invalidated too (the author's children list)"
             );
+        }
+
+        /// Issue 10, part 3: a write to one child of a parent with N cached sibling queries
+        /// leaves the siblings' queries cached (a re-read runs no statement), and the queries
+        /// that hold the saved child or the parent miss (scenarios 14, 15); a created child
+        /// and a deleted one likewise. Renaming the parent still invalidates every sibling's
+        /// query (scenario 16).
+        #[test]
+        fn a_childs_write_leaves_its_siblings_queries_cached() {
+            const N: i32 = 12;
+            let Some(mut e) = env("fanout") else { return };
+            let ids: Vec<i32> = (10..10 + N).collect();
+            for &id in &ids {
+                <Db as Writes>::create_addon(
+                    &mut e.conn,
+                    &Addon {
+                        id,
+                        val: id,
+                        author1_id: 1,
+                        author2_id: 1,
+                    },
+                )
+                .unwrap();
+            }
+            let find_user = |e: &mut Env<Db>| -> User {
+                users::table.find(1).cached().first(&mut e.conn).unwrap()
+            };
+            // Every query cached: one per child, the parent by id, the parent's list.
+            let cache_all = |e: &mut Env<Db>| {
+                for &id in &ids {
+                    find_addon(e, id);
+                }
+                find_user(e);
+                addons_of(e, 1);
+                e.queries();
+                for &id in &ids {
+                    find_addon(e, id);
+                }
+                find_user(e);
+                addons_of(e, 1);
+                assert_eq!(e.queries(), 0, "every query cached");
+            };
+            // Re-reads each child's query; returns the statements each one ran.
+            let reread = |e: &mut Env<Db>, which: &[i32]| -> Vec<usize> {
+                which
+                    .iter()
+                    .map(|&id| {
+                        assert_eq!(find_addon(e, id).id, id);
+                        e.queries()
+                    })
+                    .collect()
+            };
+            let siblings_of = |saved: i32| -> Vec<i32> {
+                ids.iter().copied().filter(|&id| id != saved).collect()
+            };
+
+            // Saving child 10.
+            cache_all(&mut e);
+            let mut saved = find_addon(&mut e, 10);
+            saved.val = 1000;
+            let _: Addon = e.conn.save_changes(&saved).unwrap();
+            e.queries();
+            assert_eq!(
+                reread(&mut e, &siblings_of(10)),
+                vec![0; N as usize - 1],
+                "a sibling's query ran statements after child 10 was saved"
+            );
+            assert_eq!(find_addon(&mut e, 10).val, 1000);
+            assert!(e.queries() > 0, "the saved child's query misses");
+            find_user(&mut e);
+            assert!(e.queries() > 0, "the parent's query misses (scenario 15)");
+            assert_eq!(addons_of(&mut e, 1)[2].val, 1000);
+            assert!(e.queries() > 0, "the list holding the saved child misses");
+
+            // Creating a child of user 1: its list misses (scenario 17), the siblings'
+            // queries stay.
+            cache_all(&mut e);
+            <Db as Writes>::create_addon(
+                &mut e.conn,
+                &Addon {
+                    id: 100,
+                    val: 5,
+                    author1_id: 1,
+                    author2_id: 1,
+                },
+            )
+            .unwrap();
+            e.queries();
+            assert_eq!(
+                reread(&mut e, &ids),
+                vec![0; N as usize],
+                "a sibling's query ran statements after a child was created"
+            );
+            assert_eq!(addons_of(&mut e, 1).len(), 3 + N as usize);
+            assert!(e.queries() > 0, "the parent's list of children misses");
+            find_user(&mut e);
+            assert!(e.queries() > 0, "the parent's query misses (scenario 15)");
+
+            // Deleting child 11.
+            cache_all(&mut e);
+            let gone = find_addon(&mut e, 11);
+            e.conn
+                .execute_for(
+                    std::slice::from_ref(&gone),
+                    diesel::delete(addons::table.find(11)),
+                )
+                .unwrap();
+            e.queries();
+            let kept: Vec<i32> = siblings_of(11);
+            assert_eq!(
+                reread(&mut e, &kept),
+                vec![0; N as usize - 1],
+                "a sibling's query ran statements after child 11 was deleted"
+            );
+            assert!(addons_of(&mut e, 1).iter().all(|a| a.id != 11));
+            assert!(
+                e.queries() > 0,
+                "the list that held the deleted child misses"
+            );
+
+            // Renaming the parent: every child's query misses (scenario 16).
+            for &id in &kept {
+                find_addon(&mut e, id);
+            }
+            find_user(&mut e);
+            e.queries();
+            let _: User = e
+                .conn
+                .save_changes(&User {
+                    id: 1,
+                    name: "renamed".into(),
+                })
+                .unwrap();
+            e.queries();
+            let ran = reread(&mut e, &kept);
+            assert!(
+                ran.iter().all(|&n| n > 0),
+                "every child's query misses after its parent was renamed: {ran:?}"
+            );
+            assert_eq!(find_user(&mut e).name, "renamed");
         }
 
         #[test]

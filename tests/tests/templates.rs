@@ -193,6 +193,47 @@ macro_rules! suite {
             assert_eq!(pages.renders(), 1, "a child's write re-renders the parent's fragment");
         }
 
+        /// A fragment around an add-on (not read through a cached query) is re-rendered
+        /// after a write to its author, as the cached queries holding the add-on are, and
+        /// not after a write to another add-on of the same author.
+        #[test]
+        fn a_fragment_follows_its_objects_parents_not_their_other_children() {
+            let Some(mut e) = env("t_parents") else { return };
+            let pages = Pages::new(
+                &e.cache,
+                &[(
+                    "addon.html",
+                    r#"{% call cache(addon, "card") %}{{ tick() }}{{ addon.id }}:{{ addon.val }}{% endcall %}"#,
+                )],
+            );
+            let addon: Addon = addons::table.find(1).first(&mut *e.conn).unwrap();
+            let card = || context! { addon => template::object(&addon) };
+            assert_eq!(pages.render("addon.html", card()), "1:42");
+            assert_eq!(pages.render("addon.html", card()), "1:42");
+            assert_eq!(pages.renders(), 1);
+
+            // Add-on 2 (same authors) saved: add-on 1's fragment stays.
+            let _: Addon = e
+                .conn
+                .save_changes(&Addon {
+                    id: 2,
+                    val: 5,
+                    author1_id: 1,
+                    author2_id: 2,
+                })
+                .unwrap();
+            assert_eq!(pages.render("addon.html", card()), "1:42");
+            assert_eq!(pages.renders(), 0, "a sibling's save leaves it cached");
+
+            // Its author renamed: re-rendered.
+            rename(&mut e, 1, "renamed");
+            assert_eq!(pages.render("addon.html", card()), "1:42");
+            assert_eq!(pages.renders(), 1, "its author's write re-renders it");
+            rename(&mut e, 2, "renamed too");
+            assert_eq!(pages.render("addon.html", card()), "1:42");
+            assert_eq!(pages.renders(), 1, "so does its second author's");
+        }
+
         #[test]
         fn scenario_32_two_fragments_of_one_object_are_cached_separately() {
             let Some(mut e) = env("t32") else { return };

@@ -368,7 +368,7 @@ macro_rules! fetch_by_id_db {
     }};
 }
 
-/// Building the registrations of a fill whose rows all link to one parent: per row, for
+/// Building the registrations of a fill whose rows all point at one parent: per row, for
 /// growing results. Flat per-row figures mean linear cost.
 fn registrations_cost(report: &mut Report) {
     use caching_diesel::__private::{KeySpace, Registrations};
@@ -386,7 +386,7 @@ fn registrations_cost(report: &mut Report) {
                 let mut regs = Registrations::new();
                 for r in &rows {
                     regs.row(&ks, r, "bench:q:0123456789abcdef");
-                    regs.link(&ks, r, &parent);
+                    regs.child(&ks, r, &parent, "bench:q:0123456789abcdef");
                 }
                 regs
             })

@@ -6,8 +6,9 @@
 //! 2. **misses**: a miss and its fill after a write invalidated the list (the write is not
 //!    timed), next to the uncached read of the same list.
 //! 3. **writes** (SQLite in memory, one cache per server): a save of a row held by K cached
-//!    queries, of a row whose parent has N children with cached queries, of a row in one
-//!    cached query; time and backend round trips.
+//!    queries, of a row whose parent has N children with cached queries (which must leave
+//!    the N-1 siblings' queries cached), of a row in one cached query; time and backend
+//!    round trips.
 //! 4. **size sweep**: hit, floor and uncached read for results of 1 to 1000 rows.
 //! 5. **threads**: locmem hit throughput with one and two threads.
 
@@ -17,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use caching_diesel::prelude::*;
 use caching_diesel::{Cache, CacheSet, CachedConnection, ReadOutcome};
-use caching_tests::db::schema::addons;
-use caching_tests::db::Addon;
+use caching_tests::db::schema::{addons, users};
+use caching_tests::db::{Addon, User};
 use diesel::connection::SimpleConnection;
 
 use crate::fixture::{by_author, by_pk, of_author, on_db, BenchCache, Db, Server};
@@ -543,13 +544,21 @@ fn misses(report: &mut Report, plan: &Plan, dbs: &[(&'static str, Shared)], cach
     run_interleaved(report, vs);
 }
 
-/// The write phase's fixture: rows held by K queries, parents of N children, a row in one
-/// query. Each row's parents are its own (no other row links to them) unless said.
+/// The write phase's fixture: rows held by K queries, parents of N children (users, each in
+/// a cached query of its own), a row in one query. Each row's parents are its own (no other
+/// row points at them) unless said.
 fn write_fixture(conn: &mut impl SimpleConnection) -> Result<(), String> {
     conn.batch_execute(
-        "CREATE TABLE addons (id INTEGER PRIMARY KEY, val INTEGER NOT NULL, author1_id INTEGER NOT NULL, author2_id INTEGER NOT NULL)",
+        "CREATE TABLE addons (id INTEGER PRIMARY KEY, val INTEGER NOT NULL, author1_id INTEGER NOT NULL, author2_id INTEGER NOT NULL);
+         CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL)",
     )
     .map_err(err)?;
+    let parents: Vec<String> = FANOUTS
+        .iter()
+        .map(|&n| format!("({}, 'parent of {n}')", parent(n)))
+        .collect();
+    conn.batch_execute(&format!("INSERT INTO users VALUES {}", parents.join(",")))
+        .map_err(err)?;
     let mut values = Vec::new();
     for k in KS {
         values.push(format!(
@@ -563,7 +572,7 @@ fn write_fixture(conn: &mut impl SimpleConnection) -> Result<(), String> {
     for n in FANOUTS {
         for j in 0..n {
             let id = child(n, j);
-            values.push(format!("({id}, 0, {}, {})", 300_000 + n, id + 1_000_000));
+            values.push(format!("({id}, 0, {}, {})", parent(n), id + 1_000_000));
         }
     }
     for chunk in values.chunks(500) {
@@ -581,15 +590,28 @@ fn k_row(k: usize) -> i32 {
 /// The row held by one cached query.
 const ONE_ROW: i32 = 1_500_000;
 
-/// Child `j` of the parent with `n` children (`author1_id = 300000 + n`).
+/// Child `j` of the parent with `n` children (`author1_id = parent(n)`).
 fn child(n: usize, j: usize) -> i32 {
     2_000_000 + (n * 10 + j) as i32
 }
 
+/// The user with `n` children.
+fn parent(n: usize) -> i32 {
+    300_000 + n as i32
+}
+
 type Conn = Rc<RefCell<CachedConnection<diesel::SqliteConnection>>>;
 
-/// Saves row `id` (its value bumped), timed with the round trips of `bc`.
-fn timed_save(conn: &Conn, bc: &BenchCache, id: i32, refilled: u64) -> Result<Sample, String> {
+/// Saves row `id` (its value bumped), timed with the round trips of `bc`; `refilled` is what
+/// the refill before it found invalidated by the previous save, `expected` whether that was
+/// what the save had to invalidate.
+fn timed_save(
+    conn: &Conn,
+    bc: &BenchCache,
+    id: i32,
+    refilled: u64,
+    expected: bool,
+) -> Result<Sample, String> {
     let mut c = conn.borrow_mut();
     let mut row: Addon = by_pk!(id).first(c.inner()).map_err(err)?;
     row.val += 1;
@@ -601,7 +623,7 @@ fn timed_save(conn: &Conn, bc: &BenchCache, id: i32, refilled: u64) -> Result<Sa
         time: t,
         trips: Some(trips),
         extra: Some(refilled),
-        expected: true,
+        expected,
     })
 }
 
@@ -657,7 +679,7 @@ fn writes(report: &mut Report, plan: &Plan, servers: &[Server]) {
                     Naming::Cost,
                     if k >= 1000 { n_big } else { n },
                     1,
-                    move |_| {
+                    move |i| {
                         let mut refilled = 0;
                         {
                             let mut conn = c.borrow_mut();
@@ -671,7 +693,8 @@ fn writes(report: &mut Report, plan: &Plan, servers: &[Server]) {
                                 )?;
                             }
                         }
-                        timed_save(&c, &b, row, refilled)
+                        // After the warm-up, the previous save invalidated all K.
+                        timed_save(&c, &b, row, refilled, i == 0 || refilled == k as u64)
                     },
                 )
                 .extra_label("invalidated"),
@@ -685,20 +708,36 @@ fn writes(report: &mut Report, plan: &Plan, servers: &[Server]) {
                     Naming::Cost,
                     if fan >= 1000 { n_big } else { n },
                     1,
-                    move |_| {
-                        let mut refilled = 0;
+                    move |i| {
+                        // The saved child's query, its parent's, its siblings'.
+                        let (mut own, mut of_parent, mut siblings) = (0, 0, 0);
                         {
                             let mut conn = c.borrow_mut();
                             for j in 0..fan {
-                                refilled += missed(
+                                let m = missed(
                                     by_pk!(child(fan, j))
                                         .limit(1)
                                         .cached()
                                         .load_with_outcome::<Addon>(&mut *conn),
                                 )?;
+                                if j == 0 {
+                                    own += m;
+                                } else {
+                                    siblings += m;
+                                }
                             }
+                            let (_, outcome) = users::table
+                                .find(parent(fan))
+                                .limit(1)
+                                .cached()
+                                .load_with_outcome::<User>(&mut *conn)
+                                .map_err(err)?;
+                            of_parent += u64::from(outcome == ReadOutcome::Miss);
                         }
-                        timed_save(&c, &b, child(fan, 0), refilled)
+                        // After the warm-up, the previous save of child 0 invalidated its own
+                        // query and its parent's (scenario 15), and none of its siblings'.
+                        let expected = i == 0 || (own, of_parent, siblings) == (1, 1, 0);
+                        timed_save(&c, &b, child(fan, 0), own + of_parent + siblings, expected)
                     },
                 )
                 .extra_label("invalidated"),
@@ -721,7 +760,7 @@ fn writes(report: &mut Report, plan: &Plan, servers: &[Server]) {
                                 .load_with_outcome::<Addon>(&mut *conn),
                         )?
                     };
-                    timed_save(&c, &b, ONE_ROW, refilled)
+                    timed_save(&c, &b, ONE_ROW, refilled, refilled == 1)
                 },
             )
             .extra_label("invalidated"),
