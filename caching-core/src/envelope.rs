@@ -13,11 +13,20 @@ pub(crate) const PENDING_MAGIC: &[u8; 2] = b"P1";
 /// that died (or failed to delete it) blocks the key only briefly.
 pub(crate) const PENDING_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// A pending marker unique to one fill, so a filler never publishes over another's marker.
+/// A pending marker unique to one fill, so a filler never publishes over another's marker:
+/// a random value drawn once per process, the process id (a forked child inherits the random
+/// value, not the id), and a counter. Every lookup that may take a lease makes one, so it is
+/// cheap: no hashing, one `getpid`.
 pub(crate) fn pending_marker() -> Vec<u8> {
-    let mut out = PENDING_MAGIC.to_vec();
-    out.extend_from_slice(&clock::random_start().to_le_bytes());
-    out.extend_from_slice(&clock::random_start().to_le_bytes());
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(clock::random_start);
+    let mut out = Vec::with_capacity(22);
+    out.extend_from_slice(PENDING_MAGIC);
+    out.extend_from_slice(&seed.to_le_bytes());
+    out.extend_from_slice(&std::process::id().to_le_bytes());
+    out.extend_from_slice(&SEQ.fetch_add(1, Ordering::Relaxed).to_le_bytes());
     out
 }
 
@@ -92,6 +101,15 @@ pub(crate) fn open_envelope(bytes: &[u8]) -> Option<Opened<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pending_markers_are_distinct_and_recognisable() {
+        let markers: std::collections::HashSet<Vec<u8>> =
+            (0..1000).map(|_| pending_marker()).collect();
+        assert_eq!(markers.len(), 1000);
+        assert!(markers.iter().all(|m| m.starts_with(PENDING_MAGIC)));
+        assert!(open_envelope(&pending_marker()).is_none());
+    }
 
     #[test]
     fn envelope_round_trips_and_rejects_garbage() {

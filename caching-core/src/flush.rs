@@ -58,6 +58,11 @@ const MAX_REGISTER_ROUNDS: usize = 4;
 pub struct Registrations {
     /// flush key -> the version key of the list's table and the tokens to append
     lists: BTreeMap<String, ListRegs>,
+    /// The last key registered and its own flush list (a fill registers one key on every
+    /// row's lists: its strings are built once, not per row).
+    last_key: Option<(String, String)>,
+    /// Per table: its version key and the tag children lists carry for it.
+    tables: HashMap<String, (String, String)>,
 }
 
 /// The tokens one fill appends to one list, each once, in the order first registered.
@@ -83,17 +88,19 @@ impl ListRegs {
         }
     }
 
-    fn add(&mut self, token: String) {
+    /// Adds `token` unless the list has it (allocating only then: a fill adds the same
+    /// tokens to a shared parent's list once per row).
+    fn add(&mut self, token: &str) {
         match &mut self.index {
             Some(index) => {
-                if !index.contains(&token) {
-                    index.insert(token.clone());
-                    self.tokens.push(token);
+                if !index.contains(token) {
+                    index.insert(token.to_string());
+                    self.tokens.push(token.to_string());
                 }
             }
             None => {
-                if !self.tokens.contains(&token) {
-                    self.tokens.push(token);
+                if !self.tokens.iter().any(|t| t == token) {
+                    self.tokens.push(token.to_string());
                     if self.tokens.len() > INDEX_AFTER {
                         self.index = Some(self.tokens.iter().cloned().collect());
                     }
@@ -101,6 +108,33 @@ impl ListRegs {
             }
         }
     }
+}
+
+/// `key` and its own flush list, built once per key (`last` remembers the last one).
+fn key_tokens<'a>(
+    last: &'a mut Option<(String, String)>,
+    ks: &KeySpace,
+    key: &str,
+) -> &'a (String, String) {
+    if last.as_ref().is_none_or(|(k, _)| k != key) {
+        *last = Some((key.to_string(), ks.key_flush_key(key)));
+    }
+    last.get_or_insert_with(|| (key.to_string(), ks.key_flush_key(key)))
+}
+
+/// The version key of `table` and the tag children lists carry for it, built once.
+fn table_tokens<'a>(
+    tables: &'a mut HashMap<String, (String, String)>,
+    ks: &KeySpace,
+    table: &str,
+) -> &'a (String, String) {
+    if !tables.contains_key(table) {
+        let version = ks.version_key(table);
+        let tag = format!("#{version}");
+        tables.insert(table.to_string(), (version, tag));
+    }
+    static NONE: (String, String) = (String::new(), String::new());
+    tables.get(table).unwrap_or(&NONE)
 }
 
 impl Registrations {
@@ -119,18 +153,17 @@ impl Registrations {
         self.lists.is_empty()
     }
 
-    fn push(&mut self, ks: &KeySpace, list_owner: &crate::ObjectKey, token: String) {
-        self.lists
-            .entry(ks.flush_key(list_owner))
-            .or_insert_with(|| ListRegs::new(ks.version_key(list_owner.model())))
-            .add(token);
-    }
-
     /// Registers `key` (a query or a value) and its own flush list on row `row`: a write to the
     /// row deletes the key and everything in the key's flush list.
     pub fn row(&mut self, ks: &KeySpace, row: &crate::ObjectKey, key: &str) {
-        self.push(ks, row, key.to_string());
-        self.push(ks, row, ks.key_flush_key(key));
+        let (key, own) = key_tokens(&mut self.last_key, ks, key);
+        let (version, _) = table_tokens(&mut self.tables, ks, row.model());
+        let list = self
+            .lists
+            .entry(ks.flush_key(row))
+            .or_insert_with(|| ListRegs::new(version.clone()));
+        list.add(key);
+        list.add(own);
     }
 
     /// Registers `key` (a query or a value that holds row `child`) and its own flush list on
@@ -174,14 +207,14 @@ impl Registrations {
         table: &str,
         key: &str,
     ) {
-        let version = ks.version_key(table);
-        let tag = format!("#{version}");
+        let (key, own) = key_tokens(&mut self.last_key, ks, key);
+        let (version, tag) = table_tokens(&mut self.tables, ks, table);
         let list = self
             .lists
             .entry(ks.children_key(parent))
-            .or_insert_with(|| ListRegs::new(version));
-        list.add(key.to_string());
-        list.add(ks.key_flush_key(key));
+            .or_insert_with(|| ListRegs::new(version.clone()));
+        list.add(key);
+        list.add(own);
         list.add(tag);
     }
 
@@ -197,7 +230,11 @@ impl Registrations {
     pub fn link(&mut self, ks: &KeySpace, child: &crate::ObjectKey, parent: &crate::ObjectKey) {
         // A self-reference adds nothing but must not add a cycle either.
         if child != parent {
-            self.push(ks, parent, ks.flush_key(child));
+            let (version, _) = table_tokens(&mut self.tables, ks, parent.model());
+            self.lists
+                .entry(ks.flush_key(parent))
+                .or_insert_with(|| ListRegs::new(version.clone()))
+                .add(&ks.flush_key(child));
         }
     }
 
@@ -253,7 +290,7 @@ impl Registrations {
         self.lists
             .entry(flush_key)
             .or_insert_with(|| ListRegs::new(version_key))
-            .add(key.to_string());
+            .add(key);
     }
 }
 

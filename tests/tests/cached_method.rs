@@ -22,11 +22,15 @@ macro_rules! suite {
             Some(e)
         }
 
-        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            /// Per thread: the tests of a suite run in parallel, each on its own thread, and
+            /// a method's body runs on the thread that calls it.
+            static CALLS: AtomicUsize = const { AtomicUsize::new(0) };
+        }
 
-        /// Calls of the methods' bodies (per test: each test resets what it reads).
+        /// Calls of the methods' bodies on this test's thread since the last call.
         fn calls() -> usize {
-            CALLS.swap(0, Ordering::SeqCst)
+            CALLS.with(|c| c.swap(0, Ordering::SeqCst))
         }
 
         trait UserMethods {
@@ -48,14 +52,14 @@ macro_rules! suite {
             #[cached_method(timeout = 60)]
             fn greeting(&self, cache: &Cache, punctuation: &str, times: usize) -> String {
                 let _ = cache;
-                CALLS.fetch_add(1, Ordering::SeqCst);
+                CALLS.with(|c| c.fetch_add(1, Ordering::SeqCst));
                 format!("hello {}{}", self.name, punctuation.repeat(times))
             }
 
             #[cached_method]
             fn fails_once(&self, cache: &Cache, attempt: u32) -> Result<String, String> {
                 let _ = (cache, attempt);
-                if CALLS.fetch_add(1, Ordering::SeqCst) == 0 {
+                if CALLS.with(|c| c.fetch_add(1, Ordering::SeqCst)) == 0 {
                     return Err("first call fails".into());
                 }
                 Ok(self.name.clone())
