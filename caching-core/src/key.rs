@@ -53,10 +53,18 @@ fn hash_hex(bytes: &[u8], len: usize) -> String {
 /// assert!(safe_part("héllo").starts_with('#'));
 /// ```
 pub fn safe_part(part: &str) -> String {
+    let mut out = String::new();
+    push_safe_part(&mut out, part);
+    out
+}
+
+/// Appends [`safe_part`]`(part)` to `out`.
+fn push_safe_part(out: &mut String, part: &str) {
     if !part.is_empty() && part.len() <= MAX_RAW_PART && part.bytes().all(is_safe_part_byte) {
-        part.to_string()
+        out.push_str(part);
     } else {
-        format!("#{}", hash_hex(part.as_bytes(), 32))
+        out.push('#');
+        out.push_str(&hash_hex(part.as_bytes(), 32));
     }
 }
 
@@ -80,11 +88,13 @@ pub struct ObjectKey {
 impl ObjectKey {
     /// The object key of the row of `model` (its table name) with primary key parts `pk`.
     pub fn new<S: AsRef<str>>(model: &str, pk: &[S]) -> Self {
-        let model_part = safe_part(model);
-        let mut key = format!("o:{model_part}");
+        // Built in one buffer: every fill builds one per row and per foreign key.
+        let mut key = String::with_capacity(2 + model.len() + pk.len() * 12);
+        key.push_str("o:");
+        push_safe_part(&mut key, model);
         for p in pk {
             key.push(':');
-            key.push_str(&safe_part(p.as_ref()));
+            push_safe_part(&mut key, p.as_ref());
         }
         ObjectKey {
             key,
@@ -201,12 +211,24 @@ impl KeySpace {
 
     /// Joins prefix, a kind tag and a body; hashes the body if the key would be too long.
     fn make(&self, kind: &str, body: &str) -> String {
-        let key = format!("{}{kind}:{body}", self.prefix);
-        if key.len() <= MAX_KEY_LEN {
-            key
-        } else {
-            format!("{}{kind}:#{}", self.prefix, hash_hex(body.as_bytes(), 40))
+        self.make_parts(kind, &[body])
+    }
+
+    /// [`make`](KeySpace::make) of the concatenation of `body` (built in one buffer).
+    fn make_parts(&self, kind: &str, body: &[&str]) -> String {
+        let len = self.prefix.len() + kind.len() + 1 + body.iter().map(|b| b.len()).sum::<usize>();
+        if len <= MAX_KEY_LEN {
+            let mut key = String::with_capacity(len);
+            key.push_str(&self.prefix);
+            key.push_str(kind);
+            key.push(':');
+            for b in body {
+                key.push_str(b);
+            }
+            return key;
         }
+        let body = body.concat();
+        format!("{}{kind}:#{}", self.prefix, hash_hex(body.as_bytes(), 40))
     }
 
     /// The flush list of an object (no database label: a write on the primary must reach
@@ -233,7 +255,7 @@ impl KeySpace {
     pub fn children_key(&self, object: &ObjectKey) -> String {
         let body = object.as_str();
         let rest = body.strip_prefix("o:").unwrap_or(body);
-        self.make("f", &format!("c:{rest}"))
+        self.make_parts("f", &["c:", rest])
     }
 
     /// The flush list of another key (a query's own flush list, holding extra keys that die
@@ -241,7 +263,7 @@ impl KeySpace {
     pub fn key_flush_key(&self, key: &str) -> String {
         let body = strip(key, &self.prefix);
         if is_valid_key(body) {
-            self.make("f", &format!("k:{body}"))
+            self.make_parts("f", &["k:", body])
         } else {
             // Not a key this key space built: hash it rather than send it to the server.
             self.make("f", &format!("k:#{}", hash_hex(body.as_bytes(), 40)))
