@@ -14,19 +14,22 @@ pub(crate) const PENDING_MAGIC: &[u8; 2] = b"P1";
 pub(crate) const PENDING_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A pending marker unique to one fill, so a filler never publishes over another's marker:
-/// a random value drawn once per process, the process id (a forked child inherits the random
-/// value, not the id), and a counter. Every lookup that may take a lease makes one, so it is
-/// cheap: no hashing, one `getpid`.
+/// a random value drawn once per process, a counter, and the nanoseconds since the process
+/// drew it (a forked child inherits the random value and the counter, so two processes could
+/// otherwise make the same marker; they do not make it in the same nanosecond). Every lookup
+/// that may take a lease makes one, so it is cheap: no hashing, no system call.
 pub(crate) fn pending_marker() -> Vec<u8> {
     use std::sync::atomic::{AtomicU64, Ordering};
-    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    use std::time::Instant;
+    static SEED: std::sync::OnceLock<(u64, Instant)> = std::sync::OnceLock::new();
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let seed = *SEED.get_or_init(clock::random_start);
-    let mut out = Vec::with_capacity(22);
+    let (seed, start) = *SEED.get_or_init(|| (clock::random_start(), Instant::now()));
+    let nanos = start.elapsed().as_nanos() as u64;
+    let mut out = Vec::with_capacity(26);
     out.extend_from_slice(PENDING_MAGIC);
     out.extend_from_slice(&seed.to_le_bytes());
-    out.extend_from_slice(&std::process::id().to_le_bytes());
     out.extend_from_slice(&SEQ.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    out.extend_from_slice(&nanos.to_le_bytes());
     out
 }
 
