@@ -29,7 +29,7 @@
 //! table's version is bumped (the namespace's, for a list that belongs to no table), and
 //! whatever valid keys it holds are still deleted.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::backend::{AppendOutcome, Backend, CasOutcome, Item, Op, OpReply};
 use crate::error::Result;
@@ -57,13 +57,18 @@ const MAX_REGISTER_ROUNDS: usize = 4;
 #[derive(Debug, Clone, Default)]
 pub struct Registrations {
     /// flush key -> the version key of the list's table and the tokens to append
-    lists: BTreeMap<String, ListRegs>,
+    /// (A hash map with fixed keys: a 10,000-row fill makes 10,000 lists, whose keys share
+    /// long prefixes that a tree compares over and over; its order is deterministic.)
+    lists: HashMap<String, ListRegs, FixedState>,
     /// The last key registered and its own flush list (a fill registers one key on every
     /// row's lists: its strings are built once, not per row).
     last_key: Option<(String, String)>,
     /// Per table: its version key and the tag children lists carry for it.
     tables: HashMap<String, (String, String)>,
 }
+
+/// SipHash with fixed keys: deterministic iteration order for the same registrations.
+type FixedState = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
 
 /// The tokens one fill appends to one list, each once, in the order first registered.
 #[derive(Debug, Clone)]
