@@ -30,6 +30,22 @@ use crate::stats::{Counter, TableEvent};
 use crate::timeout::{Expiry, Timeout};
 use crate::{Cache, ObjectKey};
 
+/// The items of `keys` from a multi-get's map, in the order of `keys` (a key listed twice
+/// gets the item twice).
+fn in_order(keys: &[&str], mut got: HashMap<String, Item>) -> Vec<Option<Item>> {
+    let mut out: Vec<Option<Item>> = Vec::with_capacity(keys.len());
+    for (i, k) in keys.iter().enumerate() {
+        let item = got.remove(*k).or_else(|| {
+            keys[..i]
+                .iter()
+                .position(|e| e == k)
+                .and_then(|j| out[j].clone())
+        });
+        out.push(item);
+    }
+    out
+}
+
 /// Whether a stored value is a fill in progress: a pending marker, or the empty item a
 /// backend's native lease stores (see [`Op::Lease`]). No envelope is empty.
 pub(crate) fn is_pending(value: &[u8]) -> bool {
@@ -504,34 +520,40 @@ impl Cache {
         all.extend(version_keys.iter().map(String::as_str));
         all.extend(generation_keys.iter().map(String::as_str));
         all.extend(prefetched.iter().map(String::as_str));
+        // What each key of `all` holds, in the order of `all`.
         let (mut got, marker) = match lease.filter(|_| n == 1) {
-            None => (self.inner.backend.get_multi(&all)?, None),
+            None => (in_order(&all, self.inner.backend.get_multi(&all)?), None),
             Some(expiry) => {
                 // The entry's read takes its lease if it is missing (one op: memcached's meta
                 // get vivifies it, costing a hit nothing).
                 let marker = pending_marker();
                 let mut ops: Vec<Op<'_>> = all.iter().map(|k| Op::Get(k)).collect();
                 ops[0] = Op::Lease(keys[0], &marker, expiry);
-                let mut replies = self.inner.backend.batch(&[&ops])?.pop().unwrap_or_default();
-                let (found, won) = match replies.first_mut() {
-                    Some(OpReply::Leased { found, won }) => (found.take(), won.take()),
-                    _ => (None, None),
-                };
-                let mut got = values_of(&all, replies);
-                if let Some(item) = found {
-                    got.insert(keys[0].to_string(), item);
-                }
+                let replies = self.inner.backend.batch(&[&ops])?.pop().unwrap_or_default();
+                let mut won = None;
+                let mut got: Vec<Option<Item>> = replies
+                    .into_iter()
+                    .map(|r| match r {
+                        OpReply::Value(item) => item,
+                        OpReply::Leased { found, won: w } => {
+                            won = w;
+                            found
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                got.resize(all.len(), None);
                 (got, won)
             }
         };
         // A server reached on a new connection may have come back empty: if so the
         // namespace was just bumped, and the lookup is repeated to see it.
         if self.watch_servers()? {
-            got = self.inner.backend.get_multi(&all)?;
+            got = in_order(&all, self.inner.backend.get_multi(&all)?);
         }
-        let counters: Vec<Option<u64>> = all[n..n + counted]
+        let counters: Vec<Option<u64>> = got[n..n + counted]
             .iter()
-            .map(|k| got.get(*k).and_then(|i| clock::parse(&i.value)))
+            .map(|i| i.as_ref().and_then(|i| clock::parse(&i.value)))
             .collect();
         let counters: Vec<u64> = if counters.iter().all(Option::is_some) {
             counters.into_iter().flatten().collect()
@@ -545,16 +567,34 @@ impl Cache {
                 recorded_now.push(*g);
             }
         }
-        Ok(keys
-            .iter()
-            .map(|key| Lookup {
-                // `get`, not `remove`: a key listed twice hits twice. A key whose marker
-                // this lookup stored is not this lookup's to clean up.
-                hit: got.get(*key).and_then(|item| {
-                    let lists = (prefetched, &got);
-                    self.judge(key, &item.value, &recorded_now, lists, marker.is_none())
-                }),
-                pending: got.get(*key).is_some_and(|item| is_pending(&item.value)),
+        let (entries, rest) = got.split_at_mut(n);
+        let lists = (prefetched, &rest[counted..]);
+        let mut out = Vec::with_capacity(n);
+        for (i, key) in keys.iter().enumerate() {
+            // A key whose marker this lookup stored is not this lookup's to clean up.
+            let offset = entries[i].as_ref().and_then(|item| {
+                self.judge(key, &item.value, &recorded_now, lists, marker.is_none())
+            });
+            let pending = entries[i]
+                .as_ref()
+                .is_some_and(|item| is_pending(&item.value));
+            // The payload is the entry's tail: taken, not copied (a key listed twice hits
+            // twice: the copy stays for the later one).
+            let hit = offset.and_then(|off| {
+                let item = if keys[i + 1..].contains(key) {
+                    entries[i].clone()
+                } else {
+                    entries[i].take()
+                };
+                item.map(|item| {
+                    let mut v = item.value;
+                    v.drain(..off);
+                    v
+                })
+            });
+            out.push(Lookup {
+                hit,
+                pending,
                 marker: marker.clone(),
                 token: FillToken {
                     key: key.to_string(),
@@ -562,22 +602,23 @@ impl Cache {
                     generation_keys: generation_keys.clone(),
                     generations: generations.to_vec(),
                 },
-            })
-            .collect())
+            });
+        }
+        Ok(out)
     }
 
-    /// Whether a stored item is a hit under the versions `recorded_now`: its payload if so.
-    /// Entries that can never hit again, and garbage, are deleted.
-    /// Entries that can never hit again, and garbage, are deleted (if `clean`). `lists` are
-    /// flush lists read with the entry (names asked for, and what was found).
+    /// Whether a stored item is a hit under the versions `recorded_now`: if so, where its
+    /// payload starts. Entries that can never hit again, and garbage, are deleted (if
+    /// `clean`). `lists` are flush lists read with the entry (names asked for, and what each
+    /// held).
     fn judge(
         &self,
         key: &str,
         value: &[u8],
         recorded_now: &[u64],
-        lists: (&[String], &HashMap<String, Item>),
+        lists: (&[String], &[Option<Item>]),
         clean: bool,
-    ) -> Option<Vec<u8>> {
+    ) -> Option<usize> {
         let drop = || {
             if clean {
                 let _ = self.inner.backend.delete(key);
@@ -587,7 +628,7 @@ impl Cache {
         match open_envelope(value) {
             Some(e) if e.versions == recorded_now => {
                 if e.guards.is_empty() || self.guards_hold(key, &e.guards, lists) {
-                    Some(e.payload.to_vec())
+                    Some(value.len() - e.payload.len())
                 } else {
                     // A flush list it relies on was evicted (or evicted and re-created):
                     // a write may have missed it.
@@ -615,14 +656,19 @@ impl Cache {
         &self,
         key: &str,
         guards: &[(String, u64)],
-        read: (&[String], &HashMap<String, Item>),
+        read: (&[String], &[Option<Item>]),
     ) -> bool {
-        let (asked, found) = read;
-        let asked: std::collections::HashSet<&str> = asked.iter().map(String::as_str).collect();
+        let (asked, held) = read;
+        // What the lists read with the entry held, by name (`None`: read, and missing).
+        let found: HashMap<&str, Option<&Item>> = asked
+            .iter()
+            .zip(held)
+            .map(|(k, i)| (k.as_str(), i.as_ref()))
+            .collect();
         let missing: Vec<&str> = guards
             .iter()
             .map(|(k, _)| k.as_str())
-            .filter(|k| !asked.contains(k))
+            .filter(|k| !found.contains_key(k))
             .collect();
         let fetched = if missing.is_empty() {
             HashMap::new()
@@ -638,8 +684,9 @@ impl Cache {
         self.inner.guard_memo.remember(key, guards);
         guards.iter().all(|(k, epoch)| {
             found
-                .get(k)
-                .or_else(|| fetched.get(k))
+                .get(k.as_str())
+                .copied()
+                .unwrap_or_else(|| fetched.get(k))
                 .and_then(|i| flush::epoch_of(&i.value))
                 .is_some_and(|e| e == *epoch)
         })
@@ -1129,5 +1176,31 @@ impl Cache {
     /// Deletes a manual key (`cached`).
     pub fn delete_manual(&self, key: &str) -> Result<()> {
         self.inner.backend.delete(&self.keys().manual_key(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_order_follows_the_keys_and_repeats_a_key_listed_twice() {
+        let item = |v: &[u8]| Item {
+            value: v.to_vec(),
+            cas: 1,
+        };
+        let got: HashMap<String, Item> =
+            [("a".to_string(), item(b"1")), ("c".to_string(), item(b"3"))]
+                .into_iter()
+                .collect();
+        let out = in_order(&["c", "b", "a", "c"], got);
+        let values: Vec<Option<&[u8]>> = out
+            .iter()
+            .map(|i| i.as_ref().map(|i| &i.value[..]))
+            .collect();
+        assert_eq!(
+            values,
+            [Some(&b"3"[..]), None, Some(&b"1"[..]), Some(&b"3"[..])]
+        );
     }
 }
