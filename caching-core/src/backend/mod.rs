@@ -301,7 +301,7 @@ pub trait Backend: Send + Sync + Debug + 'static {
 
 /// One stage of [`Backend::batch`] through the `_multi` methods: one call per kind of
 /// command (and per expiry or delta), replies in op order.
-pub fn run_stage<B: Backend + ?Sized>(backend: &B, ops: &[Op<'_>]) -> Result<Vec<OpReply>> {
+pub(crate) fn run_stage<B: Backend + ?Sized>(backend: &B, ops: &[Op<'_>]) -> Result<Vec<OpReply>> {
     let mut out: Vec<Option<OpReply>> = vec![None; ops.len()];
     let idx = |f: &dyn Fn(&Op<'_>) -> bool| -> Vec<usize> {
         (0..ops.len()).filter(|i| f(&ops[*i])).collect()
