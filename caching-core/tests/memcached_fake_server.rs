@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use caching_core::backend::memcached::{Memcached, MemcachedOptions};
-use caching_core::{AppendOutcome, Backend, CasOutcome, Error, Expiry};
+use caching_core::{AppendOutcome, Backend, CasOutcome, Error, Expiry, Op, OpReply};
 
 /// What the fake server does with a request.
 #[derive(Debug, Clone)]
@@ -182,6 +182,24 @@ fn default_reply(words: &[&str], data: Vec<u8>, state: &Mutex<State>, cas: &Atom
     let reply: &[u8] = match words {
         ["stats", "settings"] => b"STAT maxconns 1024\r\nSTAT item_size_max 1048576\r\nEND\r\n",
         ["version"] => b"VERSION 1.6.99-fake\r\n",
+        // Meta get: `mg <key> v c [N<ttl>]` (the flags this client sends).
+        ["mg", k, flags @ ..] => {
+            let vivify = flags.iter().any(|f| f.starts_with('N'));
+            let mut won = "";
+            if !store.contains_key(*k) && vivify {
+                store.insert(k.to_string(), (Vec::new(), token()));
+                won = " W";
+            }
+            return match store.get(*k) {
+                Some((v, c)) => {
+                    let mut out = format!("VA {} c{c}{won}\r\n", v.len()).into_bytes();
+                    out.extend_from_slice(v);
+                    out.extend_from_slice(b"\r\n");
+                    out
+                }
+                None => b"EN\r\n".to_vec(),
+            };
+        }
         ["gets", keys @ ..] => {
             let mut out = Vec::new();
             for k in keys {
@@ -686,4 +704,81 @@ fn probe_survives_a_pooled_connection_the_server_closed() {
     mc.set("other", b"w", Expiry::Forever).unwrap();
     mc.probe().unwrap();
     assert_eq!(mc.get("k").unwrap().unwrap().value, b"v");
+}
+
+/// A batch is one exchange: meta gets (with the lease's `N`), storage commands and their
+/// replies, in order; the lease is won once.
+#[test]
+fn batches_read_with_meta_gets_and_lease_once() {
+    let fake = Fake::start();
+    let mc = warm_client(&fake, options());
+    mc.set("a", b"1", Expiry::Forever).unwrap();
+    let stages: [&[Op<'_>]; 2] = [
+        &[
+            Op::Lease("q", b"marker", Expiry::Seconds(10)),
+            Op::Get("a"),
+            Op::Get("missing"),
+        ],
+        &[Op::Append("a", b"2"), Op::Incr("missing", 1)],
+    ];
+    let first = mc.batch(&stages).unwrap();
+    let OpReply::Leased {
+        found: None,
+        won: Some(placeholder),
+    } = &first[0][0]
+    else {
+        panic!("the first lease wins: {:?}", first[0][0]);
+    };
+    assert!(placeholder.value.is_empty() && placeholder.cas.is_some());
+    assert!(matches!(&first[0][1], OpReply::Value(Some(i)) if i.value == b"1"));
+    assert_eq!(first[0][2], OpReply::Value(None));
+    assert_eq!(
+        first[1],
+        [
+            OpReply::Appended(AppendOutcome::Appended),
+            OpReply::Counter(None)
+        ]
+    );
+    let second = mc.batch(&stages[..1]).unwrap();
+    let OpReply::Leased {
+        found: Some(item),
+        won: None,
+    } = &second[0][0]
+    else {
+        panic!("the second finds the placeholder: {:?}", second[0][0]);
+    };
+    assert_eq!(Some(item.cas), placeholder.cas);
+    assert!(matches!(&second[0][1], OpReply::Value(Some(i)) if i.value == b"12"));
+}
+
+/// Broken answers to a batch's meta gets fail the batch (never a panic, never a wrong
+/// reply), and the next call works on a new connection.
+#[test]
+fn broken_meta_replies_fail_the_batch_and_the_connection_is_dropped() {
+    let fake = Fake::start();
+    let mc = warm_client(&fake, options());
+    let stages: [&[Op<'_>]; 1] = [&[Op::Lease("q", b"m", Expiry::Seconds(10)), Op::Get("a")]];
+    for reply in [
+        &b"VA x c1\r\n"[..],
+        b"VA 3 c1\r\nab",
+        b"VA 1 cz\r\nx\r\n",
+        b"STORED\r\n",
+        b"VALUE q 0 1 1\r\nx\r\nEND\r\n",
+        b"VA 99999999999 c1\r\n",
+    ] {
+        fake.once("mg q", Action::Hang(reply.to_vec()));
+        let started = Instant::now();
+        let e = mc.batch(&stages).unwrap_err();
+        assert!(
+            is_protocol(&e) || is_io(&e),
+            "{:?}: {e}",
+            String::from_utf8_lossy(reply)
+        );
+        assert!(started.elapsed() < SLOW, "failed on time");
+        recovers(&fake, &mc);
+    }
+    // A server that closes the connection in the middle of a batch's replies.
+    fake.once("mg a", Action::Close(b"VA 1".to_vec()));
+    assert!(mc.batch(&stages).is_err());
+    recovers(&fake, &mc);
 }
