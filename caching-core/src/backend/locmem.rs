@@ -1171,6 +1171,17 @@ mod tests {
             .is_some_and(|(h, e)| *h == hash && &*e.key == key)
     }
 
+    /// Reads `key` (which holds a value) until it is in this thread's stripe.
+    fn warm(b: &LocMem, key: &str) {
+        for _ in 0..1000 {
+            assert!(b.get(key).unwrap().is_some());
+            if in_stripe(b, key) {
+                break;
+            }
+        }
+        assert!(in_stripe(b, key));
+    }
+
     #[test]
     fn stripes_follow_every_change() {
         let b = LocMem::new();
@@ -1223,13 +1234,7 @@ mod tests {
             ..Default::default()
         });
         b.set("n", b"1", Expiry::Forever).unwrap();
-        for _ in 0..1000 {
-            assert!(b.get("n").unwrap().is_some());
-            if in_stripe(&b, "n") {
-                break;
-            }
-        }
-        assert!(in_stripe(&b, "n"));
+        warm(&b, "n");
         b.set("n", b"12345", Expiry::Forever).unwrap();
         assert!(b.get("n").unwrap().is_none());
         check_invariants(&b);
@@ -1239,13 +1244,7 @@ mod tests {
             ..Default::default()
         });
         b.set("n", b"1", Expiry::Forever).unwrap();
-        for _ in 0..1000 {
-            assert!(b.get("n").unwrap().is_some());
-            if in_stripe(&b, "n") {
-                break;
-            }
-        }
-        assert!(in_stripe(&b, "n"));
+        warm(&b, "n");
         b.set("m", b"1", Expiry::Forever).unwrap();
         assert!(b.get("n").unwrap().is_none());
         assert!(!in_stripe(&b, "n"));

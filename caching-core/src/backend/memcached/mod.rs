@@ -546,9 +546,7 @@ impl Memcached {
                         append_replies.push(r);
                         continue;
                     }
-                    (Op::Cas(..), Reply::Stored) => OpReply::Cas(CasOutcome::Stored),
-                    (Op::Cas(..), Reply::NotFound) => OpReply::Cas(CasOutcome::Missing),
-                    (Op::Cas(..), r) if cas_reply(&r) => OpReply::Cas(CasOutcome::Changed),
+                    (Op::Cas(..), r) if cas_reply(&r) => OpReply::Cas(cas_outcome(&r)),
                     (Op::Delete(_), Reply::Deleted | Reply::NotFound) => OpReply::Deleted,
                     (Op::Incr(..), Reply::Number(n)) => OpReply::Counter(Some(n)),
                     (Op::Incr(..), Reply::NotFound) => OpReply::Counter(None),
@@ -579,6 +577,15 @@ fn cas_reply(r: &Reply) -> bool {
         r,
         Reply::Stored | Reply::Exists | Reply::NotFound | Reply::NotStored | Reply::TooLarge
     )
+}
+
+/// What a `cas` answered `r` did (one of [`cas_reply`]'s).
+fn cas_outcome(r: &Reply) -> CasOutcome {
+    match r {
+        Reply::Stored => CasOutcome::Stored,
+        Reply::NotFound => CasOutcome::Missing,
+        _ => CasOutcome::Changed,
+    }
 }
 
 impl Backend for Memcached {
@@ -680,22 +687,11 @@ impl Backend for Memcached {
     }
 
     fn cas(&self, key: &str, value: &[u8], expiry: Expiry, cas: u64) -> Result<CasOutcome> {
-        check_keys([key])?;
-        if !self.fits(key, value) {
-            return Ok(CasOutcome::Changed);
-        }
-        let request = Request::Cas {
-            key,
-            value,
-            exptime: expiry.memcached_exptime(),
-            cas,
-        };
-        let reply = self.pipeline(self.server_for(key), &[request], cas_reply)?;
-        Ok(match reply.first() {
-            Some(Reply::Stored) => CasOutcome::Stored,
-            Some(Reply::NotFound) => CasOutcome::Missing,
-            _ => CasOutcome::Changed,
-        })
+        Ok(self
+            .cas_multi(&[(key, value, cas)], expiry)?
+            .first()
+            .copied()
+            .unwrap_or(CasOutcome::Changed))
     }
 
     fn cas_multi(&self, items: &[(&str, &[u8], u64)], expiry: Expiry) -> Result<Vec<CasOutcome>> {
@@ -721,11 +717,7 @@ impl Backend for Memcached {
                 .into_iter()
                 .zip(self.pipeline(server, &requests, cas_reply)?)
             {
-                out[i] = match r {
-                    Reply::Stored => CasOutcome::Stored,
-                    Reply::NotFound => CasOutcome::Missing,
-                    _ => CasOutcome::Changed,
-                };
+                out[i] = cas_outcome(&r);
             }
         }
         Ok(out)
