@@ -56,58 +56,132 @@ const MAX_REGISTER_ROUNDS: usize = 4;
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct Registrations {
-    /// flush key -> the version key of the list's table and the tokens to append
+    /// flush key -> the list's version key and the tokens to append, as ids into `names`
     /// (A hash map with fixed keys: a 10,000-row fill makes 10,000 lists, whose keys share
     /// long prefixes that a tree compares over and over; its order is deterministic.)
     lists: HashMap<String, ListRegs, FixedState>,
-    /// The last key registered and its own flush list (a fill registers one key on every
-    /// row's lists: its strings are built once, not per row).
-    last_key: Option<(String, String)>,
-    /// Per table: its version key and the tag children lists carry for it.
-    tables: HashMap<String, (String, String)>,
+    /// Every token and version key, once: a fill registers the same few strings (its key,
+    /// the key's own list, a table's version and tag) on thousands of lists, so a list
+    /// holds their ids, inline, and a row costs one allocation (its list's key).
+    names: Interned,
+    /// The last key registered and the ids of it and its own flush list (a fill registers
+    /// one key on every row's lists: its strings are built once, not per row).
+    last_key: Option<(String, u32, u32)>,
+    /// Per table: the ids of its version key and of the tag children lists carry for it.
+    tables: HashMap<String, (u32, u32), FixedState>,
 }
 
 /// SipHash with fixed keys: deterministic iteration order for the same registrations.
 type FixedState = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
 
+/// Strings stored once, named by their index.
+#[derive(Debug, Clone, Default)]
+struct Interned {
+    names: Vec<String>,
+    ids: HashMap<String, u32, FixedState>,
+}
+
+impl Interned {
+    /// The id of `name`, storing it if new.
+    fn id(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        self.push(name.to_string())
+    }
+
+    /// The id of `name`, taking it if new.
+    fn id_owned(&mut self, name: String) -> u32 {
+        match self.ids.get(name.as_str()) {
+            Some(id) => *id,
+            None => self.push(name),
+        }
+    }
+
+    fn push(&mut self, name: String) -> u32 {
+        // More than 4 billion distinct strings cannot fit in memory before this wraps.
+        let id = self.names.len() as u32;
+        self.ids.insert(name.clone(), id);
+        self.names.push(name);
+        id
+    }
+
+    fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("", String::as_str)
+    }
+}
+
 /// The tokens one fill appends to one list, each once, in the order first registered.
 #[derive(Debug, Clone)]
 struct ListRegs {
-    version: String,
-    tokens: Vec<String>,
+    /// The id of the version key of the list's table.
+    version: u32,
+    tokens: TokenIds,
     /// Built once the list holds more than [`INDEX_AFTER`] tokens (a parent shared by many
     /// rows of a result): with it, adding a token is O(1) instead of a scan of the list,
     /// which made a fill quadratic in the rows linked to one parent.
-    index: Option<HashSet<String>>,
+    index: Option<HashSet<u32>>,
+}
+
+/// Token ids: up to [`INLINE`] inline (a row's list holds a key and its own list; a
+/// children list adds a table tag), then on the heap.
+#[derive(Debug, Clone)]
+enum TokenIds {
+    Inline(u8, [u32; INLINE]),
+    Heap(Vec<u32>),
+}
+
+const INLINE: usize = 3;
+
+impl TokenIds {
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            TokenIds::Inline(n, ids) => &ids[..usize::from(*n)],
+            TokenIds::Heap(v) => v,
+        }
+    }
+
+    fn push(&mut self, id: u32) {
+        match self {
+            TokenIds::Inline(n, ids) if usize::from(*n) < INLINE => {
+                ids[usize::from(*n)] = id;
+                *n += 1;
+            }
+            TokenIds::Inline(_, ids) => {
+                let mut v = ids.to_vec();
+                v.push(id);
+                *self = TokenIds::Heap(v);
+            }
+            TokenIds::Heap(v) => v.push(id),
+        }
+    }
 }
 
 /// Below this many tokens a scan is cheaper than hashing.
 const INDEX_AFTER: usize = 16;
 
 impl ListRegs {
-    fn new(version: String) -> Self {
+    fn new(version: u32) -> Self {
         ListRegs {
             version,
-            tokens: Vec::new(),
+            tokens: TokenIds::Inline(0, [0; INLINE]),
             index: None,
         }
     }
 
-    /// Adds `token` unless the list has it (allocating only then: a fill adds the same
-    /// tokens to a shared parent's list once per row).
-    fn add(&mut self, token: &str) {
+    /// Adds token `id` unless the list has it.
+    fn add(&mut self, id: u32) {
         match &mut self.index {
             Some(index) => {
-                if !index.contains(token) {
-                    index.insert(token.to_string());
-                    self.tokens.push(token.to_string());
+                if index.insert(id) {
+                    self.tokens.push(id);
                 }
             }
             None => {
-                if !self.tokens.iter().any(|t| t == token) {
-                    self.tokens.push(token.to_string());
-                    if self.tokens.len() > INDEX_AFTER {
-                        self.index = Some(self.tokens.iter().cloned().collect());
+                if !self.tokens.as_slice().contains(&id) {
+                    self.tokens.push(id);
+                    if self.tokens.as_slice().len() > INDEX_AFTER {
+                        self.index = Some(self.tokens.as_slice().iter().copied().collect());
                     }
                 }
             }
@@ -115,31 +189,40 @@ impl ListRegs {
     }
 }
 
-/// `key` and its own flush list, built once per key (`last` remembers the last one).
-fn key_tokens<'a>(
-    last: &'a mut Option<(String, String)>,
+/// The ids of `key` and its own flush list, interned once per key (`last` remembers the
+/// last one).
+fn key_tokens(
+    last: &mut Option<(String, u32, u32)>,
+    names: &mut Interned,
     ks: &KeySpace,
     key: &str,
-) -> &'a (String, String) {
-    if last.as_ref().is_none_or(|(k, _)| k != key) {
-        *last = Some((key.to_string(), ks.key_flush_key(key)));
+) -> (u32, u32) {
+    match last {
+        Some((k, id, own)) if k == key => (*id, *own),
+        _ => {
+            let ids = (names.id(key), names.id_owned(ks.key_flush_key(key)));
+            *last = Some((key.to_string(), ids.0, ids.1));
+            ids
+        }
     }
-    last.get_or_insert_with(|| (key.to_string(), ks.key_flush_key(key)))
 }
 
-/// The version key of `table` and the tag children lists carry for it, built once.
-fn table_tokens<'a>(
-    tables: &'a mut HashMap<String, (String, String)>,
+/// The ids of the version key of `table` and of the tag children lists carry for it,
+/// interned once.
+fn table_tokens(
+    tables: &mut HashMap<String, (u32, u32), FixedState>,
+    names: &mut Interned,
     ks: &KeySpace,
     table: &str,
-) -> &'a (String, String) {
-    if !tables.contains_key(table) {
-        let version = ks.version_key(table);
-        let tag = format!("#{version}");
-        tables.insert(table.to_string(), (version, tag));
+) -> (u32, u32) {
+    if let Some(ids) = tables.get(table) {
+        return *ids;
     }
-    static NONE: (String, String) = (String::new(), String::new());
-    tables.get(table).unwrap_or(&NONE)
+    let version = ks.version_key(table);
+    let tag = names.id_owned(format!("#{version}"));
+    let ids = (names.id_owned(version), tag);
+    tables.insert(table.to_string(), ids);
+    ids
 }
 
 impl Registrations {
@@ -158,17 +241,24 @@ impl Registrations {
         self.lists.is_empty()
     }
 
+    /// Adds the tokens `ids` to list `flush_key` (of the table whose version key is
+    /// `version`), creating it if new.
+    fn add_to(&mut self, flush_key: String, version: u32, ids: &[u32]) {
+        let list = self
+            .lists
+            .entry(flush_key)
+            .or_insert_with(|| ListRegs::new(version));
+        for id in ids {
+            list.add(*id);
+        }
+    }
+
     /// Registers `key` (a query or a value) and its own flush list on row `row`: a write to the
     /// row deletes the key and everything in the key's flush list.
     pub fn row(&mut self, ks: &KeySpace, row: &crate::ObjectKey, key: &str) {
-        let (key, own) = key_tokens(&mut self.last_key, ks, key);
-        let (version, _) = table_tokens(&mut self.tables, ks, row.model());
-        let list = self
-            .lists
-            .entry(ks.flush_key(row))
-            .or_insert_with(|| ListRegs::new(version.clone()));
-        list.add(key);
-        list.add(own);
+        let (key, own) = key_tokens(&mut self.last_key, &mut self.names, ks, key);
+        let (version, _) = table_tokens(&mut self.tables, &mut self.names, ks, row.model());
+        self.add_to(ks.flush_key(row), version, &[key, own]);
     }
 
     /// Registers `key` (a query or a value that holds row `child`) and its own flush list on
@@ -212,15 +302,9 @@ impl Registrations {
         table: &str,
         key: &str,
     ) {
-        let (key, own) = key_tokens(&mut self.last_key, ks, key);
-        let (version, tag) = table_tokens(&mut self.tables, ks, table);
-        let list = self
-            .lists
-            .entry(ks.children_key(parent))
-            .or_insert_with(|| ListRegs::new(version.clone()));
-        list.add(key);
-        list.add(own);
-        list.add(tag);
+        let (key, own) = key_tokens(&mut self.last_key, &mut self.names, ks, key);
+        let (version, tag) = table_tokens(&mut self.tables, &mut self.names, ks, table);
+        self.add_to(ks.children_key(parent), version, &[key, own, tag]);
     }
 
     /// Links a row's flush list into its foreign-key target's list: a write to `parent`
@@ -235,11 +319,9 @@ impl Registrations {
     pub fn link(&mut self, ks: &KeySpace, child: &crate::ObjectKey, parent: &crate::ObjectKey) {
         // A self-reference adds nothing but must not add a cycle either.
         if child != parent {
-            let (version, _) = table_tokens(&mut self.tables, ks, parent.model());
-            self.lists
-                .entry(ks.flush_key(parent))
-                .or_insert_with(|| ListRegs::new(version.clone()))
-                .add(&ks.flush_key(child));
+            let (version, _) = table_tokens(&mut self.tables, &mut self.names, ks, parent.model());
+            let linked = self.names.id_owned(ks.flush_key(child));
+            self.add_to(ks.flush_key(parent), version, &[linked]);
         }
     }
 
@@ -250,8 +332,27 @@ impl Registrations {
     }
 
     /// The tokens this registration appends to `list`.
-    pub(crate) fn tokens_of(&self, list: &str) -> &[String] {
-        self.lists.get(list).map_or(&[], |l| l.tokens.as_slice())
+    pub(crate) fn tokens_of(&self, list: &str) -> impl Iterator<Item = &str> {
+        let ids = self
+            .lists
+            .get(list)
+            .map_or(&[][..], |l| l.tokens.as_slice());
+        ids.iter().map(|id| self.names.name(*id))
+    }
+
+    /// The version key of `list`'s table and the bytes to append to it (each token
+    /// preceded by a space).
+    fn appends(&self) -> impl Iterator<Item = (&str, &str, Vec<u8>)> {
+        self.lists.iter().map(|(list, l)| {
+            let ids = l.tokens.as_slice();
+            let len = ids.iter().map(|id| self.names.name(*id).len() + 1).sum();
+            let mut bytes = Vec::with_capacity(len);
+            for id in ids {
+                bytes.push(b' ');
+                bytes.extend_from_slice(self.names.name(*id).as_bytes());
+            }
+            (list.as_str(), self.names.name(l.version), bytes)
+        })
     }
 
     /// Registers `key` (and its own flush list) on the predicate list of
@@ -284,18 +385,16 @@ impl Registrations {
     }
 
     fn on_table_list(&mut self, ks: &KeySpace, list: String, table: &str, key: &str) {
-        let version = ks.version_key(table);
-        let own = ks.key_flush_key(key);
-        self.on_list(list.clone(), version.clone(), key);
-        self.on_list(list, version, &own);
+        let (key, own) = key_tokens(&mut self.last_key, &mut self.names, ks, key);
+        let (version, _) = table_tokens(&mut self.tables, &mut self.names, ks, table);
+        self.add_to(list, version, &[key, own]);
     }
 
     /// Registers `key` directly on a flush list (an object's or a query's).
     pub fn on_list(&mut self, flush_key: String, version_key: String, key: &str) {
-        self.lists
-            .entry(flush_key)
-            .or_insert_with(|| ListRegs::new(version_key))
-            .add(key);
+        let version = self.names.id_owned(version_key);
+        let key = self.names.id(key);
+        self.add_to(flush_key, version, &[key]);
     }
 }
 
@@ -354,7 +453,7 @@ pub(crate) fn epoch_of(value: &[u8]) -> Option<u64> {
 
 /// Whether a list still covers every token in `wanted`: each is on it, or the list overflowed
 /// (its overflow markers cover what compaction dropped).
-pub(crate) fn holds_all(value: &[u8], wanted: &[String]) -> bool {
+pub(crate) fn holds_all<'a>(value: &[u8], mut wanted: impl Iterator<Item = &'a str>) -> bool {
     let mut present = HashSet::new();
     for t in tokens(value) {
         match t {
@@ -366,7 +465,7 @@ pub(crate) fn holds_all(value: &[u8], wanted: &[String]) -> bool {
             Token::Epoch(_) => {}
         }
     }
-    wanted.iter().all(|w| present.contains(w.as_str()))
+    wanted.all(|w| present.contains(w))
 }
 
 fn join(tokens: &[impl AsRef<str>]) -> Vec<u8> {
@@ -396,11 +495,7 @@ pub(crate) fn register(
     let gets: Vec<Op<'_>> = check.iter().map(|k| Op::Get(k)).collect();
     // The latest read of `check`, if no registration was written after it.
     let mut checked: Option<HashMap<String, Item>> = None;
-    let mut pending: Vec<(&str, &str, Vec<u8>)> = regs
-        .lists
-        .iter()
-        .map(|(list, l)| (list.as_str(), l.version.as_str(), join(&l.tokens)))
-        .collect();
+    let mut pending: Vec<(&str, &str, Vec<u8>)> = regs.appends().collect();
     for _ in 0..MAX_REGISTER_ROUNDS {
         if pending.is_empty() {
             break;
@@ -768,10 +863,10 @@ mod tests {
                 }
             }
         }
-        let tokens = regs.tokens_of(&ks.flush_key(&parent));
+        let tokens: Vec<&str> = regs.tokens_of(&ks.flush_key(&parent)).collect();
         let expected: Vec<String> = (0..100)
             .map(|i| ks.flush_key(&ObjectKey::new("addons", &[i.to_string()])))
             .collect();
-        assert_eq!(tokens, expected.as_slice());
+        assert_eq!(tokens, expected);
     }
 }
