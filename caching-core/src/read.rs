@@ -505,7 +505,8 @@ impl Cache {
         let ks = &self.inner.keys;
         let mut version_keys = vec![ks.namespace_key()];
         version_keys.extend(tables.iter().map(|t| ks.version_key(t)));
-        let generation_keys: Vec<String> = tables.iter().map(|t| ks.generation_key(t)).collect();
+        let mut generation_keys: Vec<String> =
+            tables.iter().map(|t| ks.generation_key(t)).collect();
         let n = keys.len();
         let counted = version_keys.len() + generation_keys.len();
         // Eviction-safe mode: the lists the entry's guards named last time, read with it.
@@ -521,7 +522,7 @@ impl Cache {
         all.extend(generation_keys.iter().map(String::as_str));
         all.extend(prefetched.iter().map(String::as_str));
         // What each key of `all` holds, in the order of `all`.
-        let (mut got, marker) = match lease.filter(|_| n == 1) {
+        let (mut got, mut marker) = match lease.filter(|_| n == 1) {
             None => (in_order(&all, self.inner.backend.get_multi(&all)?), None),
             Some(expiry) => {
                 // The entry's read takes its lease if it is missing (one op: memcached's meta
@@ -592,14 +593,24 @@ impl Cache {
                     v
                 })
             });
+            // The last lookup takes what the others copy (a lookup of one key copies none).
+            let last = i + 1 == n;
             out.push(Lookup {
                 hit,
                 pending,
-                marker: marker.clone(),
+                marker: if last { marker.take() } else { marker.clone() },
                 token: FillToken {
                     key: key.to_string(),
-                    versions: recorded_now.clone(),
-                    generation_keys: generation_keys.clone(),
+                    versions: if last {
+                        std::mem::take(&mut recorded_now)
+                    } else {
+                        recorded_now.clone()
+                    },
+                    generation_keys: if last {
+                        std::mem::take(&mut generation_keys)
+                    } else {
+                        generation_keys.clone()
+                    },
                     generations: generations.to_vec(),
                 },
             });

@@ -29,21 +29,21 @@ use crate::sql::{Dialect, Literal, Operand, Statement};
 
 /// The dependencies of one cached read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Deps {
+pub(crate) struct Deps<'a> {
     /// Every table read: SQL names, plus the model names of the rows loaded (their versions
     /// are recorded), plus tables declared with `.tables()`.
-    pub tables: Vec<String>,
+    pub tables: Vec<&'a str>,
     /// Tables any write to which makes the entry miss.
-    pub guarded: Vec<String>,
+    pub guarded: Vec<&'a str>,
     /// `(table, column, value)` predicate lists to register on.
-    pub predicates: Vec<(String, String, PredicateValue)>,
+    pub predicates: Vec<(&'a str, &'a str, PredicateValue)>,
     /// Tables whose exit list to register on.
-    pub exits: Vec<String>,
+    pub exits: Vec<&'a str>,
     /// Whether the statement is a plain count (bounded by the count timeout).
     pub counts: bool,
 }
 
-impl Deps {
+impl Deps<'_> {
     /// Registers `key` on the predicate and exit lists.
     pub(crate) fn register(&self, ks: &KeySpace, key: &str, regs: &mut Registrations) {
         for (t, c, v) in &self.predicates {
@@ -69,16 +69,16 @@ pub(crate) fn dialect_of(backend: &str) -> Dialect {
 /// SQL tables are `row_tables` (model names `model_tables`), plus declared `extra` tables.
 /// `Err` if the statement cannot be understood (it must then not be cached).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn dependencies(
+pub(crate) fn dependencies<'a>(
     sql: &str,
-    analysis: &Result<Statement, String>,
+    analysis: &'a Result<Statement, String>,
     binds: &[BindValue],
     dialect: Dialect,
-    row_tables: &[&str],
-    model_tables: &[&str],
-    extra: &[&str],
+    row_tables: &[&'a str],
+    model_tables: &[&'a str],
+    extra: &[&'a str],
     tracking: DependencyTracking,
-) -> Result<Deps, String> {
+) -> Result<Deps<'a>, String> {
     let (read_tables, counts, shifts) = match analysis {
         Ok(Statement::Read {
             tables,
@@ -108,20 +108,20 @@ pub(crate) fn dependencies(
         if let Some((_, cond, values)) = &best {
             for v in values {
                 deps.predicates
-                    .push((t.table.clone(), cond.column.clone(), v.clone()));
+                    .push((t.table.as_str(), cond.column.as_str(), v.clone()));
             }
         }
         if best.is_none() {
-            deps.guarded.push(t.table.clone());
+            deps.guarded.push(t.table.as_str());
         } else if shifts || !row_tables.contains(&t.table.as_str()) {
             // Rows the result does not contain can still change it: they are counted or
             // aggregated, or (OFFSET) they are skipped before it.
-            deps.exits.push(t.table.clone());
+            deps.exits.push(t.table.as_str());
         }
-        deps.tables.push(t.table.clone());
+        deps.tables.push(t.table.as_str());
     }
     for t in extra {
-        deps.guarded.push((*t).to_string());
+        deps.guarded.push(t);
     }
     // A loaded model whose table the SQL does not name (a view, or a `table!` renamed with
     // `#[sql_name]` without `#[cached(sql_table = ..)]`): the rows that enter the result are
@@ -129,8 +129,8 @@ pub(crate) fn dependencies(
     // through that model reach the entry, and say so once.
     for rt in row_tables {
         if !read_tables.iter().any(|t| t.table == *rt) {
-            deps.guarded.push((*rt).to_string());
-            deps.tables.push((*rt).to_string());
+            deps.guarded.push(rt);
+            deps.tables.push(rt);
             warn_once(
                 sql,
                 &format!(
@@ -143,7 +143,7 @@ pub(crate) fn dependencies(
         }
     }
     deps.tables
-        .extend(model_tables.iter().chain(extra).map(|t| (*t).to_string()));
+        .extend(model_tables.iter().chain(extra).copied());
     match tracking {
         DependencyTracking::Predicates => {}
         DependencyTracking::TableLevel => {
@@ -154,7 +154,7 @@ pub(crate) fn dependencies(
         DependencyTracking::FlushListsOnly => {
             deps.predicates.clear();
             deps.exits.clear();
-            deps.guarded.retain(|t| extra.contains(&t.as_str()));
+            deps.guarded.retain(|t| extra.contains(t));
         }
     }
     for v in [&mut deps.tables, &mut deps.guarded, &mut deps.exits] {

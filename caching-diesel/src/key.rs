@@ -1,12 +1,14 @@
 //! Query → key: the SQL text and the type-tagged bind values of a Diesel query, per backend.
 //!
 //! Diesel's `debug_query` is not injective (an `Integer` 1 and a `BigInt` 1 print alike), so
-//! the key uses the backend's own bind collector, whose `Debug` output carries each bind's
-//! SQL type (SQLite: value variant and `SqliteType`; PostgreSQL: type OIDs and raw bytes;
-//! MySQL: type and raw bytes). That output is not a stable Diesel API, so the Diesel version
-//! is part of every key ([`DIESEL_KEY_TAG`]): a Diesel upgrade starts from a cold cache
-//! instead of risking a mismatch. On SQLite, a borrowed and an owned string print differently:
-//! the same query may get two keys, which is harmless.
+//! the key uses the backend's own bind collector, which knows each bind's SQL type.
+//! PostgreSQL and MySQL expose it: each bind is written as its type (PostgreSQL: type OID and
+//! array OID; MySQL: `MysqlType`), `=`, its wire bytes in hex (`-` for NULL), `;`. SQLite's
+//! is private: its `Debug` output is used (value variant and `SqliteType`). Neither is a
+//! stable Diesel API, so the Diesel version is part of every key ([`DIESEL_KEY_TAG`]): a
+//! Diesel upgrade starts from a cold cache instead of risking a mismatch. On SQLite, a
+//! borrowed and an owned string print differently: the same query may get two keys, which
+//! is harmless.
 //!
 //! # What is remembered per query type
 //!
@@ -73,8 +75,8 @@ pub struct KeyBinds {
 }
 
 impl KeyBinds {
-    /// Writes the `Debug` output of `collector` as the binds' text; empties the values.
-    fn set_text(&mut self, collector: &dyn std::fmt::Debug) -> QueryResult<()> {
+    /// Empties the text and the values (dropping buffers an unusually large read grew).
+    fn clear(&mut self) {
         // Buffers grown by an unusually large read are not kept for the next ones.
         const KEEP_BYTES: usize = 16 << 10;
         const KEEP_VALUES: usize = 256;
@@ -86,6 +88,45 @@ impl KeyBinds {
         }
         self.text.clear();
         self.values.clear();
+    }
+
+    /// Writes raw binds as the binds' text: per bind, its type tag (written by `tag`), `=`,
+    /// its bytes in hex (`-` for NULL), `;`. Cheaper than the collector's `Debug` output,
+    /// and as injective: the tag says the type, the hex the bytes.
+    #[cfg(any(feature = "postgres", feature = "mysql"))]
+    fn set_raw<M>(
+        &mut self,
+        metadata: &[M],
+        binds: &[Option<Vec<u8>>],
+        mut tag: impl FnMut(&mut String, &M),
+    ) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        self.clear();
+        let len: usize = binds
+            .iter()
+            .map(|b| b.as_ref().map_or(1, |b| 2 * b.len()) + 16)
+            .sum();
+        self.text.reserve(len);
+        for (meta, bytes) in metadata.iter().zip(binds) {
+            tag(&mut self.text, meta);
+            self.text.push('=');
+            match bytes {
+                None => self.text.push('-'),
+                Some(b) => {
+                    for x in b {
+                        self.text.push(char::from(HEX[usize::from(x >> 4)]));
+                        self.text.push(char::from(HEX[usize::from(x & 15)]));
+                    }
+                }
+            }
+            self.text.push(';');
+        }
+    }
+
+    /// Writes the `Debug` output of `collector` as the binds' text; empties the values.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    fn set_text(&mut self, collector: &dyn std::fmt::Debug) -> QueryResult<()> {
+        self.clear();
         write!(self.text, "{collector:?}")
             .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))
     }
@@ -182,7 +223,17 @@ impl CacheConnection for diesel::pg::PgConnection {
         use diesel::query_builder::bind_collector::RawBytesBindCollector;
         let mut binds = RawBytesBindCollector::<Pg>::new();
         query.collect_binds(&mut binds, self as &mut dyn PgMetadataLookup, &Pg)?;
-        out.set_text(&binds)?;
+        out.set_raw(&binds.metadata, &binds.binds, |text, meta| {
+            match (meta.oid(), meta.array_oid()) {
+                (Ok(oid), Ok(array)) => {
+                    let _ = write!(text, "{oid}/{array}");
+                }
+                // Not reached (a failed lookup fails the collection); still injective.
+                _ => {
+                    let _ = write!(text, "{meta:?}");
+                }
+            }
+        });
         if decode {
             crate::binds::pg_values(&binds, &mut out.values);
         }
@@ -213,7 +264,9 @@ impl CacheConnection for diesel::mysql::MysqlConnection {
         use diesel::query_builder::bind_collector::RawBytesBindCollector;
         let mut binds = RawBytesBindCollector::<Mysql>::new();
         query.collect_binds(&mut binds, &mut (), &Mysql)?;
-        out.set_text(&binds)?;
+        out.set_raw(&binds.metadata, &binds.binds, |text, ty| {
+            let _ = write!(text, "{ty:?}");
+        });
         if decode {
             crate::binds::mysql_values(&binds, &mut out.values);
         }
@@ -372,7 +425,7 @@ impl Prefix {
 pub(crate) struct Resolved<'t> {
     pub(crate) sql: &'t str,
     /// The statement's analysis (if asked for).
-    pub(crate) analysis: Option<&'t Result<Statement, String>>,
+    pub(crate) analysis: Option<&'t Arc<Result<Statement, String>>>,
     pub(crate) prefix: &'t mut Prefix,
 }
 
@@ -440,7 +493,7 @@ impl Template {
         };
         Resolved {
             sql: &self.sql,
-            analysis: self.analysis.as_deref(),
+            analysis: self.analysis.as_ref(),
             prefix: &mut self.prefixes[i],
         }
     }

@@ -214,7 +214,9 @@ impl<Q> CachedQuery<Q> {
             Some(dialect),
         );
         parts.prefix.register_models();
-        let deps = match parts.analysis.map(|analysis| {
+        // Held here: the dependencies borrow the analysis's table names, not the connection.
+        let analysis = parts.analysis.cloned();
+        let deps = match analysis.as_deref().map(|analysis| {
             crate::deps::dependencies(
                 parts.sql,
                 analysis,
@@ -242,8 +244,7 @@ impl<Q> CachedQuery<Q> {
             .keys()
             .query_key(&finish_key(&parts.prefix.builder, binds));
         let timeout = self.options.timeout.unwrap_or_default();
-        let tables: Vec<&str> = deps.tables.iter().map(String::as_str).collect();
-        let guarded: Vec<&str> = deps.guarded.iter().map(String::as_str).collect();
+        let (tables, guarded) = (&deps.tables, &deps.guarded);
         // A count, however it was written (`.cached_count()`, `.count().cached()`, raw SQL),
         // lives at most the count timeout when one is set.
         let cap = if deps.counts {
@@ -256,10 +257,10 @@ impl<Q> CachedQuery<Q> {
             conn,
             &cache,
             &key,
-            &tables,
+            tables,
             timeout,
             cap,
-            &guarded,
+            guarded,
             |c| query.load(c),
             |rows: &Vec<U>, regs| {
                 for row in rows {

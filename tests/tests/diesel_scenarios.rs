@@ -48,6 +48,52 @@ macro_rules! suite {
                 .unwrap()
         }
 
+        /// The key sees each bind's SQL type and bytes: the same value as another type, and
+        /// NULL against an empty string, are other keys.
+        #[test]
+        fn binds_of_other_types_or_null_are_other_keys() {
+            use caching_diesel::CacheConnection;
+            use diesel::sql_types::{BigInt, Nullable};
+            let Some(mut e) = env("bindtypes") else {
+                return;
+            };
+            let mut binds_of =
+                |q: &dyn Fn(&mut Db) -> diesel::QueryResult<String>| q(&mut e.conn).unwrap();
+            let int = binds_of(&|c| {
+                c.query_identity(&diesel::select(1i32.into_sql::<Integer>()))
+                    .map(|i| i.binds)
+            });
+            let big = binds_of(&|c| {
+                c.query_identity(&diesel::select(1i64.into_sql::<BigInt>()))
+                    .map(|i| i.binds)
+            });
+            let two = binds_of(&|c| {
+                c.query_identity(&diesel::select(2i32.into_sql::<Integer>()))
+                    .map(|i| i.binds)
+            });
+            let null = binds_of(&|c| {
+                c.query_identity(&diesel::select(None::<String>.into_sql::<Nullable<Text>>()))
+                    .map(|i| i.binds)
+            });
+            let empty = binds_of(&|c| {
+                c.query_identity(&diesel::select(
+                    Some(String::new()).into_sql::<Nullable<Text>>(),
+                ))
+                .map(|i| i.binds)
+            });
+            let again = binds_of(&|c| {
+                c.query_identity(&diesel::select(1i32.into_sql::<Integer>()))
+                    .map(|i| i.binds)
+            });
+            assert_eq!(int, again);
+            let all = [&int, &big, &two, &null, &empty];
+            for (i, a) in all.iter().enumerate() {
+                for b in &all[i + 1..] {
+                    assert_ne!(a, b);
+                }
+            }
+        }
+
         #[test]
         fn scenario_01_basic_find_is_cached() {
             let Some(mut e) = env("s01") else { return };

@@ -75,7 +75,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use super::{check_keys, AppendOutcome, Backend, CasOutcome, Item};
+use super::{check_keys, AppendOutcome, Backend, CasOutcome, Item, Op, OpReply, Placeholder};
 use crate::error::Result;
 use crate::timeout::Expiry;
 
@@ -874,6 +874,60 @@ impl LocMem {
     }
 }
 
+impl LocMem {
+    /// Reads `keys`, handing each item found to `found` with its key's index in `keys`.
+    fn read_each(&self, keys: &[&str], mut found: impl FnMut(usize, Item)) -> Result<()> {
+        check_keys(keys.iter().copied())?;
+        let now = Instant::now();
+        let tick = self.read_tick(now);
+        let mut expired = false;
+        let s = reader_stripe();
+        for (c, chunk) in keys.chunks(64).enumerate() {
+            // The reader's stripe first (bit k of `missed`: chunk[k] was not there), then
+            // the shards: never a stripe and then a shard.
+            let mut missed = 0u64;
+            let mut hashes = [0u64; 64];
+            let mut hits: [Option<Item>; 64] = [const { None }; 64];
+            {
+                let map = self.lock_stripe(&self.stripes[s]);
+                for (k, key) in chunk.iter().enumerate() {
+                    let hash = self.hash(key);
+                    hashes[k] = hash;
+                    let held = map.get(stripe_index(hash)).and_then(Option::as_ref);
+                    match held {
+                        Some((h, e)) if *h == hash && &*e.key == *key && !e.expired(now) => {
+                            e.touch(tick);
+                            hits[k] = Some(e.item());
+                        }
+                        _ => missed |= 1 << k,
+                    }
+                }
+            }
+            for (k, key) in chunk.iter().enumerate() {
+                let item = if missed & (1 << k) != 0 {
+                    match self.read_shard(key, hashes[k], s, now, tick) {
+                        Some(Ok(item)) => Some(item),
+                        Some(Err(())) => {
+                            expired = true;
+                            None
+                        }
+                        None => None,
+                    }
+                } else {
+                    hits[k].take()
+                };
+                if let Some(item) = item {
+                    found(c * 64 + k, item);
+                }
+            }
+        }
+        if expired {
+            self.collect_expired(keys, now);
+        }
+        Ok(())
+    }
+}
+
 impl Backend for LocMem {
     fn name(&self) -> &'static str {
         "locmem"
@@ -884,46 +938,42 @@ impl Backend for LocMem {
     }
 
     fn get_multi(&self, keys: &[&str]) -> Result<HashMap<String, Item>> {
-        check_keys(keys.iter().copied())?;
-        let now = Instant::now();
-        let tick = self.read_tick(now);
         let mut out = HashMap::with_capacity(keys.len());
-        let mut expired = false;
-        let s = reader_stripe();
-        for chunk in keys.chunks(64) {
-            // The reader's stripe first (bit k of `missed`: chunk[k] was not there), then
-            // the shards: never a stripe and then a shard.
-            let mut missed = 0u64;
-            let mut hashes = [0u64; 64];
-            {
-                let map = self.lock_stripe(&self.stripes[s]);
-                for (k, key) in chunk.iter().enumerate() {
-                    let hash = self.hash(key);
-                    hashes[k] = hash;
-                    let held = map.get(stripe_index(hash)).and_then(Option::as_ref);
-                    match held {
-                        Some((h, e)) if *h == hash && &*e.key == *key && !e.expired(now) => {
-                            e.touch(tick);
-                            out.insert(key.to_string(), e.item());
-                        }
-                        _ => missed |= 1 << k,
-                    }
-                }
+        self.read_each(keys, |i, item| {
+            out.insert(keys[i].to_string(), item);
+        })?;
+        Ok(out)
+    }
+
+    /// A stage of reads (and leases) answers in the order of its ops without the map of
+    /// `get_multi`: the lookup of every hit is one.
+    fn batch(&self, stages: &[&[Op<'_>]]) -> Result<Vec<Vec<OpReply>>> {
+        let mut out = Vec::with_capacity(stages.len());
+        for ops in stages {
+            if !ops.iter().all(|o| matches!(o, Op::Get(_) | Op::Lease(..))) {
+                out.push(super::run_stage(self, ops)?);
+                continue;
             }
-            for (k, key) in chunk.iter().enumerate() {
-                if missed & (1 << k) != 0 {
-                    match self.read_shard(key, hashes[k], s, now, tick) {
-                        Some(Ok(item)) => {
-                            out.insert(key.to_string(), item);
-                        }
-                        Some(Err(())) => expired = true,
-                        None => {}
+            let keys: Vec<&str> = ops.iter().map(Op::key).collect();
+            let mut got: Vec<Option<Item>> = Vec::with_capacity(keys.len());
+            got.resize_with(keys.len(), || None);
+            self.read_each(&keys, |i, item| got[i] = Some(item))?;
+            let mut replies = Vec::with_capacity(ops.len());
+            for (op, found) in ops.iter().zip(got) {
+                replies.push(match (*op, found) {
+                    (Op::Lease(key, marker, expiry), None) => {
+                        // A lease of a missing key: an add, after the read.
+                        let won = self.add(key, marker, expiry)?.then(|| Placeholder {
+                            value: marker.to_vec(),
+                            cas: None,
+                        });
+                        OpReply::Leased { found: None, won }
                     }
-                }
+                    (Op::Lease(..), found) => OpReply::Leased { found, won: None },
+                    (_, found) => OpReply::Value(found),
+                });
             }
-        }
-        if expired {
-            self.collect_expired(keys, now);
+            out.push(replies);
         }
         Ok(out)
     }
