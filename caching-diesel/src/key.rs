@@ -72,6 +72,60 @@ pub struct KeyBinds {
     pub(crate) text: String,
     /// Each bind's value where the cache can compare it (filled only when asked for).
     pub(crate) values: Vec<BindValue>,
+    /// PostgreSQL's collector, kept for its buffers.
+    #[cfg(feature = "postgres")]
+    pg: diesel::query_builder::bind_collector::RawBytesBindCollector<diesel::pg::Pg>,
+    /// MySQL's collector, kept for its buffers.
+    #[cfg(feature = "mysql")]
+    mysql: diesel::query_builder::bind_collector::RawBytesBindCollector<diesel::mysql::Mysql>,
+}
+
+/// Appends `n` in decimal (a type OID: without the formatting machinery).
+#[cfg(feature = "postgres")]
+fn push_u32(text: &mut String, n: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for d in &digits[i..] {
+        text.push(char::from(*d));
+    }
+}
+
+/// A collector taken from [`KeyBinds`] for one read: emptied, and put back after unless an
+/// unusually large read grew it.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn reuse<DB>(
+    kept: &mut diesel::query_builder::bind_collector::RawBytesBindCollector<DB>,
+) -> diesel::query_builder::bind_collector::RawBytesBindCollector<DB>
+where
+    DB: diesel::backend::Backend + diesel::sql_types::TypeMetadata,
+{
+    let mut c = std::mem::take(kept);
+    c.metadata.clear();
+    c.binds.clear();
+    c
+}
+
+/// Gives a collector back to [`KeyBinds`] (see [`reuse`]).
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn give_back<DB>(
+    kept: &mut diesel::query_builder::bind_collector::RawBytesBindCollector<DB>,
+    c: diesel::query_builder::bind_collector::RawBytesBindCollector<DB>,
+) where
+    DB: diesel::backend::Backend + diesel::sql_types::TypeMetadata,
+{
+    const KEEP_BINDS: usize = 256;
+    if c.binds.capacity() <= KEEP_BINDS {
+        *kept = c;
+    }
 }
 
 impl KeyBinds {
@@ -221,12 +275,18 @@ impl CacheConnection for diesel::pg::PgConnection {
     {
         use diesel::pg::{Pg, PgMetadataLookup};
         use diesel::query_builder::bind_collector::RawBytesBindCollector;
-        let mut binds = RawBytesBindCollector::<Pg>::new();
-        query.collect_binds(&mut binds, self as &mut dyn PgMetadataLookup, &Pg)?;
+        let mut binds: RawBytesBindCollector<Pg> = reuse(&mut out.pg);
+        let collected = query.collect_binds(&mut binds, self as &mut dyn PgMetadataLookup, &Pg);
+        if let Err(e) = collected {
+            give_back(&mut out.pg, binds);
+            return Err(e);
+        }
         out.set_raw(&binds.metadata, &binds.binds, |text, meta| {
             match (meta.oid(), meta.array_oid()) {
                 (Ok(oid), Ok(array)) => {
-                    let _ = write!(text, "{oid}/{array}");
+                    push_u32(text, oid);
+                    text.push('/');
+                    push_u32(text, array);
                 }
                 // Not reached (a failed lookup fails the collection); still injective.
                 _ => {
@@ -237,6 +297,7 @@ impl CacheConnection for diesel::pg::PgConnection {
         if decode {
             crate::binds::pg_values(&binds, &mut out.values);
         }
+        give_back(&mut out.pg, binds);
         Ok(())
     }
 }
@@ -262,14 +323,18 @@ impl CacheConnection for diesel::mysql::MysqlConnection {
     {
         use diesel::mysql::Mysql;
         use diesel::query_builder::bind_collector::RawBytesBindCollector;
-        let mut binds = RawBytesBindCollector::<Mysql>::new();
-        query.collect_binds(&mut binds, &mut (), &Mysql)?;
+        let mut binds: RawBytesBindCollector<Mysql> = reuse(&mut out.mysql);
+        if let Err(e) = query.collect_binds(&mut binds, &mut (), &Mysql) {
+            give_back(&mut out.mysql, binds);
+            return Err(e);
+        }
         out.set_raw(&binds.metadata, &binds.binds, |text, ty| {
             let _ = write!(text, "{ty:?}");
         });
         if decode {
             crate::binds::mysql_values(&binds, &mut out.values);
         }
+        give_back(&mut out.mysql, binds);
         Ok(())
     }
 }
@@ -606,6 +671,16 @@ mod tests {
             assert_eq!(c, [(4, 40)]);
         }
         assert_eq!(conn.cache().stats().hits, 3);
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn type_oids_are_written_in_decimal() {
+        for n in [0u32, 7, 10, 23, 1007, 4_294_967_295] {
+            let mut s = String::from("x");
+            super::push_u32(&mut s, n);
+            assert_eq!(s, format!("x{n}"));
+        }
     }
 
     #[test]
