@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use caching_core::backend::locmem::{LocMem, LocMemLimits};
-use caching_core::backend::memcached::Memcached;
+use caching_core::backend::memcached::{Memcached, MemcachedOptions};
 use caching_core::{
     key, AppendOutcome, Backend, Cache, CasOutcome, Error, Expiry, FillOutcome, Invalidation,
-    ObjectKey, Registrations, Timeout,
+    ObjectKey, Op, Registrations, Timeout,
 };
 use caching_tests::{
     cached_payload, each_cache, fill_query, is_hit, memcached_expiry, memcached_server_of,
@@ -772,6 +772,58 @@ fn a_dead_server_fails_calls_and_recovers_after_the_retry_window() {
     assert_eq!(manual(6), 5, "caching resumed after the server came back");
     assert_eq!(calls, 4);
     assert!(cache.invalidate(&inv).is_ok());
+}
+
+/// A restart between two calls costs no error and no fail-fast window: every pooled
+/// connection the old process held is closed, and the first exchange on one is run again on
+/// a new connection (gets, batches, storage commands and the probe alike).
+#[test]
+fn memcached_restart_between_calls_costs_no_error() {
+    let test = "memcached_restart_between_calls";
+    let Some(mut server) = MemcachedProcess::start(test) else {
+        return;
+    };
+    let options = MemcachedOptions {
+        pool_size: 4,
+        ..test_memcached_options()
+    };
+    let b: Arc<dyn Backend> = Arc::new(Memcached::new(&[server.addr()], options).unwrap());
+    let key = format!("{}k", unique_prefix(test));
+    let mut calls: Vec<(&str, Box<dyn Fn(&dyn Backend) -> caching_core::Result<()>>)> = vec![
+        ("get", Box::new(|b| b.get(&key).map(|_| ()))),
+        ("get_multi", Box::new(|b| b.get_multi(&[&key]).map(|_| ()))),
+        ("set", Box::new(|b| b.set(&key, b"v", Expiry::Forever))),
+        ("incr", Box::new(|b| b.incr(&key, 1).map(|_| ()))),
+        (
+            "batch",
+            Box::new(|b| {
+                let ops = [Op::Get(&key), Op::Delete(&key)];
+                b.batch(&[&ops]).map(|_| ())
+            }),
+        ),
+        ("probe", Box::new(|b| b.probe())),
+    ];
+    for (op, call) in calls.drain(..) {
+        // Several pooled connections, all to the old process.
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| b.get(&key).unwrap());
+            }
+        });
+        b.set(&key, b"old", Expiry::Forever).unwrap();
+        server.restart();
+        if let Err(e) = call(&*b) {
+            panic!("{op} after a restart: {e}");
+        }
+        assert_eq!(
+            b.get(&key).unwrap().map(|i| i.value),
+            match op {
+                "set" => Some(b"v".to_vec()),
+                _ => None,
+            },
+            "{op}: the restarted server is empty"
+        );
+    }
 }
 
 #[test]

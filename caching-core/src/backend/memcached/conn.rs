@@ -265,11 +265,20 @@ impl Server {
     /// the server (connect, I/O, timeout) marks it down; an answer the client does not
     /// understand (`Error::Protocol`, such as a `CLIENT_ERROR`) drops the connection but does
     /// not. A successful exchange clears the mark.
+    ///
+    /// A pooled connection the server closed while it sat idle (a restart, an idle timeout)
+    /// fails its first exchange with a closed-connection error: the exchange is then run
+    /// again, once, on a new connection, and the rest of the pool is dropped (it went to
+    /// the same server). Running an exchange twice is safe for every command this client
+    /// sends: reads, `set` and `delete` are idempotent; a repeated `incr` only invalidates
+    /// more, a repeated `append` adds a token twice (read as once); a repeated `add`, `cas` or
+    /// lease finds the first one's item and reports a lost race, which the protocol treats
+    /// as such (`docs/src/failure-modes.md`).
     pub(super) fn exchange<T>(
         &self,
         options: &MemcachedOptions,
         fail_fast: bool,
-        f: impl FnOnce(&mut Conn, &Deadline) -> Result<T>,
+        mut f: impl FnMut(&mut Conn, &Deadline) -> Result<T>,
     ) -> Result<T> {
         if fail_fast && self.is_marked_down() {
             return Err(Error::Unavailable {
@@ -278,9 +287,22 @@ impl Server {
             });
         }
         let deadline = Deadline::after(options.op_timeout);
-        let result = self
-            .checkout(options, &deadline)
-            .and_then(|mut conn| f(&mut conn, &deadline).map(|v| (v, conn)));
+        // (Popped before the match: the pool's lock must not be held while it runs.)
+        let pooled = lock(&self.idle).pop();
+        let result = match pooled {
+            Some(mut pooled) => match f(&mut pooled, &deadline) {
+                Err(e) if is_close(&e) => {
+                    tracing::debug!(server = %self.name, error = %e, "pooled memcached connection was closed; reconnecting");
+                    lock(&self.idle).clear();
+                    self.checkout(options, &deadline)
+                        .and_then(|mut conn| f(&mut conn, &deadline).map(|v| (v, conn)))
+                }
+                r => r.map(|v| (v, pooled)),
+            },
+            None => self
+                .checkout(options, &deadline)
+                .and_then(|mut conn| f(&mut conn, &deadline).map(|v| (v, conn))),
+        };
         match result {
             Ok((v, conn)) => {
                 *lock(&self.down_until) = None;

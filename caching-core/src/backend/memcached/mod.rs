@@ -202,7 +202,7 @@ impl Memcached {
     fn with_conn<T>(
         &self,
         i: usize,
-        f: impl FnOnce(&mut Conn, &Deadline, &str) -> Result<T>,
+        mut f: impl FnMut(&mut Conn, &Deadline, &str) -> Result<T>,
     ) -> Result<T> {
         let s = &self.servers[i];
         s.exchange(&self.options, true, |conn, deadline| {
@@ -259,7 +259,10 @@ impl Memcached {
         if keys.is_empty() {
             return Ok(());
         }
-        self.with_conn(server, |conn, deadline, name| {
+        // Collected apart, so that an exchange run again on a new connection does not mix
+        // in what the closed one sent.
+        let got = self.with_conn(server, |conn, deadline, name| {
+            let mut got = Vec::with_capacity(keys.len());
             let wanted: HashSet<&str> = keys.iter().copied().collect();
             let mut buf = Vec::new();
             for chunk in keys.chunks(GET_CHUNK) {
@@ -277,7 +280,7 @@ impl Memcached {
                         data,
                         ..
                     } if wanted.contains(key.as_str()) => {
-                        out.insert(key, Item { value: data, cas });
+                        got.push((key, Item { value: data, cas }));
                     }
                     Frame::Value { key, cas: None, .. } => {
                         return Err(protocol_err(
@@ -296,8 +299,10 @@ impl Memcached {
                     }
                 }
             }
-            Ok(())
-        })
+            Ok(got)
+        })?;
+        out.extend(got);
+        Ok(())
     }
 
     /// Runs storage commands grouped per server, returning replies in input order.
@@ -466,10 +471,14 @@ impl Memcached {
         }
         // The replies of the storage commands, mapped after the exchange (appends answered
         // NOT_STORED need a look at the key).
-        let raw: Vec<Vec<(usize, Reply)>> = self.with_conn(server, |conn, deadline, name| {
+        // Replies are kept apart from `out` until the exchange succeeds: one run again on a
+        // new connection (its pooled one was closed) must see `out` as it was.
+        type Answered = (Vec<(usize, OpReply)>, Vec<(usize, Reply)>);
+        let raw: Vec<Answered> = self.with_conn(server, |conn, deadline, name| {
             conn.send(&buf, deadline, name)?;
             let mut raw = Vec::with_capacity(stages.len());
-            for (ops, replies) in stages.iter().zip(out.iter_mut()) {
+            for (ops, replies) in stages.iter().zip(out.iter()) {
+                let mut stage_read = Vec::new();
                 let mut stage_raw = Vec::new();
                 for (i, op) in ops.iter().enumerate() {
                     if replies[i].is_some() {
@@ -478,58 +487,65 @@ impl Memcached {
                     let frame = conn.recv(deadline, name)?;
                     let unexpected =
                         |f: &Frame| protocol_err(name, &format!("unexpected reply to mg: {f:?}"));
-                    replies[i] = Some(match (op, frame) {
-                        (Op::Get(_), Frame::MetaMiss) => OpReply::Value(None),
-                        (
-                            Op::Get(_),
-                            Frame::MetaValue {
-                                cas: Some(cas),
-                                data,
-                                ..
+                    stage_read.push((
+                        i,
+                        match (op, frame) {
+                            (Op::Get(_), Frame::MetaMiss) => OpReply::Value(None),
+                            (
+                                Op::Get(_),
+                                Frame::MetaValue {
+                                    cas: Some(cas),
+                                    data,
+                                    ..
+                                },
+                            ) => OpReply::Value(Some(Item { value: data, cas })),
+                            (
+                                Op::Lease(..),
+                                Frame::MetaValue {
+                                    cas: Some(cas),
+                                    won: true,
+                                    data,
+                                },
+                            ) => OpReply::Leased {
+                                found: None,
+                                won: Some(Placeholder {
+                                    value: data,
+                                    cas: Some(cas),
+                                }),
                             },
-                        ) => OpReply::Value(Some(Item { value: data, cas })),
-                        (
-                            Op::Lease(..),
-                            Frame::MetaValue {
-                                cas: Some(cas),
-                                won: true,
-                                data,
+                            (
+                                Op::Lease(..),
+                                Frame::MetaValue {
+                                    cas: Some(cas),
+                                    won: false,
+                                    data,
+                                },
+                            ) => OpReply::Leased {
+                                found: Some(Item { value: data, cas }),
+                                won: None,
                             },
-                        ) => OpReply::Leased {
-                            found: None,
-                            won: Some(Placeholder {
-                                value: data,
-                                cas: Some(cas),
-                            }),
-                        },
-                        (
-                            Op::Lease(..),
-                            Frame::MetaValue {
-                                cas: Some(cas),
-                                won: false,
-                                data,
+                            (Op::Lease(..), Frame::MetaMiss) => OpReply::Leased {
+                                found: None,
+                                won: None,
                             },
-                        ) => OpReply::Leased {
-                            found: Some(Item { value: data, cas }),
-                            won: None,
+                            (Op::Get(_) | Op::Lease(..), f) => return Err(unexpected(&f)),
+                            (_, f) => {
+                                stage_raw.push((i, Reply::from_frame(f, name)?));
+                                continue;
+                            }
                         },
-                        (Op::Lease(..), Frame::MetaMiss) => OpReply::Leased {
-                            found: None,
-                            won: None,
-                        },
-                        (Op::Get(_) | Op::Lease(..), f) => return Err(unexpected(&f)),
-                        (_, f) => {
-                            stage_raw.push((i, Reply::from_frame(f, name)?));
-                            continue;
-                        }
-                    });
+                    ));
                 }
-                raw.push(stage_raw);
+                raw.push((stage_read, stage_raw));
             }
             Ok(raw)
         })?;
         let name = &self.servers[server].name;
-        for ((ops, replies), stage_raw) in stages.iter().zip(out.iter_mut()).zip(raw) {
+        for ((ops, replies), (stage_read, stage_raw)) in stages.iter().zip(out.iter_mut()).zip(raw)
+        {
+            for (i, reply) in stage_read {
+                replies[i] = Some(reply);
+            }
             // Appends answered NOT_STORED are told apart (missing or full) afterwards.
             let (mut append_at, mut append_items, mut append_replies) =
                 (Vec::new(), Vec::new(), Vec::new());
@@ -752,12 +768,8 @@ impl Backend for Memcached {
                     }
                 })
             };
-            // A pooled connection the server closed since (a restart, an idle timeout) fails
-            // at once; the failure emptied the pool, so the second try is a new connection.
-            let answered = match version() {
-                Err(e) if conn::is_close(&e) => version(),
-                r => r,
-            };
+            // (A pooled connection the server closed since is replaced inside the exchange.)
+            let answered = version();
             if let Err(e) = answered {
                 s.mark_down(&self.options);
                 first_error.get_or_insert(e);
