@@ -789,7 +789,8 @@ fn memcached_restart_between_calls_costs_no_error() {
     };
     let b: Arc<dyn Backend> = Arc::new(Memcached::new(&[server.addr()], options).unwrap());
     let key = format!("{}k", unique_prefix(test));
-    let mut calls: Vec<(&str, Box<dyn Fn(&dyn Backend) -> caching_core::Result<()>>)> = vec![
+    type Call<'a> = Box<dyn Fn(&dyn Backend) -> caching_core::Result<()> + 'a>;
+    let mut calls: Vec<(&str, Call<'_>)> = vec![
         ("get", Box::new(|b| b.get(&key).map(|_| ()))),
         ("get_multi", Box::new(|b| b.get_multi(&[&key]).map(|_| ()))),
         ("set", Box::new(|b| b.set(&key, b"v", Expiry::Forever))),
