@@ -27,30 +27,51 @@ use crate::columns::{self, ColumnClass};
 use crate::key::BindValue;
 use crate::sql::{Dialect, Literal, Operand, Statement};
 
-/// The dependencies of one cached read.
+/// The dependencies of one cached read. Names are borrowed from the statement's analysis
+/// (`Deps<&str>`, what a blocking read uses) or owned ([`Deps::to_owned`], what a read that
+/// must outlive its borrow of the connection holds).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Deps<'a> {
+pub(crate) struct Deps<S> {
     /// Every table read: SQL names, plus the model names of the rows loaded (their versions
     /// are recorded), plus tables declared with `.tables()`.
-    pub tables: Vec<&'a str>,
+    pub tables: Vec<S>,
     /// Tables any write to which makes the entry miss.
-    pub guarded: Vec<&'a str>,
+    pub guarded: Vec<S>,
     /// `(table, column, value)` predicate lists to register on.
-    pub predicates: Vec<(&'a str, &'a str, PredicateValue)>,
+    pub predicates: Vec<(S, S, PredicateValue)>,
     /// Tables whose exit list to register on.
-    pub exits: Vec<&'a str>,
+    pub exits: Vec<S>,
     /// Whether the statement is a plain count (bounded by the count timeout).
     pub counts: bool,
 }
 
-impl Deps<'_> {
+impl<S: AsRef<str>> Deps<S> {
     /// Registers `key` on the predicate and exit lists.
     pub(crate) fn register(&self, ks: &KeySpace, key: &str, regs: &mut Registrations) {
         for (t, c, v) in &self.predicates {
-            regs.predicate(ks, t, c, v, key);
+            regs.predicate(ks, t.as_ref(), c.as_ref(), v, key);
         }
         for t in &self.exits {
-            regs.exit(ks, t, key);
+            regs.exit(ks, t.as_ref(), key);
+        }
+    }
+}
+
+impl Deps<&str> {
+    /// The same dependencies, owning their names.
+    #[allow(dead_code)] // used by the async driver
+    pub(crate) fn to_owned(&self) -> Deps<String> {
+        let owned = |v: &[&str]| v.iter().map(|s| (*s).to_string()).collect();
+        Deps {
+            tables: owned(&self.tables),
+            guarded: owned(&self.guarded),
+            predicates: self
+                .predicates
+                .iter()
+                .map(|(t, c, v)| ((*t).to_string(), (*c).to_string(), v.clone()))
+                .collect(),
+            exits: owned(&self.exits),
+            counts: self.counts,
         }
     }
 }
@@ -78,7 +99,7 @@ pub(crate) fn dependencies<'a>(
     model_tables: &[&'a str],
     extra: &[&'a str],
     tracking: DependencyTracking,
-) -> Result<Deps<'a>, String> {
+) -> Result<Deps<&'a str>, String> {
     let (read_tables, counts, shifts) = match analysis {
         Ok(Statement::Read {
             tables,
