@@ -243,14 +243,7 @@ impl CacheConnection for diesel::sqlite::SqliteConnection {
     where
         Q: QueryFragment<Self::Backend> + ?Sized,
     {
-        use diesel::sqlite::Sqlite;
-        let mut binds = <Sqlite as diesel::backend::Backend>::BindCollector::default();
-        query.collect_binds(&mut binds, &mut (), &Sqlite)?;
-        out.set_text(&binds)?;
-        if decode {
-            crate::binds::sqlite_values(&out.text, &mut out.values);
-        }
-        Ok(())
+        sqlite_binds(query, out, decode)
     }
 }
 
@@ -273,32 +266,7 @@ impl CacheConnection for diesel::pg::PgConnection {
     where
         Q: QueryFragment<Self::Backend> + ?Sized,
     {
-        use diesel::pg::{Pg, PgMetadataLookup};
-        use diesel::query_builder::bind_collector::RawBytesBindCollector;
-        let mut binds: RawBytesBindCollector<Pg> = reuse(&mut out.pg);
-        let collected = query.collect_binds(&mut binds, self as &mut dyn PgMetadataLookup, &Pg);
-        if let Err(e) = collected {
-            give_back(&mut out.pg, binds);
-            return Err(e);
-        }
-        out.set_raw(&binds.metadata, &binds.binds, |text, meta| {
-            match (meta.oid(), meta.array_oid()) {
-                (Ok(oid), Ok(array)) => {
-                    push_u32(text, oid);
-                    text.push('/');
-                    push_u32(text, array);
-                }
-                // Not reached (a failed lookup fails the collection); still injective.
-                _ => {
-                    let _ = write!(text, "{meta:?}");
-                }
-            }
-        });
-        if decode {
-            crate::binds::pg_values(&binds, &mut out.values);
-        }
-        give_back(&mut out.pg, binds);
-        Ok(())
+        pg_binds(query, self, out, decode)
     }
 }
 
@@ -321,22 +289,91 @@ impl CacheConnection for diesel::mysql::MysqlConnection {
     where
         Q: QueryFragment<Self::Backend> + ?Sized,
     {
-        use diesel::mysql::Mysql;
-        use diesel::query_builder::bind_collector::RawBytesBindCollector;
-        let mut binds: RawBytesBindCollector<Mysql> = reuse(&mut out.mysql);
-        if let Err(e) = query.collect_binds(&mut binds, &mut (), &Mysql) {
-            give_back(&mut out.mysql, binds);
-            return Err(e);
-        }
-        out.set_raw(&binds.metadata, &binds.binds, |text, ty| {
-            let _ = write!(text, "{ty:?}");
-        });
-        if decode {
-            crate::binds::mysql_values(&binds, &mut out.values);
-        }
-        give_back(&mut out.mysql, binds);
-        Ok(())
+        mysql_binds(query, out, decode)
     }
+}
+
+/// SQLite: collects the binds of `query` into `out` (their values too if `decode`), for
+/// every SQLite connection, blocking or async.
+#[cfg(feature = "sqlite")]
+pub(crate) fn sqlite_binds<Q>(query: &Q, out: &mut KeyBinds, decode: bool) -> QueryResult<()>
+where
+    Q: QueryFragment<diesel::sqlite::Sqlite> + ?Sized,
+{
+    use diesel::sqlite::Sqlite;
+    let mut binds = <Sqlite as diesel::backend::Backend>::BindCollector::default();
+    query.collect_binds(&mut binds, &mut (), &Sqlite)?;
+    out.set_text(&binds)?;
+    if decode {
+        crate::binds::sqlite_values(&out.text, &mut out.values);
+    }
+    Ok(())
+}
+
+/// PostgreSQL: collects the binds of `query` into `out` (their values too if `decode`),
+/// types looked up through `lookup`, for every PostgreSQL connection, blocking or async. A
+/// bind whose type `lookup` could not find (a custom type on a connection that cannot look
+/// types up) is an error: the read then bypasses the cache.
+#[cfg(feature = "postgres")]
+pub(crate) fn pg_binds<Q>(
+    query: &Q,
+    lookup: &mut (dyn diesel::pg::PgMetadataLookup + 'static),
+    out: &mut KeyBinds,
+    decode: bool,
+) -> QueryResult<()>
+where
+    Q: QueryFragment<diesel::pg::Pg> + ?Sized,
+{
+    use diesel::pg::Pg;
+    use diesel::query_builder::bind_collector::RawBytesBindCollector;
+    let mut binds: RawBytesBindCollector<Pg> = reuse(&mut out.pg);
+    let collected = query.collect_binds(&mut binds, lookup, &Pg).and_then(|()| {
+        if binds.metadata.iter().any(|m| m.oid().is_err()) {
+            return Err(diesel::result::Error::QueryBuilderError(
+                "a bind of a PostgreSQL type whose OID could not be looked up".into(),
+            ));
+        }
+        Ok(())
+    });
+    if let Err(e) = collected {
+        give_back(&mut out.pg, binds);
+        return Err(e);
+    }
+    out.set_raw(&binds.metadata, &binds.binds, |text, meta| {
+        // Both are known: checked above.
+        push_u32(text, meta.oid().unwrap_or_default());
+        text.push('/');
+        push_u32(text, meta.array_oid().unwrap_or_default());
+    });
+    if decode {
+        crate::binds::pg_values(&binds, &mut out.values);
+    }
+    give_back(&mut out.pg, binds);
+    Ok(())
+}
+
+/// MySQL: collects the binds of `query` into `out` (their values too if `decode`), for
+/// every MySQL connection, blocking or async.
+#[cfg(feature = "mysql")]
+pub(crate) fn mysql_binds<Q>(query: &Q, out: &mut KeyBinds, decode: bool) -> QueryResult<()>
+where
+    Q: QueryFragment<diesel::mysql::Mysql> + ?Sized,
+{
+    use diesel::mysql::Mysql;
+    use diesel::query_builder::bind_collector::RawBytesBindCollector;
+    let mut binds: RawBytesBindCollector<Mysql> = reuse(&mut out.mysql);
+    if let Err(e) = query.collect_binds(&mut binds, &mut (), &Mysql) {
+        give_back(&mut out.mysql, binds);
+        return Err(e);
+    }
+    out.set_raw(&binds.metadata, &binds.binds, |text, ty| {
+        let _ = write!(text, "{ty:?}");
+    });
+    if decode {
+        crate::binds::mysql_values(&binds, &mut out.values);
+    }
+    give_back(&mut out.mysql, binds);
+    Ok(())
 }
 
 /// The key builder of a query fed with every part but its binds (which come last): every
