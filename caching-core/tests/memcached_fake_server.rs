@@ -461,7 +461,6 @@ fn truncated_frames_are_io_errors() {
         ("gets", &b"VALUE k 0 5 1\r\nab"[..]),
         ("gets", b"VALUE k 0 5 1\r\nabcde\r\n"),
         ("gets", b"VALUE k 0 5"),
-        ("gets", b""),
         ("set", b"STOR"),
     ] {
         fake.once(verb, Action::Close(partial.to_vec()));
@@ -473,6 +472,13 @@ fn truncated_frames_are_io_errors() {
         assert!(is_io(&e), "{partial:?}: {e}");
         recovers(&fake, &mc);
     }
+    // Closed before a byte of the reply: to the client, a pooled connection the server
+    // closed while it was idle (a restart). The call runs again on a new connection, once.
+    fake.once("gets", Action::Close(Vec::new()));
+    assert_eq!(mc.get("k").unwrap(), None, "answered on a new connection");
+    fake.always("gets", Action::Close(Vec::new()));
+    let e = mc.get("k").unwrap_err();
+    assert!(is_io(&e), "closed again on the new connection: an error, no third try: {e}");
 }
 
 #[test]

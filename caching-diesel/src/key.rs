@@ -31,7 +31,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use diesel::connection::LoadConnection;
-use diesel::query_builder::{QueryBuilder, QueryFragment, QueryId};
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+use diesel::query_builder::QueryBuilder;
+use diesel::query_builder::{QueryFragment, QueryId};
 use diesel::{Connection, QueryResult};
 
 use crate::columns::ModelInfo;

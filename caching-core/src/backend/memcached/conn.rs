@@ -88,6 +88,9 @@ pub(super) struct Conn {
     io_timeout: Duration,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
+    /// Bytes received so far: an exchange that failed before receiving any was not
+    /// answered at all (see [`Server::exchange`]).
+    received: u64,
 }
 
 impl Conn {
@@ -108,6 +111,7 @@ impl Conn {
             io_timeout,
             read_timeout: None,
             write_timeout: None,
+            received: 0,
         })
     }
 
@@ -183,7 +187,10 @@ impl Conn {
                         ),
                     ))
                 }
-                Ok(n) => self.end = n,
+                Ok(n) => {
+                    self.end = n;
+                    self.received += n as u64;
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(io_err(server, timed_out(e))),
             }
@@ -290,14 +297,15 @@ impl Server {
         // (Popped before the match: the pool's lock must not be held while it runs.)
         let pooled = lock(&self.idle).pop();
         let result = match pooled {
-            Some(mut pooled) => match f(&mut pooled, &deadline) {
-                Err(e) if is_close(&e) => {
+            Some(mut pooled) => match (pooled.received, f(&mut pooled, &deadline)) {
+                // Closed before a byte of the reply: the connection was closed while idle.
+                (before, Err(e)) if is_close(&e) && pooled.received == before => {
                     tracing::debug!(server = %self.name, error = %e, "pooled memcached connection was closed; reconnecting");
                     lock(&self.idle).clear();
                     self.checkout(options, &deadline)
                         .and_then(|mut conn| f(&mut conn, &deadline).map(|v| (v, conn)))
                 }
-                r => r.map(|v| (v, pooled)),
+                (_, r) => r.map(|v| (v, pooled)),
             },
             None => self
                 .checkout(options, &deadline)
