@@ -478,7 +478,10 @@ fn truncated_frames_are_io_errors() {
     assert_eq!(mc.get("k").unwrap(), None, "answered on a new connection");
     fake.always("gets", Action::Close(Vec::new()));
     let e = mc.get("k").unwrap_err();
-    assert!(is_io(&e), "closed again on the new connection: an error, no third try: {e}");
+    assert!(
+        is_io(&e),
+        "closed again on the new connection: an error, no third try: {e}"
+    );
 }
 
 #[test]
