@@ -12,6 +12,8 @@
 
 use std::collections::BTreeSet;
 
+use std::time::Duration;
+
 use crate::clock;
 use crate::error::Result;
 use crate::flush::{self, InvalidationReport};
@@ -363,6 +365,38 @@ impl Cache {
     /// Waits for a queued invalidation until its deadline. A stall or a restart usually ends
     /// within it: the write returns once its invalidation is through, so no reader that
     /// starts after it returned can be served the old row.
+    /// Queues an invalidation for delivery by this cache's background thread, without
+    /// waiting for it: for a write whose invalidation cannot run where it is known (a
+    /// future dropped while its COMMIT was in flight, whose guard must not block). Until it
+    /// is delivered, this cache's reads of the tables it touches bypass the cache
+    /// ([`Cache::pending_invalidations`]), exactly as for an invalidation the backend failed
+    /// to take.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use caching_core::{Cache, Invalidation, ObjectKey, Timeout};
+    /// let cache = Cache::locmem();
+    /// let user = ObjectKey::new("users", &["1"]);
+    /// let _: u32 = cache.cached_with(&user, "score", Timeout::Forever, || 1);
+    /// let mut inv = Invalidation::new();
+    /// inv.object(user.clone());
+    /// cache.invalidate_in_background(inv);
+    /// assert!(cache.wait_for_delivery(Duration::from_secs(5)));
+    /// let fresh: u32 = cache.cached_with(&user, "score", Timeout::Forever, || 2);
+    /// assert_eq!(fresh, 2);
+    /// ```
+    pub fn invalidate_in_background(&self, inv: Invalidation) {
+        if inv.is_empty() {
+            return;
+        }
+        self.inner.stats.inc(Counter::Invalidations);
+        if inv.plain {
+            self.inner.stats.inc(Counter::PlainWrites);
+        }
+        tracing::debug!(tables = ?inv.written, "invalidation queued for background delivery");
+        let _ticket = self.inner.delivery.defer(self, inv, Duration::ZERO);
+    }
+
     fn wait_for(&self, (ticket, deadline): (u64, std::time::Instant)) -> InvalidationReport {
         InvalidationReport {
             deferred: !self.inner.delivery.wait(ticket, deadline),
