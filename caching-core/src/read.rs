@@ -254,6 +254,8 @@ pub enum ReadOutcome {
 /// database read.
 #[derive(Debug)]
 #[must_use = "a miss must be finished (or abandoned) after the load"]
+// Boxing the fill would cost every miss an allocation; the enum is built in its return slot.
+#[allow(clippy::large_enum_variant)]
 pub enum ReadStart<T> {
     /// From the cache: the decoded value. No database read.
     Hit(T),
@@ -1402,6 +1404,15 @@ impl Cache {
     }
 }
 
+/// A pending fill crosses `.await` points and threads.
+#[allow(dead_code)]
+fn pending_fills_are_send_and_static() {
+    fn check<T: Send + 'static>() {}
+    check::<PendingFill>();
+    check::<PreparedFill>();
+    check::<ReadStart<Vec<String>>>();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1426,13 +1437,4 @@ mod tests {
             [Some(&b"3"[..]), None, Some(&b"1"[..]), Some(&b"3"[..])]
         );
     }
-}
-
-/// A pending fill crosses `.await` points and threads.
-#[allow(dead_code)]
-fn pending_fills_are_send_and_static() {
-    fn check<T: Send + 'static>() {}
-    check::<PendingFill>();
-    check::<PreparedFill>();
-    check::<ReadStart<Vec<String>>>();
 }
