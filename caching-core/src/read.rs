@@ -14,6 +14,11 @@
 //!
 //! A read of a table with an invalidation this process could not deliver yet bypasses the
 //! cache (see [`Cache::pending_invalidations`]): a process always reads its own writes.
+//!
+//! The path has two halves around step 3: [`Cache::begin_read`] (bypass, lookup, lease) and
+//! [`PendingFill::finish`] (register, check, publish). `read_through` is exactly the first
+//! half, the load and the second; an async driver awaits its load between the same two
+//! halves, so the protocol exists once.
 
 use std::collections::HashMap;
 
