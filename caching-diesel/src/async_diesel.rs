@@ -160,6 +160,72 @@ impl AsyncCacheConnection
     }
 }
 
+/// Pooled connections (features `deadpool`, `bb8`) key their queries as the connection they
+/// hold does: wrap each checkout, `AsyncCachedConnection::with_caches(pool.get().await?,
+/// caches.clone())` (bb8: `Pool::get_owned`; see `docs/src/async.md`).
+#[cfg(any(feature = "deadpool", feature = "bb8"))]
+macro_rules! pooled {
+    ($pooled:ty, $conn:ty) => {
+        impl AsyncCacheConnection for $pooled {
+            type Keyed = <$conn as AsyncCacheConnection>::Keyed;
+
+            fn key_binds<Q>(
+                &mut self,
+                query: &Q,
+                out: &mut KeyBinds,
+                decode: bool,
+            ) -> QueryResult<()>
+            where
+                Q: QueryFragment<Self::Backend> + ?Sized,
+            {
+                <$conn as AsyncCacheConnection>::key_binds(self, query, out, decode)
+            }
+        }
+    };
+}
+
+#[cfg(all(feature = "deadpool", feature = "postgres"))]
+pooled!(
+    diesel_async::pooled_connection::deadpool::Object<diesel_async::AsyncPgConnection>,
+    diesel_async::AsyncPgConnection
+);
+#[cfg(all(feature = "deadpool", feature = "mysql"))]
+pooled!(
+    diesel_async::pooled_connection::deadpool::Object<diesel_async::AsyncMysqlConnection>,
+    diesel_async::AsyncMysqlConnection
+);
+#[cfg(all(feature = "deadpool", feature = "sqlite"))]
+pooled!(
+    diesel_async::pooled_connection::deadpool::Object<
+        diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>,
+    >,
+    diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>
+);
+#[cfg(all(feature = "bb8", feature = "postgres"))]
+pooled!(
+    diesel_async::pooled_connection::bb8::PooledConnection<
+        'static,
+        diesel_async::AsyncPgConnection,
+    >,
+    diesel_async::AsyncPgConnection
+);
+#[cfg(all(feature = "bb8", feature = "mysql"))]
+pooled!(
+    diesel_async::pooled_connection::bb8::PooledConnection<
+        'static,
+        diesel_async::AsyncMysqlConnection,
+    >,
+    diesel_async::AsyncMysqlConnection
+);
+#[cfg(all(feature = "bb8", feature = "sqlite"))]
+pooled!(
+    diesel_async::pooled_connection::bb8::PooledConnection<
+        'static,
+        diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>,
+    >,
+    diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>
+);
+
 /// Whether `cache`'s backend calls may run on the runtime's thread (in-process, never
 /// blocking on I/O).
 fn inline(cache: &Cache) -> bool {

@@ -208,6 +208,9 @@ mod guide {
     #[cfg(all(doctest, feature = "async", feature = "sqlite"))]
     #[doc = include_str!("../../docs/src/async.md")]
     struct Async;
+    #[cfg(all(doctest, feature = "deadpool", feature = "bb8", feature = "sqlite"))]
+    #[doc = include_str!("../../docs/src/async-pools.md")]
+    struct AsyncPools;
     #[cfg(all(doctest, feature = "minijinja"))]
     #[doc = include_str!("../../docs/src/templates.md")]
     struct Templates;
