@@ -362,9 +362,6 @@ impl Cache {
         }
     }
 
-    /// Waits for a queued invalidation until its deadline. A stall or a restart usually ends
-    /// within it: the write returns once its invalidation is through, so no reader that
-    /// starts after it returned can be served the old row.
     /// Queues an invalidation for delivery by this cache's background thread, without
     /// waiting for it: for a write whose invalidation cannot run where it is known (a
     /// future dropped while its COMMIT was in flight, whose guard must not block). Until it
@@ -397,6 +394,28 @@ impl Cache {
         let _ticket = self.inner.delivery.defer(self, inv, Duration::ZERO);
     }
 
+    /// [`invalidate_everything`](Cache::invalidate_everything) by the background delivery,
+    /// without waiting (see [`invalidate_in_background`](Cache::invalidate_in_background));
+    /// until it is delivered, every read of this cache bypasses it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let cache = caching_core::Cache::locmem();
+    /// let a: u32 = cache.cached("n", caching_core::Timeout::Forever, || 1);
+    /// cache.invalidate_everything_in_background();
+    /// assert!(cache.wait_for_delivery(Duration::from_secs(5)));
+    /// let b: u32 = cache.cached("n", caching_core::Timeout::Forever, || 2);
+    /// assert_eq!((a, b), (1, 2));
+    /// ```
+    pub fn invalidate_everything_in_background(&self) {
+        self.inner.stats.inc(Counter::Invalidations);
+        tracing::debug!("namespace bump queued for background delivery");
+        let _ticket = self.inner.delivery.defer_everything(self, Duration::ZERO);
+    }
+
+    /// Waits for a queued invalidation until its deadline. A stall or a restart usually ends
+    /// within it: the write returns once its invalidation is through, so no reader that
+    /// starts after it returned can be served the old row.
     fn wait_for(&self, (ticket, deadline): (u64, std::time::Instant)) -> InvalidationReport {
         InvalidationReport {
             deferred: !self.inner.delivery.wait(ticket, deadline),

@@ -284,6 +284,8 @@ impl<T: Send + 'static> Drop for DropOffRuntime<T> {
 struct OwedInvalidation {
     caches: Vec<Cache>,
     inv: Option<Invalidation>,
+    /// A write whose tables are unknown: the whole key space (a namespace bump).
+    everything: bool,
 }
 
 impl OwedInvalidation {
@@ -291,6 +293,16 @@ impl OwedInvalidation {
         OwedInvalidation {
             caches: caches.all().into_iter().cloned().collect(),
             inv: (!inv.is_empty()).then_some(inv),
+            everything: false,
+        }
+    }
+
+    /// Every entry of every cache of the set (a plain write whose tables are unknown).
+    fn everything(caches: &CacheSet) -> Self {
+        OwedInvalidation {
+            caches: caches.all().into_iter().cloned().collect(),
+            inv: None,
+            everything: true,
         }
     }
 
@@ -299,9 +311,14 @@ impl OwedInvalidation {
     }
 
     fn run(mut self) {
-        if let Some(inv) = self.inv.take() {
+        if std::mem::take(&mut self.everything) {
             for cache in &self.caches {
                 // Errors are logged, counted and queued for retry inside.
+                let _ = cache.invalidate_everything();
+            }
+        }
+        if let Some(inv) = self.inv.take() {
+            for cache in &self.caches {
                 let _ = cache.invalidate(&inv);
             }
         }
@@ -309,12 +326,13 @@ impl OwedInvalidation {
 
     fn disarm(mut self) {
         self.inv = None;
+        self.everything = false;
     }
 
     /// Delivers it now: inline for in-process caches, else on the blocking pool (a
     /// cancellation of the caller does not stop it).
     async fn deliver(self) {
-        if self.inv.is_none() {
+        if self.inv.is_none() && !self.everything {
             return;
         }
         if self.all_inline() {
@@ -327,6 +345,11 @@ impl OwedInvalidation {
 
 impl Drop for OwedInvalidation {
     fn drop(&mut self) {
+        if std::mem::take(&mut self.everything) {
+            for cache in &self.caches {
+                cache.invalidate_everything_in_background();
+            }
+        }
         if let Some(inv) = self.inv.take() {
             for cache in &self.caches {
                 cache.invalidate_in_background(inv.clone());
@@ -1221,7 +1244,9 @@ impl<Q: LimitDsl> LimitDsl for CachedQuery<Q> {
 /// a write helper): its tables, read from its SQL, are invalidated whole once it has run
 /// (by the cache's background delivery: reads of them bypass the cache until it is
 /// delivered; inside a transaction, at its COMMIT). A statement whose tables cannot be told
-/// is refused: run it on [`AsyncCachedConnection::inner`] and invalidate yourself.
+/// invalidates the whole cache (a namespace bump), as on the blocking connection; inside a
+/// transaction it is refused: run it on [`AsyncCachedConnection::inner`] and invalidate
+/// yourself.
 #[must_use = "futures do nothing unless awaited"]
 pub struct PlainWrite<F> {
     inner: Option<std::pin::Pin<Box<F>>>,
@@ -1282,22 +1307,32 @@ impl<C: AsyncCacheConnection> AsyncCachedConnection<C> {
         let Some(tables) = crate::plain::written_tables(sql, dialect) else {
             return Ok(None);
         };
+        if self.broken() {
+            return Err(Error::ForeignTransaction.into());
+        }
         if tables.contains(crate::sql::EVERYTHING) {
-            return Err(diesel::result::Error::QueryBuilderError(
-                "a plain write whose tables the cache cannot tell: run it on `inner()` and invalidate".into(),
-            ));
+            // Tables the SQL does not name (or SQL the parser cannot read): every entry, as
+            // the blocking connection does; refused inside a transaction, whose reads could
+            // not tell which tables it dirtied.
+            if self.tx.depth() > 0 {
+                return Err(diesel::result::Error::QueryBuilderError(
+                    "a plain write whose tables cannot be told, inside a transaction: run it on `inner()` and invalidate".into(),
+                ));
+            }
+            tracing::warn!(
+                sql,
+                "a plain write whose tables cannot be told: invalidating the whole cache"
+            );
+            return Ok(Some(OwedInvalidation::everything(&self.caches)));
         }
         let mut inv = Invalidation::new();
         for t in &tables {
             inv.whole_table(t);
         }
         inv.plain_write();
-        if self.tx.depth() > 0 && !self.broken() {
+        if self.tx.depth() > 0 {
             self.tx.queue(inv);
             return Ok(None);
-        }
-        if self.broken() {
-            return Err(Error::ForeignTransaction.into());
         }
         Ok(Some(OwedInvalidation::new(&self.caches, inv)))
     }

@@ -178,6 +178,42 @@ macro_rules! suite {
         }
 
         #[test]
+        fn plain_writes_on_the_wrapper_invalidate() {
+            runtime().block_on(async {
+                let Some(mut e) = env("plain").await else {
+                    return;
+                };
+                let _ = find(&mut e.conn, 1).await;
+                let n = diesel::update(addons::table.find(1))
+                    .set(addons::val.eq(9))
+                    .execute(&mut e.conn)
+                    .await
+                    .unwrap();
+                assert_eq!(n, 1);
+                // Delivered in the background; until then reads of `addons` bypass the cache.
+                assert_eq!(find(&mut e.conn, 1).await.val, 9);
+                assert!(e.cache.wait_for_delivery(Duration::from_secs(10)));
+                assert_eq!(find(&mut e.conn, 1).await.val, 9);
+                let mut other = e.another().await;
+                assert_eq!(find(&mut other, 1).await.val, 9);
+                // Inside a transaction: at COMMIT, and the transaction reads its own write.
+                e.conn
+                    .transaction(async |conn| {
+                        diesel::update(addons::table.find(1))
+                            .set(addons::val.eq(10))
+                            .execute(&mut *conn)
+                            .await?;
+                        assert_eq!(find(conn, 1).await.val, 10);
+                        Ok::<_, diesel::result::Error>(())
+                    })
+                    .await
+                    .unwrap();
+                assert!(e.cache.wait_for_delivery(Duration::from_secs(10)));
+                assert_eq!(find(&mut other, 1).await.val, 10);
+            });
+        }
+
+        #[test]
         fn rollback_invalidates_nothing() {
             runtime().block_on(async {
                 let Some(mut e) = env("rollback").await else {
