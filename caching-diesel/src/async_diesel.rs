@@ -229,7 +229,7 @@ pooled!(
 /// Whether `cache`'s backend calls may run on the runtime's thread (in-process, never
 /// blocking on I/O).
 fn inline(cache: &Cache) -> bool {
-    cache.backend().name() == "locmem"
+    !cache.backend().may_block()
 }
 
 /// Runs `f` where blocking is allowed: on tokio's blocking pool when a runtime is there,
