@@ -39,6 +39,10 @@ pub trait AsyncTestDb: AsyncCacheConnection + Sized {
     fn connect(place: &str) -> impl Future<Output = Self> + Send;
     /// Removes what [`create`](AsyncTestDb::create) left outside the server (files).
     fn cleanup(_place: &str) {}
+    /// The blocking connection to the same database.
+    type Blocking: caching_diesel::CacheConnection;
+    /// A blocking connection to the database at `place`.
+    fn connect_blocking(place: &str) -> Self::Blocking;
 }
 
 #[cfg(feature = "sqlite")]
@@ -61,6 +65,15 @@ impl AsyncTestDb
     }
     fn cleanup(place: &str) {
         let _ = std::fs::remove_file(place);
+    }
+    type Blocking = diesel::SqliteConnection;
+    fn connect_blocking(place: &str) -> Self::Blocking {
+        use diesel::connection::SimpleConnection;
+        use diesel::Connection;
+        let mut c = diesel::SqliteConnection::establish(place).expect("SQLite database file");
+        c.batch_execute("PRAGMA busy_timeout = 5000")
+            .expect("busy timeout");
+        c
     }
 }
 
@@ -93,6 +106,11 @@ impl AsyncTestDb for diesel_async::AsyncPgConnection {
         run_all(&mut c, &[&format!("SET search_path TO {schema}")]).await;
         c
     }
+    type Blocking = diesel::PgConnection;
+    fn connect_blocking(place: &str) -> Self::Blocking {
+        let (_, schema) = place.rsplit_once('#').expect("url#schema");
+        crate::db::pg_connect_schema(schema)
+    }
 }
 
 #[cfg(feature = "mysql")]
@@ -116,6 +134,11 @@ impl AsyncTestDb for diesel_async::AsyncMysqlConnection {
         Self::establish(place)
             .await
             .unwrap_or_else(|e| panic!("per-test MySQL database: {e}"))
+    }
+    type Blocking = diesel::MysqlConnection;
+    fn connect_blocking(place: &str) -> Self::Blocking {
+        use diesel::Connection;
+        diesel::MysqlConnection::establish(place).expect("per-test MySQL database")
     }
 }
 
@@ -169,6 +192,11 @@ impl<C: AsyncTestDb> AsyncEnv<C> {
     /// A plain (uncached) connection to the same database.
     pub async fn plain(&self) -> C {
         C::connect(&self.place).await
+    }
+
+    /// Where the database is (for [`AsyncTestDb::connect_blocking`]).
+    pub fn place(&self) -> &str {
+        &self.place
     }
 
     /// Statements sent through `conn` since the last call.

@@ -214,6 +214,43 @@ macro_rules! suite {
         }
 
         #[test]
+        fn blocking_and_async_connections_share_entries() {
+            use caching_tests::async_db::AsyncTestDb;
+            runtime().block_on(async {
+                let Some(mut e) = env("shared").await else {
+                    return;
+                };
+                let _ = find(&mut e.conn, 1).await; // filled through the async connection
+                let cache = e.cache.clone();
+                let place = e.place().to_string();
+                let hits = tokio::task::spawn_blocking(move || {
+                    let raw = <Db as AsyncTestDb>::connect_blocking(&place);
+                    let mut sync = caching_diesel::CachedConnection::with_caches(
+                        raw,
+                        caching_diesel::CacheSet::new(cache.clone()),
+                    );
+                    let before = cache.stats().hits;
+                    let a: Addon = caching_diesel::CachedRunQueryDsl::first(
+                        addons::table.find(1).cached(),
+                        &mut sync,
+                    )
+                    .unwrap();
+                    let hits = cache.stats().hits - before;
+                    // A blocking write invalidates what the async connection cached.
+                    let _: Addon = sync.save_changes(&Addon { val: 77, ..a }).unwrap();
+                    hits
+                })
+                .await
+                .unwrap();
+                assert_eq!(
+                    hits, 1,
+                    "the blocking connection missed the async connection's entry"
+                );
+                assert_eq!(find(&mut e.conn, 1).await.val, 77);
+            });
+        }
+
+        #[test]
         fn rollback_invalidates_nothing() {
             runtime().block_on(async {
                 let Some(mut e) = env("rollback").await else {
