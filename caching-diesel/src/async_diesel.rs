@@ -708,6 +708,10 @@ impl<C: AsyncCacheConnection> AsyncCachedConnection<C> {
         U: CacheableRow + Send + 'static,
         X: QueryFragment<C::Backend> + QueryId + LoadQuery<'query, C, U> + Send + 'query,
     {
+        // A hit on an in-process cache completes without awaiting anything: it spends the
+        // task's cooperative budget like a tokio resource, so a loop of hits still yields to
+        // the runtime (timers, other tasks) now and then.
+        tokio::task::coop::consume_budget().await;
         if options.is_disabled() {
             return self
                 .bypassed(&options, query, "caching turned off for this query")
