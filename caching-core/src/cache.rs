@@ -27,7 +27,7 @@ pub(crate) struct Inner {
     pub(crate) stats: Stats,
     pub(crate) hook: Option<Arc<dyn StepHook>>,
     pub(crate) delivery: Delivery,
-    pub(crate) flights: Flights,
+    pub(crate) flights: Arc<Flights>,
     pub(crate) servers: ServerWatch,
     pub(crate) guard_memo: crate::guards::GuardMemo,
 }
@@ -129,7 +129,7 @@ impl Cache {
                 stats: Stats::default(),
                 hook,
                 delivery: Delivery::default(),
-                flights: Flights::default(),
+                flights: Arc::default(),
                 servers: ServerWatch::default(),
                 guard_memo: Default::default(),
             }),

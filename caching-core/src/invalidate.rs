@@ -12,6 +12,8 @@
 
 use std::collections::BTreeSet;
 
+use std::time::Duration;
+
 use crate::clock;
 use crate::error::Result;
 use crate::flush::{self, InvalidationReport};
@@ -358,6 +360,57 @@ impl Cache {
                 Ok(self.wait_for(ticket))
             }
         }
+    }
+
+    /// Queues an invalidation for delivery by this cache's background thread, without
+    /// waiting for it: for a write whose invalidation cannot run where it is known (a
+    /// future dropped while its COMMIT was in flight, whose guard must not block). Until it
+    /// is delivered, this cache's reads of the tables it touches bypass the cache
+    /// ([`Cache::pending_invalidations`]), exactly as for an invalidation the backend failed
+    /// to take.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use caching_core::{Cache, Invalidation, ObjectKey, Timeout};
+    /// let cache = Cache::locmem();
+    /// let user = ObjectKey::new("users", &["1"]);
+    /// let _: u32 = cache.cached_with(&user, "score", Timeout::Forever, || 1);
+    /// let mut inv = Invalidation::new();
+    /// inv.object(user.clone());
+    /// cache.invalidate_in_background(inv);
+    /// assert!(cache.wait_for_delivery(Duration::from_secs(5)));
+    /// let fresh: u32 = cache.cached_with(&user, "score", Timeout::Forever, || 2);
+    /// assert_eq!(fresh, 2);
+    /// ```
+    pub fn invalidate_in_background(&self, inv: Invalidation) {
+        if inv.is_empty() {
+            return;
+        }
+        self.inner.stats.inc(Counter::Invalidations);
+        if inv.plain {
+            self.inner.stats.inc(Counter::PlainWrites);
+        }
+        tracing::debug!(tables = ?inv.written, "invalidation queued for background delivery");
+        let _ticket = self.inner.delivery.defer(self, inv, Duration::ZERO);
+    }
+
+    /// [`invalidate_everything`](Cache::invalidate_everything) by the background delivery,
+    /// without waiting (see [`invalidate_in_background`](Cache::invalidate_in_background));
+    /// until it is delivered, every read of this cache bypasses it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let cache = caching_core::Cache::locmem();
+    /// let a: u32 = cache.cached("n", caching_core::Timeout::Forever, || 1);
+    /// cache.invalidate_everything_in_background();
+    /// assert!(cache.wait_for_delivery(Duration::from_secs(5)));
+    /// let b: u32 = cache.cached("n", caching_core::Timeout::Forever, || 2);
+    /// assert_eq!((a, b), (1, 2));
+    /// ```
+    pub fn invalidate_everything_in_background(&self) {
+        self.inner.stats.inc(Counter::Invalidations);
+        tracing::debug!("namespace bump queued for background delivery");
+        let _ticket = self.inner.delivery.defer_everything(self, Duration::ZERO);
     }
 
     /// Waits for a queued invalidation until its deadline. A stall or a restart usually ends

@@ -65,13 +65,13 @@ impl Flight {
 /// Held by the reader leading a key's fill in this process; dropping it (after the fill, or
 /// on any early return or panic) wakes the readers waiting for the key.
 #[derive(Debug)]
-pub(crate) struct FlightGuard<'a> {
-    flights: &'a Flights,
+pub(crate) struct FlightGuard {
+    flights: Arc<Flights>,
     key: String,
     flight: Arc<Flight>,
 }
 
-impl Drop for FlightGuard<'_> {
+impl Drop for FlightGuard {
     fn drop(&mut self) {
         {
             let mut map = lock(&self.flights.0);
@@ -87,13 +87,13 @@ impl Drop for FlightGuard<'_> {
     }
 }
 
-enum Join<'a> {
-    Leader(FlightGuard<'a>),
+enum Join {
+    Leader(FlightGuard),
     Follower(Arc<Flight>),
 }
 
 impl Flights {
-    fn join(&self, key: &str) -> Join<'_> {
+    fn join(self: &Arc<Self>, key: &str) -> Join {
         let mut map = lock(&self.0);
         if let Some(f) = map.get(key) {
             return Join::Follower(f.clone());
@@ -101,7 +101,7 @@ impl Flights {
         let flight = Arc::new(Flight::default());
         map.insert(key.to_string(), flight.clone());
         Join::Leader(FlightGuard {
-            flights: self,
+            flights: self.clone(),
             key: key.to_string(),
             flight,
         })
@@ -126,7 +126,7 @@ fn poll_delays(wait: Duration) -> impl Iterator<Item = Duration> {
 }
 
 /// What a reader that missed got from [`Cache::lease`].
-pub(crate) enum Leased<'a> {
+pub(crate) enum Leased {
     /// Another reader's fill was published while this one waited: its payload.
     Hit(Vec<u8>),
     /// This reader leads the fill: `marker` is stored under the key (the fill must publish
@@ -135,12 +135,12 @@ pub(crate) enum Leased<'a> {
     Leader {
         lookup: Lookup,
         marker: Placeholder,
-        flight: Option<FlightGuard<'a>>,
+        flight: Option<FlightGuard>,
     },
     /// No lease: read the database and fill as usual. `lookup` is the latest one.
     Proceed {
         lookup: Lookup,
-        flight: Option<FlightGuard<'a>>,
+        flight: Option<FlightGuard>,
     },
 }
 
@@ -148,9 +148,16 @@ impl Cache {
     /// After a miss of `plan` seen by `lookup`: takes the key's lease, or waits for the
     /// reader holding it (see the module docs). Costs nothing more when the lookup took the
     /// lease already (its batch adds the marker), one `add` when it could not yet.
-    pub(crate) fn lease(&self, plan: &ReadPlan<'_>, lookup: Lookup) -> Leased<'_> {
+    pub(crate) fn lease(&self, plan: &ReadPlan<'_>, lookup: Lookup) -> Leased {
         let key = plan.key();
-        let mut delays = poll_delays(self.inner.config.lease_wait);
+        // A plan that must not wait (an async caller on its runtime's thread) gets no polls and a
+        // zero budget: it reads the database at once, as a reader that waited in vain does.
+        let wait = if plan.waits() {
+            self.inner.config.lease_wait
+        } else {
+            Duration::ZERO
+        };
+        let mut delays = poll_delays(wait);
         let mut lookup = lookup;
         if let Some(marker) = lookup.marker.take() {
             // The lookup stored our marker: we lead the fill across processes, and must not
@@ -286,7 +293,7 @@ mod tests {
 
     #[test]
     fn a_flight_wakes_its_followers_when_its_leader_is_done() {
-        let flights = Flights::default();
+        let flights = Arc::new(Flights::default());
         let Join::Leader(guard) = flights.join("k") else {
             panic!("first reader leads");
         };

@@ -47,6 +47,9 @@ pub use hooks::StepHook;
 pub use invalidate::Invalidation;
 pub use key::{KeySpace, ObjectKey, QueryKeyBuilder};
 pub use predicate::PredicateValue;
-pub use read::{FillOutcome, FillToken, FlushTarget, Guarded, Lookup, ReadOutcome, ReadPlan};
+pub use read::{
+    FillOutcome, FillToken, FlushTarget, Guarded, Lookup, PendingFill, PreparedFill, ReadOutcome,
+    ReadPlan, ReadStart,
+};
 pub use stats::{Stats, StatsSnapshot, TableStats};
 pub use timeout::{Expiry, Timeout, MAX_TIMEOUT};

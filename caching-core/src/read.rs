@@ -14,6 +14,11 @@
 //!
 //! A read of a table with an invalidation this process could not deliver yet bypasses the
 //! cache (see [`Cache::pending_invalidations`]): a process always reads its own writes.
+//!
+//! The path has two halves around step 3: [`Cache::begin_read`] (bypass, lookup, lease) and
+//! [`PendingFill::finish`] (register, check, publish). `read_through` is exactly the first
+//! half, the load and the second; an async driver awaits its load between the same two
+//! halves, so the protocol exists once.
 
 use std::collections::HashMap;
 
@@ -25,7 +30,7 @@ use crate::envelope::{envelope, open_envelope, pending_marker, PENDING_MAGIC, PE
 use crate::error::{Error, Result};
 use crate::flush::{self, Registrations};
 use crate::key::KeySpace;
-use crate::lease::Leased;
+use crate::lease::{FlightGuard, Leased};
 use crate::stats::{Counter, TableEvent};
 use crate::timeout::{Expiry, Timeout};
 use crate::{Cache, ObjectKey};
@@ -143,6 +148,7 @@ pub struct ReadPlan<'a> {
     cap: Option<Expiry>,
     no_fill: Option<&'static str>,
     bypass: Option<&'static str>,
+    no_wait: bool,
 }
 
 impl<'a> ReadPlan<'a> {
@@ -156,7 +162,29 @@ impl<'a> ReadPlan<'a> {
             cap: None,
             no_fill: None,
             bypass: None,
+            no_wait: false,
         }
+    }
+
+    /// Never wait for another reader's fill of the entry (stampede protection's waits block
+    /// the calling thread): a reader that would wait reads the database at once instead, and
+    /// its fill runs as usual. For callers on an async runtime's threads; what a fill checks
+    /// is unchanged.
+    ///
+    /// ```
+    /// use caching_core::{Cache, ReadPlan, ReadStart};
+    /// let cache = Cache::locmem();
+    /// let plan = ReadPlan::new("app:q:nowait", &["users"]).without_waiting();
+    /// assert!(matches!(cache.begin_read::<u32>(&plan), ReadStart::Miss(_)));
+    /// ```
+    pub fn without_waiting(mut self) -> Self {
+        self.no_wait = true;
+        self
+    }
+
+    /// Whether a reader of this plan may wait for another reader's fill.
+    pub(crate) fn waits(&self) -> bool {
+        !self.no_wait
     }
 
     /// Any write to any of the tables makes the entry miss (counts, aggregates).
@@ -225,6 +253,195 @@ pub enum ReadOutcome {
     Miss,
     /// From the loader without asking the cache, for the reason given.
     Bypassed(&'static str),
+}
+
+/// How a read starts ([`Cache::begin_read`]): the first half of the read path, before the
+/// database read.
+#[derive(Debug)]
+#[must_use = "a miss must be finished (or abandoned) after the load"]
+// Boxing the fill would cost every miss an allocation; the enum is built in its return slot.
+#[allow(clippy::large_enum_variant)]
+pub enum ReadStart<T> {
+    /// From the cache: the decoded value. No database read.
+    Hit(T),
+    /// Do not use the cache for this read (the reason is given): read the database, fill
+    /// nothing.
+    Bypass(&'static str),
+    /// A miss: read the database, then [`finish`](PendingFill::finish) the fill (or
+    /// [`abandon`](PendingFill::abandon) it when the read failed).
+    Miss(PendingFill),
+}
+
+/// A miss waiting for its value: everything the second half of the read path needs (the
+/// entry key, the tables, the state seen at lookup, the lease marker this reader holds, its
+/// place as this process's leader for the key). It owns all of it (`Send + 'static`), so it
+/// can be held across an `.await` and finished on another thread.
+///
+/// Dropped without [`finish`](PendingFill::finish) (a load that failed, a future that was
+/// cancelled), it gives up the lease: its marker is deleted, so readers waiting for this
+/// fill stop waiting, and nothing is stored. Dropping it does backend I/O when it holds a
+/// lease on a network backend.
+///
+/// ```
+/// use caching_core::{Cache, FillOutcome, ReadPlan, ReadStart};
+/// let cache = Cache::locmem();
+/// let plan = ReadPlan::new("app:q:pending", &["users"]).guard_all();
+/// let ReadStart::Miss(fill) = cache.begin_read::<String>(&plan) else { unreachable!() };
+/// // A fill can move to another thread (an async task, a blocking pool).
+/// let outcome = std::thread::spawn(move || fill.finish(&"fliggy".to_string(), |_, _| Ok(())))
+///     .join()
+///     .unwrap();
+/// assert_eq!(outcome, Some(FillOutcome::Stored));
+/// // A miss given up stores nothing.
+/// let other = ReadPlan::new("app:q:given-up", &["users"]).guard_all();
+/// let ReadStart::Miss(fill) = cache.begin_read::<String>(&other) else { unreachable!() };
+/// fill.abandon();
+/// assert!(matches!(cache.begin_read::<String>(&other), ReadStart::Miss(_)));
+/// ```
+#[derive(Debug)]
+pub struct PendingFill {
+    cache: Cache,
+    key: String,
+    tables: Vec<String>,
+    /// `None` when the lookup failed: the value is returned, nothing is filled.
+    lookup: Option<Lookup>,
+    /// The pending marker this reader stored (the lease); released unless published over.
+    marker: Option<Placeholder>,
+    /// This process's leadership of the key's fill: dropping it wakes the readers waiting.
+    _flight: Option<FlightGuard>,
+    no_fill: Option<&'static str>,
+    expiry: Expiry,
+}
+
+/// A fill whose value is registered and encoded, ready to be published
+/// ([`PendingFill::prepare`]): the part of the fill that talks to the backend is all that is
+/// left. `Send + 'static`; dropped unpublished, it gives up the lease like [`PendingFill`].
+#[derive(Debug)]
+#[must_use = "a prepared fill does nothing until published"]
+pub struct PreparedFill {
+    fill: PendingFill,
+    work: Option<(Vec<u8>, Registrations)>,
+}
+
+impl PendingFill {
+    /// The entry key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Finishes the fill with the loaded `value`: `register` names the flush lists it must be
+    /// registered on (or refuses the fill, with a reason), then the protocol's register,
+    /// check and publish steps run. Returns what the fill did, `None` when it was not
+    /// attempted (refused, not encodable, the cache failed at lookup) or the backend failed
+    /// (logged and counted). Same as [`prepare`](Self::prepare) then
+    /// [`PreparedFill::publish`].
+    pub fn finish<T, R>(self, value: &T, register: R) -> Option<FillOutcome>
+    where
+        T: Serialize + DeserializeOwned,
+        R: FnOnce(&T, &mut Registrations) -> std::result::Result<(), &'static str>,
+    {
+        self.prepare(value, register).publish()
+    }
+
+    /// The part of [`finish`](Self::finish) that needs the value and no backend: registers
+    /// and encodes it (no I/O). A refused fill, or a value that does not encode, publishes
+    /// nothing; its [`publish`](PreparedFill::publish) only gives up the lease.
+    pub fn prepare<T, R>(self, value: &T, register: R) -> PreparedFill
+    where
+        T: Serialize + DeserializeOwned,
+        R: FnOnce(&T, &mut Registrations) -> std::result::Result<(), &'static str>,
+    {
+        if self.lookup.is_none() {
+            return PreparedFill {
+                fill: self,
+                work: None,
+            };
+        }
+        let cache = self.cache.clone();
+        let mut regs = Registrations::new();
+        let refused = self.no_fill.map_or_else(|| register(value, &mut regs), Err);
+        if let Err(why) = refused {
+            // The lease is given up by `publish` (or the drop): this half does no I/O.
+            cache.inner.stats.inc(Counter::SkippedFills);
+            self.count(TableEvent::FillSkipped(why));
+            tracing::debug!(key = self.key, tables = ?self.tables, why, "cache fill skipped");
+            return PreparedFill {
+                fill: self,
+                work: None,
+            };
+        }
+        match cache.inner.config.codec.encode(value) {
+            Ok(payload) => PreparedFill {
+                fill: self,
+                work: Some((payload, regs)),
+            },
+            Err(e) => {
+                cache.inner.stats.inc(Counter::SkippedFills);
+                self.count(TableEvent::FillSkipped("did not encode"));
+                tracing::warn!(key = self.key, error = %e, "result did not encode; not cached");
+                PreparedFill {
+                    fill: self,
+                    work: None,
+                }
+            }
+        }
+    }
+
+    /// Gives the fill up (the load failed): releases the lease, stores nothing. Same as
+    /// dropping it.
+    pub fn abandon(self) {}
+
+    /// Deletes this reader's marker, if it holds one.
+    fn release(&mut self) {
+        if self.marker.take().is_some() {
+            self.cache.release_lease(&self.key, true);
+        }
+    }
+
+    fn count(&self, event: TableEvent) {
+        let tables: Vec<&str> = self.tables.iter().map(String::as_str).collect();
+        self.cache.inner.stats.count_tables(&tables, event);
+    }
+}
+
+impl Drop for PendingFill {
+    fn drop(&mut self) {
+        self.release();
+        // Then `flight` drops, waking this process's readers waiting for the key.
+    }
+}
+
+impl PreparedFill {
+    /// The backend part of the fill: register, check, publish (`docs/src/protocol.md`).
+    /// Returns what the fill did; `None` when nothing was attempted or the backend failed
+    /// (logged and counted).
+    pub fn publish(mut self) -> Option<FillOutcome> {
+        let Some((payload, regs)) = self.work.take() else {
+            // Refused or not encodable: give up the lease (if held) now.
+            self.fill.release();
+            return None;
+        };
+        let fill = &mut self.fill;
+        let lookup = fill.lookup.as_ref()?;
+        let marker = fill.marker.take();
+        let cache = &fill.cache;
+        let filled =
+            cache.fill_leased(&lookup.token, &payload, &regs, fill.expiry, marker.as_ref());
+        fill.count(TableEvent::of_fill(&filled));
+        match filled {
+            Ok(outcome) => Some(outcome),
+            Err(e) => {
+                cache.record_backend_error("fill", &e);
+                None
+            }
+        }
+    }
+
+    /// Whether [`publish`](Self::publish) (or dropping this) talks to the backend: a fill
+    /// to publish, or a lease to give up. When not, both are free of I/O.
+    pub fn needs_backend(&self) -> bool {
+        self.work.is_some() || self.fill.marker.is_some()
+    }
 }
 
 /// Something values can be tied to with [`Cache::cached_with`]: an object, a query.
@@ -311,10 +528,53 @@ impl Cache {
         L: FnOnce() -> std::result::Result<T, E>,
         R: FnOnce(&T, &mut Registrations) -> std::result::Result<(), &'static str>,
     {
+        // The one protocol, in its two halves: everything before the load (lookup, lease),
+        // the load, then everything after it (register, check, publish). The async driver
+        // runs the same halves around an awaited load.
+        match self.begin_read::<T>(plan) {
+            ReadStart::Hit(value) => Ok((value, ReadOutcome::Hit)),
+            ReadStart::Bypass(why) => load().map(|v| (v, ReadOutcome::Bypassed(why))),
+            ReadStart::Miss(fill) => {
+                let value = match load() {
+                    Ok(v) => v,
+                    Err(e) => {
+                        fill.abandon();
+                        return Err(e);
+                    }
+                };
+                fill.finish(&value, register);
+                Ok((value, ReadOutcome::Miss))
+            }
+        }
+    }
+
+    /// The first half of [`read_through`](Cache::read_through): everything before the
+    /// database read. Decides whether the read bypasses the cache, looks the entry up (a hit
+    /// is decoded and returned), and on a miss takes the entry's lease (or waits for the
+    /// reader holding it) and returns the [`PendingFill`] that finishes the protocol once
+    /// the caller has loaded the value. The cache failing only means a miss whose fill does
+    /// nothing: errors are logged and counted, never returned.
+    ///
+    /// With stampede protection on, a reader that misses while another reader of this
+    /// process (or another process) fills the same entry waits for it, at most
+    /// [`CacheConfig::lease_wait`](crate::CacheConfig::lease_wait), blocking the calling
+    /// thread: async callers run this on a blocking thread (as `caching-diesel`'s async
+    /// driver does for network backends).
+    ///
+    /// ```
+    /// use caching_core::{Cache, ReadPlan, ReadStart};
+    /// let cache = Cache::locmem();
+    /// let plan = ReadPlan::new("app:q:begin", &["users"]).guard_all();
+    /// let ReadStart::Miss(fill) = cache.begin_read::<u32>(&plan) else { unreachable!() };
+    /// let loaded = 7u32; // the database read (awaited, in async code)
+    /// fill.finish(&loaded, |_, _| Ok(()));
+    /// assert!(matches!(cache.begin_read::<u32>(&plan), ReadStart::Hit(7)));
+    /// ```
+    pub fn begin_read<T: DeserializeOwned>(&self, plan: &ReadPlan<'_>) -> ReadStart<T> {
         let key = plan.key;
         if let Some(why) = self.bypass_of(plan) {
             tracing::debug!(key, tables = ?plan.tables, why, "cache bypassed");
-            return load().map(|v| (v, ReadOutcome::Bypassed(why)));
+            return ReadStart::Bypass(why);
         }
         let guarded = plan.guarded_tables();
         // With stampede protection on, the lookup also tries to take the lease (the pending
@@ -336,32 +596,35 @@ impl Cache {
         };
         if let Some(bytes) = lookup.as_ref().and_then(|l| l.hit.as_deref()) {
             match self.inner.config.codec.decode::<T>(bytes) {
-                Ok(v) => return Ok((self.served_hit(plan, v), ReadOutcome::Hit)),
+                Ok(v) => return ReadStart::Hit(self.served_hit(plan, v)),
                 Err(e) => self.record_decode_error(key, &e),
             }
         }
         // Stampede protection: lead this key's fill, or wait for the reader that does.
         let mut marker = None;
-        let mut _flight = None;
+        let mut flight = None;
         if leasing {
             if let Some(l) = lookup.take() {
                 match self.lease(plan, l) {
                     Leased::Hit(bytes) => match self.inner.config.codec.decode::<T>(&bytes) {
-                        Ok(v) => return Ok((self.served_hit(plan, v), ReadOutcome::Hit)),
+                        Ok(v) => return ReadStart::Hit(self.served_hit(plan, v)),
                         Err(e) => self.record_decode_error(key, &e),
                     },
                     Leased::Leader {
                         lookup: l,
                         marker: m,
-                        flight,
+                        flight: f,
                     } => {
                         lookup = Some(l);
                         marker = Some(m);
-                        _flight = flight;
+                        flight = f;
                     }
-                    Leased::Proceed { lookup: l, flight } => {
+                    Leased::Proceed {
+                        lookup: l,
+                        flight: f,
+                    } => {
                         lookup = Some(l);
-                        _flight = flight;
+                        flight = f;
                     }
                 }
             }
@@ -369,51 +632,18 @@ impl Cache {
         self.inner.stats.inc(Counter::Misses);
         self.inner.stats.count_tables(plan.tables, TableEvent::Miss);
         tracing::debug!(key, tables = ?plan.tables, "cache miss");
+        let fill = PendingFill {
+            cache: self.clone(),
+            key: key.to_string(),
+            tables: plan.tables.iter().map(|t| t.to_string()).collect(),
+            lookup,
+            marker,
+            _flight: flight,
+            no_fill: plan.no_fill,
+            expiry: self.plan_expiry(plan),
+        };
         self.step("read");
-        let value = match load() {
-            Ok(v) => v,
-            Err(e) => {
-                self.release_lease(key, marker.is_some());
-                return Err(e);
-            }
-        };
-        let Some(lookup) = lookup else {
-            return Ok((value, ReadOutcome::Miss));
-        };
-        let mut regs = Registrations::new();
-        let refused = plan
-            .no_fill
-            .map_or_else(|| register(&value, &mut regs), Err);
-        if let Err(why) = refused {
-            self.release_lease(key, marker.is_some());
-            self.inner.stats.inc(Counter::SkippedFills);
-            self.inner
-                .stats
-                .count_tables(plan.tables, TableEvent::FillSkipped(why));
-            tracing::debug!(key, tables = ?plan.tables, why, "cache fill skipped");
-            return Ok((value, ReadOutcome::Miss));
-        }
-        let payload = match self.inner.config.codec.encode(&value) {
-            Ok(p) => p,
-            Err(e) => {
-                self.release_lease(key, marker.is_some());
-                self.inner.stats.inc(Counter::SkippedFills);
-                self.inner
-                    .stats
-                    .count_tables(plan.tables, TableEvent::FillSkipped("did not encode"));
-                tracing::warn!(key, error = %e, "result did not encode; not cached");
-                return Ok((value, ReadOutcome::Miss));
-            }
-        };
-        let expiry = self.plan_expiry(plan);
-        let filled = self.fill_leased(&lookup.token, &payload, &regs, expiry, marker.as_ref());
-        self.inner
-            .stats
-            .count_tables(plan.tables, TableEvent::of_fill(&filled));
-        if let Err(e) = filled {
-            self.record_backend_error("fill", &e);
-        }
-        Ok((value, ReadOutcome::Miss))
+        ReadStart::Miss(fill)
     }
 
     /// Counts and logs a hit of `plan`, and hands its value back.
@@ -1188,6 +1418,15 @@ impl Cache {
     pub fn delete_manual(&self, key: &str) -> Result<()> {
         self.inner.backend.delete(&self.keys().manual_key(key))
     }
+}
+
+/// A pending fill crosses `.await` points and threads.
+#[allow(dead_code)]
+fn pending_fills_are_send_and_static() {
+    fn check<T: Send + 'static>() {}
+    check::<PendingFill>();
+    check::<PreparedFill>();
+    check::<ReadStart<Vec<String>>>();
 }
 
 #[cfg(test)]

@@ -30,6 +30,8 @@
 //! assert_eq!(u.name, "clouseroo");
 //! ```
 
+#[cfg(feature = "async")]
+pub mod async_diesel;
 mod binds;
 mod caches;
 mod columns;
@@ -54,6 +56,8 @@ pub mod template;
 mod transaction;
 mod write;
 
+#[cfg(feature = "async")]
+pub use async_diesel::{AsyncCacheConnection, AsyncCachedConnection};
 pub use caches::{install, process_caches, CacheSet};
 pub use caching_core::{
     self as core, Cache, CacheBuilder, CacheConfig, DependencyTracking, InvalidateOnCreate,
@@ -125,6 +129,22 @@ pub mod prelude {
     pub use diesel::prelude::*;
 }
 
+/// The [prelude](crate::prelude) for [`AsyncCachedConnection`] (feature `async`): Diesel's
+/// prelude with diesel-async's `RunQueryDsl` in place of Diesel's (named explicitly, it
+/// shadows the glob's), which loads `.cached()` queries through the cache on an
+/// `AsyncCachedConnection`, and [`AsyncCachedQueryDsl`](crate::async_diesel::AsyncCachedQueryDsl)
+/// (outcomes, counts). Do not import the blocking [prelude](crate::prelude) in the same
+/// scope: its `CachedRunQueryDsl` makes `load` ambiguous.
+#[cfg(feature = "async")]
+pub mod async_prelude {
+    pub use crate::async_diesel::AsyncCachedQueryDsl;
+    pub use crate::dsl::CacheDsl;
+    pub use crate::model::{CacheableRow, CachedModel};
+    pub use caching_derive::{cached_method, Cached, CachedRow};
+    pub use diesel::prelude::*;
+    pub use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
+}
+
 /// Paths the derive's generated code names. Not a public API.
 #[doc(hidden)]
 pub mod __private {
@@ -185,6 +205,12 @@ mod guide {
     #[cfg(all(doctest, feature = "postgres", feature = "r2d2"))]
     #[doc = include_str!("../../docs/src/postgres-r2d2.md")]
     struct PostgresR2d2;
+    #[cfg(all(doctest, feature = "async", feature = "sqlite"))]
+    #[doc = include_str!("../../docs/src/async.md")]
+    struct Async;
+    #[cfg(all(doctest, feature = "deadpool", feature = "bb8", feature = "sqlite"))]
+    #[doc = include_str!("../../docs/src/async-pools.md")]
+    struct AsyncPools;
     #[cfg(all(doctest, feature = "minijinja"))]
     #[doc = include_str!("../../docs/src/templates.md")]
     struct Templates;

@@ -43,6 +43,12 @@ impl QueryOptions {
         &self.tables
     }
 
+    /// The timeout set on the query, if any.
+    #[cfg(feature = "async")]
+    pub(crate) fn explicit_timeout(&self) -> Option<Timeout> {
+        self.timeout
+    }
+
     pub(crate) fn timeout_or_default(&self) -> Timeout {
         self.timeout.unwrap_or_default()
     }

@@ -65,6 +65,17 @@ impl TxState {
         }
     }
 
+    /// What the outermost COMMIT would run now: every level's queued invalidations, merged
+    /// (the async transaction owes them from the moment its COMMIT is sent).
+    #[cfg(feature = "async")]
+    pub(crate) fn outermost_pending(&self) -> Invalidation {
+        let mut inv = Invalidation::new();
+        for level in &self.levels {
+            inv.merge(level.pending.clone());
+        }
+        inv
+    }
+
     /// Closes a level that rolled back: its invalidations are dropped.
     pub(crate) fn rollback(&mut self) {
         self.levels.pop();

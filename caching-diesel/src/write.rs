@@ -85,14 +85,16 @@ pub fn rows_invalidation<'a, M: CachedModel + 'a>(
 
 /// The invalidation of rows updated in place: their new values are known, their old ones
 /// are not (a row may have left a count or an aggregate it is not part of).
-fn updated<'a, M: CachedModel + 'a>(rows: impl IntoIterator<Item = &'a M>) -> Invalidation {
+pub(crate) fn updated<'a, M: CachedModel + 'a>(
+    rows: impl IntoIterator<Item = &'a M>,
+) -> Invalidation {
     let mut inv = rows_invalidation(rows);
     inv.old_values_unknown(M::SQL_TABLE);
     inv
 }
 
 /// Whole-table invalidation of `M` (model name and SQL table).
-fn whole<M: CachedModel>() -> Invalidation {
+pub(crate) fn whole<M: CachedModel>() -> Invalidation {
     let mut inv = Invalidation::new();
     inv.whole_table(M::TABLE);
     inv.whole_table(M::SQL_TABLE);
@@ -195,6 +197,34 @@ where
     }
 }
 
+/// The invalidation of inserted rows, for a connection with `caches` (see
+/// `CachedConnection::creation`; the async connection shares it).
+pub(crate) fn creation_of<M: CachedModel>(
+    caches: &crate::CacheSet,
+    rows: &[M],
+    sql: &str,
+    returned: bool,
+) -> Invalidation {
+    let mut inv = rows_invalidation(rows.iter());
+    match (crate::sql::upsert_kind(sql), returned) {
+        (Upsert::No, _) => {}
+        (Upsert::OnConflict, true) => {
+            inv.old_values_unknown(M::SQL_TABLE);
+        }
+        _ => {
+            inv.merge(whole::<M>());
+        }
+    }
+    let whole_model = caches
+        .all()
+        .iter()
+        .any(|c| c.config().invalidate_on_create == InvalidateOnCreate::WholeModel);
+    if whole_model && !rows.is_empty() {
+        inv.merge(whole::<M>());
+    }
+    inv
+}
+
 impl<C: CacheConnection> CachedConnection<C> {
     fn guard(&self) -> QueryResult<()> {
         if self.tx.depth() == 0 && self.in_foreign_transaction() {
@@ -216,25 +246,7 @@ impl<C: CacheConnection> CachedConnection<C> {
     /// `ON DUPLICATE KEY UPDATE`, or rows the caller only claims) may change rows nobody
     /// named: the whole table.
     fn creation<M: CachedModel>(&self, rows: &[M], sql: &str, returned: bool) -> Invalidation {
-        let mut inv = rows_invalidation(rows.iter());
-        match (crate::sql::upsert_kind(sql), returned) {
-            (Upsert::No, _) => {}
-            (Upsert::OnConflict, true) => {
-                inv.old_values_unknown(M::SQL_TABLE);
-            }
-            _ => {
-                inv.merge(whole::<M>());
-            }
-        }
-        let whole_model = self
-            .caches
-            .all()
-            .iter()
-            .any(|c| c.config().invalidate_on_create == InvalidateOnCreate::WholeModel);
-        if whole_model && !rows.is_empty() {
-            inv.merge(whole::<M>());
-        }
-        inv
+        creation_of(&self.caches, rows, sql, returned)
     }
 
     /// Saves a changed model (Diesel's `save_changes`: update by primary key, then fetch) and

@@ -2,7 +2,8 @@
 //! deriving the query's key (and, for comparison, the key of the same query boxed, whose SQL
 //! is rendered afresh on every read), decoding its payload (the runner's `floor_decode`, shared
 //! through `#[path]`), a locmem get of its entry, and the whole locmem hit through
-//! `.cached().load`. No server needed:
+//! `.cached().load`, and the engine's miss path on locmem (lookup with the lease, register,
+//! check, publish: `Cache::read_through` without a database). No server needed:
 //!
 //! ```text
 //! cargo bench -p caching-tests --bench hot
@@ -82,6 +83,21 @@ fn hot(c: &mut Criterion) {
     });
     c.bench_function("locmem_hit_100", |b| {
         b.iter(|| -> Vec<Addon> { list100!().cached().load(&mut conn).expect("hit") })
+    });
+    // A miss and its fill, each on a new key (so every one misses): the read path's two
+    // halves around a load that costs nothing.
+    let misses = Cache::locmem();
+    let mut n = 0u64;
+    c.bench_function("locmem_miss_fill", |b| {
+        b.iter(|| {
+            n += 1;
+            let key = misses.keys().manual_key(&format!("bench-{n}"));
+            let plan = caching_diesel::core::ReadPlan::new(&key, &["addons"]);
+            let load = || Ok::<_, std::convert::Infallible>(vec![1u32, 2, 3]);
+            misses
+                .read_through(&plan, load, |_, _| Ok(()))
+                .expect("infallible")
+        })
     });
 }
 

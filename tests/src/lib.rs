@@ -1040,6 +1040,8 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
+#[cfg(feature = "async")]
+pub mod async_db;
 pub mod db;
 
 /// Instantiates a suite once per database and cache backend this build has: modules

@@ -241,6 +241,10 @@ impl Backend for Scheduled {
     fn name(&self) -> &'static str {
         "scheduled-locmem"
     }
+    fn may_block(&self) -> bool {
+        // In-process: the async driver calls it inline, on the actor's own thread.
+        false
+    }
     fn max_item_size(&self) -> usize {
         self.inner.max_item_size()
     }
@@ -330,6 +334,14 @@ enum Actor {
     MovingWriter,
     /// [`Actor::FilterReader`] starting after every writer has finished.
     LateFilterReader,
+    /// [`Actor::Reader`] through the async driver (`AsyncCachedConnection` on diesel-async's
+    /// SQLite wrapper, on a current-thread runtime): the same two halves of the read path
+    /// around an awaited load.
+    #[cfg(feature = "async")]
+    AsyncReader,
+    /// [`Actor::Writer`] through the async driver.
+    #[cfg(feature = "async")]
+    AsyncWriter,
 }
 
 /// The name that moves user 1 into [`Actor::FilterReader`]'s list.
@@ -337,6 +349,10 @@ const MOVED: &str = "moved";
 
 impl Actor {
     fn writes(self) -> bool {
+        #[cfg(feature = "async")]
+        if self == Actor::AsyncWriter {
+            return true;
+        }
         matches!(
             self,
             Actor::Writer | Actor::NaiveWriter | Actor::MovingWriter
@@ -500,9 +516,17 @@ fn explore_in(name: &str, actors: &[Actor], eviction_safe: bool, processes: bool
                 };
                 let sched = sched.clone();
                 let backend = backend.clone();
+                let db_path = world.dir.to_str().unwrap().to_string();
                 std::thread::spawn(move || {
                     ACTOR.with(|a| a.set(Some(i)));
                     let mut seen: Option<Vec<User>> = None;
+                    #[cfg(feature = "async")]
+                    if matches!(actor, Actor::AsyncReader | Actor::AsyncWriter) {
+                        // Not a late reader: the final state is what is checked.
+                        let _ = async_actor(actor, i, &db_path, cache);
+                        sched.finish(i);
+                        return (conn, None);
+                    }
                     let raw = if actor == Actor::NaiveWriter {
                         // A raw connection: the cached connection would see this write.
                         let mut raw = conn;
@@ -550,6 +574,10 @@ fn explore_in(name: &str, actors: &[Actor], eviction_safe: bool, processes: bool
                                     .unwrap();
                             }
                             Actor::NaiveWriter => unreachable!("handled above"),
+                            #[cfg(feature = "async")]
+                            Actor::AsyncReader | Actor::AsyncWriter => {
+                                unreachable!("handled above")
+                            }
                         }
                         conn.into_inner()
                     };
@@ -678,6 +706,47 @@ fn explore_in(name: &str, actors: &[Actor], eviction_safe: bool, processes: bool
     out
 }
 
+/// An async actor's read or write, on its own thread's current-thread runtime (so its
+/// engine steps are scheduling points of this actor). Returns what a reader saw.
+#[cfg(feature = "async")]
+fn async_actor(actor: Actor, i: usize, db_path: &str, cache: Cache) -> Option<Vec<User>> {
+    use caching_diesel::AsyncCachedConnection;
+    use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut raw = SyncConnectionWrapper::<SqliteConnection>::establish(db_path)
+            .await
+            .unwrap();
+        raw.batch_execute("PRAGMA synchronous = OFF; PRAGMA journal_mode = MEMORY;")
+            .await
+            .unwrap();
+        let mut conn = AsyncCachedConnection::with_caches(raw, CacheSet::new(cache));
+        match actor {
+            Actor::AsyncReader => {
+                let u: User =
+                    diesel_async::RunQueryDsl::first(users::table.find(1).cached(), &mut conn)
+                        .await
+                        .unwrap();
+                Some(vec![u])
+            }
+            _ => {
+                let _: User = conn
+                    .save_changes(&User {
+                        id: 1,
+                        name: format!("w{i}"),
+                    })
+                    .await
+                    .unwrap();
+                None
+            }
+        }
+    })
+}
+
 fn report(name: &str, o: &Outcome) {
     use std::io::Write;
     let _ = writeln!(
@@ -803,4 +872,37 @@ fn eviction_safe_mode_filter_reader_moving_writer_late_filter_reader() {
     );
     report("filter R,moving W,late filter R (eviction-safe)", &o);
     assert_eq!((o.stale, o.stale_reads), (0, 0));
+}
+
+#[cfg(feature = "async")]
+#[test]
+fn async_reader_writer() {
+    let o = explore("il_arw", &[Actor::AsyncReader, Actor::Writer]);
+    report("async R,W", &o);
+    assert_eq!((o.stale, o.stale_reads), (0, 0));
+    assert!(o.schedules > 10);
+}
+
+#[cfg(feature = "async")]
+#[test]
+fn reader_async_writer_late_reader() {
+    let o = explore(
+        "il_rawl",
+        &[Actor::Reader, Actor::AsyncWriter, Actor::LateReader],
+    );
+    report("R,async W,late R", &o);
+    assert_eq!((o.stale, o.stale_reads), (0, 0));
+    assert!(o.schedules > 10);
+}
+
+#[cfg(feature = "async")]
+#[test]
+fn async_reader_async_writer_writer() {
+    let o = explore(
+        "il_araww",
+        &[Actor::AsyncReader, Actor::AsyncWriter, Actor::Writer],
+    );
+    report("async R,async W,W", &o);
+    assert_eq!((o.stale, o.stale_reads), (0, 0));
+    assert!(o.schedules > 10);
 }

@@ -154,6 +154,19 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// Largest value (in bytes) the backend stores.
     fn max_item_size(&self) -> usize;
 
+    /// Whether a call may block the calling thread on I/O (a network round trip). Async
+    /// callers run such a backend's calls on a blocking pool and the others inline.
+    /// Default: every backend but the built-in in-process one (`locmem`) may block; an
+    /// in-process backend of your own overrides it.
+    ///
+    /// ```
+    /// use caching_core::Cache;
+    /// assert!(!Cache::locmem().backend().may_block());
+    /// ```
+    fn may_block(&self) -> bool {
+        self.name() != "locmem"
+    }
+
     /// Reads several keys at once; missing keys are absent from the map.
     fn get_multi(&self, keys: &[&str]) -> Result<HashMap<String, Item>>;
 
