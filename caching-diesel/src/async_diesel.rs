@@ -101,21 +101,8 @@ impl AsyncCacheConnection for diesel_async::AsyncPgConnection {
     where
         Q: QueryFragment<Self::Backend> + ?Sized,
     {
-        use diesel::pg::{Pg, PgMetadataLookup};
-        use diesel::query_builder::bind_collector::RawBytesBindCollector;
-        let mut binds = RawBytesBindCollector::<Pg>::new();
-        let mut lookup = pg_lookup::NoLookup;
-        query.collect_binds(&mut binds, &mut lookup as &mut dyn PgMetadataLookup, &Pg)?;
-        if binds.metadata.iter().any(|m| m.oid().is_err()) {
-            return Err(diesel::result::Error::QueryBuilderError(
-                "a bind of a custom PostgreSQL type: its OID is not known without a lookup".into(),
-            ));
-        }
-        out.set_from_collector(&binds)?;
-        if decode {
-            crate::binds::pg_values(&binds, &mut out.values);
-        }
-        Ok(())
+        // Built-in types carry their OIDs; a custom type's is refused (the read bypasses).
+        crate::key::pg_binds(query, &mut pg_lookup::NoLookup, out, decode)
     }
 }
 
@@ -127,15 +114,7 @@ impl AsyncCacheConnection for diesel_async::AsyncMysqlConnection {
     where
         Q: QueryFragment<Self::Backend> + ?Sized,
     {
-        use diesel::mysql::Mysql;
-        use diesel::query_builder::bind_collector::RawBytesBindCollector;
-        let mut binds = RawBytesBindCollector::<Mysql>::new();
-        query.collect_binds(&mut binds, &mut (), &Mysql)?;
-        out.set_from_collector(&binds)?;
-        if decode {
-            crate::binds::mysql_values(&binds, &mut out.values);
-        }
-        Ok(())
+        crate::key::mysql_binds(query, out, decode)
     }
 }
 
@@ -149,14 +128,7 @@ impl AsyncCacheConnection
     where
         Q: QueryFragment<Self::Backend> + ?Sized,
     {
-        use diesel::sqlite::Sqlite;
-        let mut binds = <Sqlite as diesel::backend::Backend>::BindCollector::default();
-        query.collect_binds(&mut binds, &mut (), &Sqlite)?;
-        out.set_from_collector(&binds)?;
-        if decode {
-            crate::binds::sqlite_values(&out.text, &mut out.values);
-        }
-        Ok(())
+        crate::key::sqlite_binds(query, out, decode)
     }
 }
 
@@ -591,7 +563,7 @@ impl<C: AsyncCacheConnection> AsyncCachedConnection<C> {
         options: &QueryOptions,
         kind: &'static str,
         query: &X,
-    ) -> Result<(Planned, crate::deps::Deps), &'static str>
+    ) -> Result<(Planned, crate::deps::Deps<String>), &'static str>
     where
         U: CacheableRow + 'static,
         X: QueryFragment<C::Backend> + QueryId,
@@ -638,6 +610,8 @@ impl<C: AsyncCacheConnection> AsyncCachedConnection<C> {
             }
             None => return Err("dependencies cannot be read from the SQL"),
         };
+        // Owned: the read holds them across its await, past its borrow of the connection.
+        let deps = deps.to_owned();
         if deps.tables.is_empty() && options.explicit_timeout().is_none() {
             return Err("reads no table and has no timeout");
         }

@@ -59,7 +59,7 @@ impl<S: AsRef<str>> Deps<S> {
 
 impl Deps<&str> {
     /// The same dependencies, owning their names.
-    #[allow(dead_code)] // used by the async driver
+    #[cfg_attr(not(feature = "async"), allow(dead_code))] // the async driver's
     pub(crate) fn to_owned(&self) -> Deps<String> {
         let owned = |v: &[&str]| v.iter().map(|s| (*s).to_string()).collect();
         Deps {

@@ -188,19 +188,6 @@ impl KeyBinds {
     }
 }
 
-/// The async connections' way into [`KeyBinds`] (their bind collectors are their own; the
-/// text and the values are the blocking connections').
-#[cfg(feature = "async")]
-impl KeyBinds {
-    /// Writes the `Debug` output of `collector` as the binds' text; empties the values.
-    pub(crate) fn set_from_collector(
-        &mut self,
-        collector: &dyn std::fmt::Debug,
-    ) -> QueryResult<()> {
-        self.set_text(collector)
-    }
-}
-
 /// A Diesel connection whose queries can be keyed. Implemented for `SqliteConnection`,
 /// `PgConnection` and `MysqlConnection` (each behind its cargo feature).
 pub trait CacheConnection: Connection + LoadConnection + Send + 'static {
