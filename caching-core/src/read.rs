@@ -57,6 +57,107 @@ pub(crate) fn is_pending(value: &[u8]) -> bool {
     value.is_empty() || value.starts_with(PENDING_MAGIC)
 }
 
+/// The keys one lookup reads, in order: the entries, the versions (namespace first), the
+/// write generations, then the flush lists prefetched in eviction-safe mode.
+fn lookup_order<'k>(
+    keys: &[&'k str],
+    version_keys: &'k [String],
+    generation_keys: &'k [String],
+    prefetched: &'k [String],
+) -> Vec<&'k str> {
+    let mut all = Vec::with_capacity(
+        keys.len() + version_keys.len() + generation_keys.len() + prefetched.len(),
+    );
+    all.extend_from_slice(keys);
+    all.extend(version_keys.iter().map(String::as_str));
+    all.extend(generation_keys.iter().map(String::as_str));
+    all.extend(prefetched.iter().map(String::as_str));
+    all
+}
+
+/// The counters a lookup read, parsed; `None` if one is missing or not a number (then
+/// they are created or repaired first, `clock::ensure`).
+fn parse_counters(got: &[Option<Item>]) -> Option<Vec<u64>> {
+    got.iter()
+        .map(|i| i.as_ref().and_then(|i| clock::parse(&i.value)))
+        .collect()
+}
+
+/// What an entry records: the versions, then the write generations of the guarded tables.
+fn recorded_versions(
+    versions: &[u64],
+    generations: &[u64],
+    tables: &[&str],
+    guarded: &[&str],
+) -> Vec<u64> {
+    let mut recorded = Vec::with_capacity(versions.len() + guarded.len());
+    recorded.extend_from_slice(versions);
+    for (t, g) in tables.iter().zip(generations) {
+        if guarded.contains(t) {
+            recorded.push(*g);
+        }
+    }
+    recorded
+}
+
+/// What a lookup makes of a stored item, before any I/O.
+enum Verdict {
+    /// A hit: the payload starts at this offset.
+    Hit(usize),
+    /// A hit if these guard lists still carry these epochs (eviction-safe mode).
+    Guarded(usize, Vec<(String, u64)>),
+    /// Recorded under versions that have changed since: it can never hit again.
+    Stale,
+    /// Another reader's fill in progress.
+    Pending,
+    /// Not an envelope.
+    Garbage,
+}
+
+/// Judges `value` against the versions `recorded_now` (the entry's and the lookup's).
+fn verdict(value: &[u8], recorded_now: &[u64]) -> Verdict {
+    match open_envelope(value) {
+        Some(e) if e.versions == recorded_now => {
+            let offset = value.len() - e.payload.len();
+            if e.guards.is_empty() {
+                Verdict::Hit(offset)
+            } else {
+                Verdict::Guarded(offset, e.guards)
+            }
+        }
+        Some(_) => Verdict::Stale,
+        None if is_pending(value) => Verdict::Pending,
+        None => Verdict::Garbage,
+    }
+}
+
+/// What the lists read with an entry held, by name (`None`: read, and missing).
+fn lists_read<'r>(read: (&'r [String], &'r [Option<Item>])) -> HashMap<&'r str, Option<&'r Item>> {
+    let (asked, held) = read;
+    asked
+        .iter()
+        .zip(held)
+        .map(|(k, i)| (k.as_str(), i.as_ref()))
+        .collect()
+}
+
+/// Whether every guard list carries its recorded epoch, looked up in `found` (read with
+/// the entry) and then `fetched` (read after).
+fn epochs_hold(
+    guards: &[(String, u64)],
+    found: &HashMap<&str, Option<&Item>>,
+    fetched: &HashMap<String, Item>,
+) -> bool {
+    guards.iter().all(|(k, epoch)| {
+        found
+            .get(k.as_str())
+            .copied()
+            .unwrap_or_else(|| fetched.get(k))
+            .and_then(|i| flush::epoch_of(&i.value))
+            .is_some_and(|e| e == *epoch)
+    })
+}
+
 /// The values among `replies` to `Op::Get(keys[i])`, by key.
 pub(crate) fn values_of(keys: &[&str], replies: Vec<OpReply>) -> HashMap<String, Item> {
     keys.iter()
@@ -732,25 +833,12 @@ impl Cache {
         lease: Option<Expiry>,
     ) -> Result<Vec<Lookup>> {
         self.step("lookup");
-        let ks = &self.inner.keys;
-        let mut version_keys = vec![ks.namespace_key()];
-        version_keys.extend(tables.iter().map(|t| ks.version_key(t)));
-        let mut generation_keys: Vec<String> =
-            tables.iter().map(|t| ks.generation_key(t)).collect();
+        let (version_keys, mut generation_keys) = self.counter_keys(tables);
         let n = keys.len();
         let counted = version_keys.len() + generation_keys.len();
-        // Eviction-safe mode: the lists the entry's guards named last time, read with it.
-        let prefetch = if self.inner.config.eviction_safe && n == 1 {
-            self.inner.guard_memo.get(keys[0])
-        } else {
-            None
-        };
+        let prefetch = self.prefetch_of(keys);
         let prefetched = prefetch.as_deref().unwrap_or_default();
-        let mut all: Vec<&str> = Vec::with_capacity(n + counted + prefetched.len());
-        all.extend_from_slice(keys);
-        all.extend(version_keys.iter().map(String::as_str));
-        all.extend(generation_keys.iter().map(String::as_str));
-        all.extend(prefetched.iter().map(String::as_str));
+        let all = lookup_order(keys, &version_keys, &generation_keys, prefetched);
         // What each key of `all` holds, in the order of `all`.
         let (mut got, mut marker) = match lease.filter(|_| n == 1) {
             None => (in_order(&all, self.inner.backend.get_multi(&all)?), None),
@@ -782,22 +870,12 @@ impl Cache {
         if self.watch_servers()? {
             got = in_order(&all, self.inner.backend.get_multi(&all)?);
         }
-        let counters: Vec<Option<u64>> = got[n..n + counted]
-            .iter()
-            .map(|i| i.as_ref().and_then(|i| clock::parse(&i.value)))
-            .collect();
-        let counters: Vec<u64> = if counters.iter().all(Option::is_some) {
-            counters.into_iter().flatten().collect()
-        } else {
-            clock::ensure(&*self.inner.backend, &all[n..n + counted])?
+        let counters = match parse_counters(&got[n..n + counted]) {
+            Some(counters) => counters,
+            None => clock::ensure(&*self.inner.backend, &all[n..n + counted])?,
         };
         let (versions, generations) = counters.split_at(version_keys.len());
-        let mut recorded_now = versions.to_vec();
-        for (t, g) in tables.iter().zip(generations) {
-            if guarded.contains(t) {
-                recorded_now.push(*g);
-            }
-        }
+        let mut recorded_now = recorded_versions(versions, generations, tables, guarded);
         let (entries, rest) = got.split_at_mut(n);
         let lists = (prefetched, &rest[counted..]);
         let mut out = Vec::with_capacity(n);
@@ -848,6 +926,26 @@ impl Cache {
         Ok(out)
     }
 
+    /// The counters a lookup of entries over `tables` reads after them: the namespace and
+    /// table versions, and the tables' write generations.
+    fn counter_keys(&self, tables: &[&str]) -> (Vec<String>, Vec<String>) {
+        let ks = &self.inner.keys;
+        let mut version_keys = Vec::with_capacity(tables.len() + 1);
+        version_keys.push(ks.namespace_key());
+        version_keys.extend(tables.iter().map(|t| ks.version_key(t)));
+        let generation_keys = tables.iter().map(|t| ks.generation_key(t)).collect();
+        (version_keys, generation_keys)
+    }
+
+    /// Eviction-safe mode: the lists the entry's guards named last time, read with it (a
+    /// lookup of one entry only).
+    fn prefetch_of(&self, keys: &[&str]) -> Option<std::sync::Arc<[String]>> {
+        match keys {
+            [key] if self.inner.config.eviction_safe => self.inner.guard_memo.get(key),
+            _ => None,
+        }
+    }
+
     /// Whether a stored item is a hit under the versions `recorded_now`: if so, where its
     /// payload starts. Entries that can never hit again, and garbage, are deleted (if
     /// `clean`). `lists` are flush lists read with the entry (names asked for, and what each
@@ -866,10 +964,11 @@ impl Cache {
             }
             None
         };
-        match open_envelope(value) {
-            Some(e) if e.versions == recorded_now => {
-                if e.guards.is_empty() || self.guards_hold(key, &e.guards, lists) {
-                    Some(value.len() - e.payload.len())
+        match verdict(value, recorded_now) {
+            Verdict::Hit(offset) => Some(offset),
+            Verdict::Guarded(offset, guards) => {
+                if self.guards_hold(key, &guards, lists) {
+                    Some(offset)
                 } else {
                     // A flush list it relies on was evicted (or evicted and re-created):
                     // a write may have missed it.
@@ -878,10 +977,10 @@ impl Cache {
             }
             // Recorded under versions that have changed since: it can never hit again, and
             // while it sits there the add-only fill after this miss cannot replace it.
-            Some(_) => drop(),
+            Verdict::Stale => drop(),
             // Another reader's fill in progress: a miss, and not ours to delete.
-            None if is_pending(value) => None,
-            None => {
+            Verdict::Pending => None,
+            Verdict::Garbage => {
                 self.inner.stats.inc(Counter::DecodeErrors);
                 drop()
             }
@@ -899,13 +998,7 @@ impl Cache {
         guards: &[(String, u64)],
         read: (&[String], &[Option<Item>]),
     ) -> bool {
-        let (asked, held) = read;
-        // What the lists read with the entry held, by name (`None`: read, and missing).
-        let found: HashMap<&str, Option<&Item>> = asked
-            .iter()
-            .zip(held)
-            .map(|(k, i)| (k.as_str(), i.as_ref()))
-            .collect();
+        let found = lists_read(read);
         let missing: Vec<&str> = guards
             .iter()
             .map(|(k, _)| k.as_str())
@@ -923,14 +1016,77 @@ impl Cache {
             }
         };
         self.inner.guard_memo.remember(key, guards);
-        guards.iter().all(|(k, epoch)| {
-            found
-                .get(k.as_str())
-                .copied()
-                .unwrap_or_else(|| fetched.get(k))
-                .and_then(|i| flush::epoch_of(&i.value))
-                .is_some_and(|e| e == *epoch)
-        })
+        epochs_hold(guards, &found, &fetched)
+    }
+
+    /// The hit half of [`begin_read`](Cache::begin_read) for async callers on a network
+    /// backend, without blocking the thread: reads the entry and its counters through the
+    /// backend's non-blocking client ([`Backend::get_multi_async`](crate::Backend::get_multi_async))
+    /// and returns the value when that is a hit the lookup would serve (counted and logged
+    /// as one). `None` in every other case: the backend has no non-blocking client, the
+    /// read bypasses the cache, a miss, an entry that is stale, pending or garbage, a
+    /// guard list not read with the entry, a counter missing, a server reached on a new
+    /// connection (its contents must be checked first), a backend error. Nothing is counted
+    /// or changed then: the caller runs [`begin_read`](Cache::begin_read) where blocking is
+    /// allowed, which looks again and does what the protocol asks (lease, clean-up, repair).
+    ///
+    /// Decides exactly as the lookup does (the same keys, the same judgement of the
+    /// entry), so a hit here is a hit there.
+    ///
+    /// ```
+    /// use caching_core::{Cache, ReadPlan, ReadStart};
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let cache = Cache::locmem();
+    /// let plan = ReadPlan::new("app:q:hit-async", &["users"]).guard_all();
+    /// // The in-process cache has no non-blocking client: it is read inline with begin_read.
+    /// assert_eq!(cache.try_hit_async::<u32>(&plan).await, None);
+    /// # });
+    /// ```
+    pub async fn try_hit_async<T: DeserializeOwned>(&self, plan: &ReadPlan<'_>) -> Option<T> {
+        if plan.bypass.is_some() || self.inner.delivery.blocks(plan.tables) {
+            return None;
+        }
+        let key = plan.key;
+        let tables = plan.tables;
+        let (version_keys, generation_keys) = self.counter_keys(tables);
+        let prefetch = self.prefetch_of(&[key]);
+        let prefetched = prefetch.as_deref().unwrap_or_default();
+        let all = lookup_order(&[key], &version_keys, &generation_keys, prefetched);
+        if !self.servers_checked() {
+            return None;
+        }
+        let reads = self.inner.backend.get_multi_async(&all)?;
+        self.step("lookup");
+        let got = match reads.await {
+            Ok(got) if got.len() == all.len() => got,
+            _ => return None,
+        };
+        // A connection opened during the read may be to a server that came back empty.
+        if !self.servers_checked() {
+            return None;
+        }
+        let counted = version_keys.len() + generation_keys.len();
+        let counters = parse_counters(&got[1..1 + counted])?;
+        let (versions, generations) = counters.split_at(version_keys.len());
+        let recorded_now = recorded_versions(versions, generations, tables, plan.guarded_tables());
+        let value = &got[0].as_ref()?.value;
+        let offset = match verdict(value, &recorded_now) {
+            Verdict::Hit(offset) => offset,
+            Verdict::Guarded(offset, guards) => {
+                let found = lists_read((prefetched, &got[1 + counted..]));
+                if guards.iter().any(|(k, _)| !found.contains_key(k.as_str())) {
+                    return None;
+                }
+                self.inner.guard_memo.remember(key, &guards);
+                if !epochs_hold(&guards, &found, &HashMap::new()) {
+                    return None;
+                }
+                offset
+            }
+            Verdict::Stale | Verdict::Pending | Verdict::Garbage => return None,
+        };
+        let value = self.inner.config.codec.decode::<T>(&value[offset..]).ok()?;
+        Some(self.served_hit(plan, value))
     }
 
     /// Stores `payload` after a miss, counting the outcome; on an error, deletes whatever

@@ -40,19 +40,24 @@ impl Default for ServerWatch {
 }
 
 impl Cache {
+    /// Whether no server check is due: one server, or no connection opened since the last
+    /// check (an atomic load).
+    pub(crate) fn servers_checked(&self) -> bool {
+        let backend = &*self.inner.backend;
+        backend.server_count() < 2
+            || self.inner.servers.checked.load(Ordering::Acquire) == backend.connections_opened()
+    }
+
     /// Checks the servers' sentinels if the backend opened a connection since the last check
     /// (an atomic load otherwise; nothing at all on one server). `Ok(true)` when a server had
     /// lost its contents and the namespace was bumped.
     pub(crate) fn watch_servers(&self) -> Result<bool> {
+        if self.servers_checked() {
+            return Ok(false);
+        }
         let backend = &*self.inner.backend;
         let servers = backend.server_count();
-        if servers < 2 {
-            return Ok(false);
-        }
         let watch = &self.inner.servers;
-        if watch.checked.load(Ordering::Acquire) == backend.connections_opened() {
-            return Ok(false);
-        }
         let _running = watch.running.lock().unwrap_or_else(|p| p.into_inner());
         // Read before the check: a connection opened meanwhile triggers another one.
         let opened = backend.connections_opened();

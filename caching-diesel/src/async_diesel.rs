@@ -431,9 +431,27 @@ impl Planned {
     fn with_plan<R>(&self, wait: bool, f: impl FnOnce(&ReadPlan<'_>) -> R) -> R {
         let tables: Vec<&str> = self.tables.iter().map(String::as_str).collect();
         let guarded: Vec<&str> = self.guarded.iter().map(String::as_str).collect();
-        let mut plan = ReadPlan::new(&self.key, &tables)
+        f(&self.plan(&tables, &guarded, wait))
+    }
+
+    /// A hit read without blocking the runtime's thread ([`Cache::try_hit_async`]); `None`
+    /// for anything else.
+    async fn try_hit<T: serde::de::DeserializeOwned>(&self, cache: &Cache) -> Option<T> {
+        let tables: Vec<&str> = self.tables.iter().map(String::as_str).collect();
+        let guarded: Vec<&str> = self.guarded.iter().map(String::as_str).collect();
+        let plan = self.plan(&tables, &guarded, false);
+        cache.try_hit_async(&plan).await
+    }
+
+    fn plan<'p>(
+        &'p self,
+        tables: &'p [&'p str],
+        guarded: &'p [&'p str],
+        wait: bool,
+    ) -> ReadPlan<'p> {
+        let mut plan = ReadPlan::new(&self.key, tables)
             .timeout(self.timeout)
-            .guard(&guarded);
+            .guard(guarded);
         if let Some(cap) = self.cap {
             plan = plan.cap(cap);
         }
@@ -445,7 +463,7 @@ impl Planned {
         if !wait {
             plan = plan.without_waiting();
         }
-        f(&plan)
+        plan
     }
 }
 
@@ -699,7 +717,12 @@ impl<C: AsyncCacheConnection> AsyncCachedConnection<C> {
         let inline = inline(&cache) || planned.bypass.is_some();
         let start: Option<ReadStart<Vec<U>>> = if inline {
             Some(planned.with_plan(false, |plan| cache.begin_read(plan)))
+        } else if let Some(rows) = planned.try_hit::<Vec<U>>(&cache).await {
+            // A hit read on the backend's non-blocking client: no blocking thread involved.
+            Some(ReadStart::Hit(rows))
         } else {
+            // Anything else (a miss, a lease, a repair) runs the blocking half where it may
+            // block; it looks again.
             let c = cache.clone();
             let key = planned.key.clone();
             let owned = Planned {

@@ -667,6 +667,20 @@ pub struct MemcachedProcess {
     paused: std::sync::atomic::AtomicBool,
 }
 
+/// Whether every thread of process `pid` is stopped (SIGSTOP), from procfs; `None` when
+/// procfs cannot tell.
+fn all_threads_stopped(pid: u32) -> Option<bool> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    for task in tasks {
+        let status = std::fs::read_to_string(task.ok()?.path().join("status")).ok()?;
+        let state = status.lines().find(|l| l.starts_with("State:"))?;
+        if !state.contains("stopped") {
+            return Some(false);
+        }
+    }
+    Some(true)
+}
+
 impl MemcachedProcess {
     /// How long a starting server may take to accept connections.
     const START_WAIT: Duration = Duration::from_secs(10);
@@ -749,6 +763,14 @@ impl MemcachedProcess {
     pub fn pause(&self) -> std::io::Result<()> {
         self.signal("STOP")?;
         self.paused.store(true, Ordering::SeqCst);
+        // The signal is delivered asynchronously: a thread of the server may still answer
+        // a request sent right after `kill` returned. Wait until the kernel says stopped.
+        if let Some(pid) = self.pid() {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline && !all_threads_stopped(pid).unwrap_or(true) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
         Ok(())
     }
 

@@ -142,6 +142,11 @@ pub enum OpReply {
     NotANumber,
 }
 
+/// The reads of [`Backend::get_multi_async`]: a future answering the items of the keys asked
+/// for, in their order (`None` for a missing key).
+pub type AsyncGets<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Option<Item>>>> + Send + 'a>>;
+
 /// A key-value store with memcached's semantics.
 ///
 /// Implementations must be thread-safe; every method may be called concurrently. Keys passed
@@ -169,6 +174,26 @@ pub trait Backend: Send + Sync + Debug + 'static {
 
     /// Reads several keys at once; missing keys are absent from the map.
     fn get_multi(&self, keys: &[&str]) -> Result<HashMap<String, Item>>;
+
+    /// Reads `keys` without blocking the calling thread: a future to await on an async
+    /// runtime, answering each key's item in the order of `keys` (a key listed twice gets
+    /// its item twice). `None` (the default) when the backend has no non-blocking client
+    /// here; async callers then run blocking calls off their runtime's threads. The
+    /// memcached backend has one with `caching-core`'s feature `tokio`, inside a tokio
+    /// runtime (whose I/O and time drivers must be enabled, as `#[tokio::main]` does). The
+    /// in-process cache needs none: it never waits on I/O.
+    ///
+    /// [`Cache::try_hit_async`](crate::Cache::try_hit_async) reads a hit through it.
+    ///
+    /// ```
+    /// use caching_core::backend::{locmem::LocMem, Backend};
+    /// let cache = LocMem::new();
+    /// assert!(cache.get_multi_async(&["a", "b"]).is_none());
+    /// ```
+    fn get_multi_async<'a>(&'a self, keys: &'a [&'a str]) -> Option<AsyncGets<'a>> {
+        let _ = keys;
+        None
+    }
 
     /// Stores each value only if its key does not exist; returns, per item, whether it was
     /// stored. A value over the item size is not stored (`false`), not an error.

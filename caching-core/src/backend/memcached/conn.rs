@@ -76,21 +76,87 @@ impl Deadline {
     }
 }
 
-/// One connection: the socket, the reply decoder and the bytes read but not yet decoded.
+/// The receiving side of a connection, blocking or not: the reply decoder and the bytes read
+/// but not yet decoded.
 #[derive(Debug)]
-pub(super) struct Conn {
-    stream: TcpStream,
+pub(super) struct Inbox {
     decoder: Decoder,
     buf: Box<[u8]>,
     start: usize,
     end: usize,
+    /// Bytes received so far: an exchange that failed before receiving any was not
+    /// answered at all (see [`Server::exchange`]).
+    pub(super) received: u64,
+}
+
+impl Inbox {
+    pub(super) fn new(max_data: usize) -> Self {
+        Inbox {
+            decoder: Decoder::new(max_data),
+            buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            received: 0,
+        }
+    }
+
+    /// The next complete reply frame among the bytes received; `None` when more bytes are
+    /// needed (read them into [`space`](Self::space), then [`filled`](Self::filled)).
+    pub(super) fn frame(&mut self, server: &str) -> Result<Option<Frame>> {
+        if self.start < self.end {
+            let mut input = &self.buf[self.start..self.end];
+            let decoded = self.decoder.decode(&mut input);
+            self.start = self.end - input.len();
+            match decoded {
+                Ok(Some(frame)) => return Ok(Some(frame)),
+                Ok(None) => {}
+                Err(e) => return Err(protocol_err(server, &e.to_string())),
+            }
+        }
+        // Everything received is decoded (or held by the decoder): read anew.
+        self.start = 0;
+        self.end = 0;
+        Ok(None)
+    }
+
+    /// Where the next bytes from the socket go.
+    pub(super) fn space(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
+    /// `n` bytes were read into [`space`](Self::space); 0 is the server closing the
+    /// connection.
+    pub(super) fn filled(&mut self, n: usize, server: &str) -> Result<()> {
+        if n == 0 {
+            return Err(io_err(
+                server,
+                std::io::Error::new(ErrorKind::UnexpectedEof, "connection closed by the server"),
+            ));
+        }
+        self.end = n;
+        self.received += n as u64;
+        Ok(())
+    }
+
+    /// Whether the connection is between replies with nothing unread, so it can be reused.
+    pub(super) fn is_clean(&self) -> bool {
+        self.start == self.end && self.decoder.is_idle()
+    }
+
+    pub(super) fn set_max_data(&mut self, max_data: usize) {
+        self.decoder.set_max_data(max_data);
+    }
+}
+
+/// One blocking connection: the socket and its [`Inbox`].
+#[derive(Debug)]
+pub(super) struct Conn {
+    stream: TcpStream,
+    inbox: Inbox,
     /// Longest wait for one read or write (`io_timeout`), within the deadline.
     io_timeout: Duration,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
-    /// Bytes received so far: an exchange that failed before receiving any was not
-    /// answered at all (see [`Server::exchange`]).
-    received: u64,
 }
 
 impl Conn {
@@ -104,14 +170,10 @@ impl Conn {
         let _ = stream.set_nodelay(true);
         Ok(Conn {
             stream,
-            decoder: Decoder::new(max_data),
-            buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
-            start: 0,
-            end: 0,
+            inbox: Inbox::new(max_data),
             io_timeout,
             read_timeout: None,
             write_timeout: None,
-            received: 0,
         })
     }
 
@@ -158,18 +220,9 @@ impl Conn {
     /// The next reply frame, read before the deadline.
     pub(super) fn recv(&mut self, deadline: &Deadline, server: &str) -> Result<Frame> {
         loop {
-            if self.start < self.end {
-                let mut input = &self.buf[self.start..self.end];
-                let decoded = self.decoder.decode(&mut input);
-                self.start = self.end - input.len();
-                match decoded {
-                    Ok(Some(frame)) => return Ok(frame),
-                    Ok(None) => {}
-                    Err(e) => return Err(protocol_err(server, &e.to_string())),
-                }
+            if let Some(frame) = self.inbox.frame(server)? {
+                return Ok(frame);
             }
-            self.start = 0;
-            self.end = 0;
             let wait = deadline.remaining(server)?.min(self.io_timeout);
             if self.read_timeout != Some(wait) {
                 self.stream
@@ -177,29 +230,53 @@ impl Conn {
                     .map_err(|e| io_err(server, e))?;
                 self.read_timeout = Some(wait);
             }
-            match self.stream.read(&mut self.buf) {
-                Ok(0) => {
-                    return Err(io_err(
-                        server,
-                        std::io::Error::new(
-                            ErrorKind::UnexpectedEof,
-                            "connection closed by the server",
-                        ),
-                    ))
-                }
-                Ok(n) => {
-                    self.end = n;
-                    self.received += n as u64;
-                }
+            match self.stream.read(self.inbox.space()) {
+                Ok(n) => self.inbox.filled(n, server)?,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(io_err(server, timed_out(e))),
             }
         }
     }
+}
 
-    /// Whether the connection is between replies with nothing unread, so it can be reused.
-    fn is_clean(&self) -> bool {
-        self.start == self.end && self.decoder.is_idle()
+/// One non-blocking connection (feature `tokio`): a tokio socket and its [`Inbox`]. Its
+/// exchanges are bounded by the caller's timeout ([`Server::meta_gets_async`]).
+#[cfg(feature = "tokio")]
+#[derive(Debug)]
+pub(super) struct AsyncConn {
+    stream: tokio::net::TcpStream,
+    inbox: Inbox,
+}
+
+#[cfg(feature = "tokio")]
+impl AsyncConn {
+    /// Sends `requests` (`count` meta gets) and reads each one's item.
+    async fn meta_gets(
+        &mut self,
+        requests: &[u8],
+        count: usize,
+        server: &str,
+    ) -> Result<Vec<Option<crate::backend::Item>>> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.stream
+            .write_all(requests)
+            .await
+            .map_err(|e| io_err(server, e))?;
+        let mut items = Vec::with_capacity(count);
+        while items.len() < count {
+            match self.inbox.frame(server)? {
+                Some(frame) => items.push(super::meta_get_item(frame, server)?),
+                None => {
+                    let n = self
+                        .stream
+                        .read(self.inbox.space())
+                        .await
+                        .map_err(|e| io_err(server, e))?;
+                    self.inbox.filled(n, server)?;
+                }
+            }
+        }
+        Ok(items)
     }
 }
 
@@ -220,6 +297,9 @@ pub(super) struct Server {
     /// blake3 of the server name, the rendezvous seed.
     pub(super) seed: [u8; 32],
     idle: Mutex<Vec<Conn>>,
+    /// Idle non-blocking connections (feature `tokio`): the async hit path's reads.
+    #[cfg(feature = "tokio")]
+    idle_async: Mutex<Vec<AsyncConn>>,
     down_until: Mutex<Option<Instant>>,
     /// The largest item the server stores, once known (asked once, on the first connection).
     item_size: Mutex<Option<usize>>,
@@ -242,6 +322,8 @@ impl Server {
             name,
             addr,
             idle: Mutex::new(Vec::new()),
+            #[cfg(feature = "tokio")]
+            idle_async: Mutex::new(Vec::new()),
             down_until: Mutex::new(None),
             item_size: Mutex::new(None),
             opened: std::sync::atomic::AtomicU64::new(0),
@@ -265,6 +347,8 @@ impl Server {
     pub(super) fn mark_down(&self, options: &MemcachedOptions) {
         *lock(&self.down_until) = Some(Instant::now() + options.retry_after);
         lock(&self.idle).clear();
+        #[cfg(feature = "tokio")]
+        lock(&self.idle_async).clear();
     }
 
     /// Runs one exchange `f` on a pooled or new connection, under one deadline of
@@ -287,21 +371,17 @@ impl Server {
         fail_fast: bool,
         mut f: impl FnMut(&mut Conn, &Deadline) -> Result<T>,
     ) -> Result<T> {
-        if fail_fast && self.is_marked_down() {
-            return Err(Error::Unavailable {
-                server: self.name.clone(),
-                reason: "marked down after a recent failure".into(),
-            });
+        if fail_fast {
+            self.refuse_if_down()?;
         }
         let deadline = Deadline::after(options.op_timeout);
         // (Popped before the match: the pool's lock must not be held while it runs.)
         let pooled = lock(&self.idle).pop();
         let result = match pooled {
-            Some(mut pooled) => match (pooled.received, f(&mut pooled, &deadline)) {
+            Some(mut pooled) => match (pooled.inbox.received, f(&mut pooled, &deadline)) {
                 // Closed before a byte of the reply: the connection was closed while idle.
-                (before, Err(e)) if is_close(&e) && pooled.received == before => {
-                    tracing::debug!(server = %self.name, error = %e, "pooled memcached connection was closed; reconnecting");
-                    lock(&self.idle).clear();
+                (before, Err(e)) if is_close(&e) && pooled.inbox.received == before => {
+                    self.closed_while_idle(&e, &self.idle);
                     self.checkout(options, &deadline)
                         .and_then(|mut conn| f(&mut conn, &deadline).map(|v| (v, conn)))
                 }
@@ -311,11 +391,42 @@ impl Server {
                 .checkout(options, &deadline)
                 .and_then(|mut conn| f(&mut conn, &deadline).map(|v| (v, conn))),
         };
+        self.settle(options, result, &self.idle, |c| c.inbox.is_clean())
+    }
+
+    /// A server marked down is not tried (fail fast) until its `retry_after` is over.
+    fn refuse_if_down(&self) -> Result<()> {
+        if self.is_marked_down() {
+            return Err(Error::Unavailable {
+                server: self.name.clone(),
+                reason: "marked down after a recent failure".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A pooled connection was found closed before any reply: the rest of `pool` went to the
+    /// same server and is dropped.
+    fn closed_while_idle<C>(&self, e: &Error, pool: &Mutex<Vec<C>>) {
+        tracing::debug!(server = %self.name, error = %e, "pooled memcached connection was closed; reconnecting");
+        lock(pool).clear();
+    }
+
+    /// The end of every exchange, blocking or not: a success clears the server's mark and
+    /// pools its connection if nothing is left unread; a failure to talk to the server
+    /// marks it down (an answer not understood only drops the connection).
+    fn settle<T, C>(
+        &self,
+        options: &MemcachedOptions,
+        result: Result<(T, C)>,
+        pool: &Mutex<Vec<C>>,
+        clean: impl FnOnce(&C) -> bool,
+    ) -> Result<T> {
         match result {
             Ok((v, conn)) => {
                 *lock(&self.down_until) = None;
-                if conn.is_clean() {
-                    let mut idle = lock(&self.idle);
+                if clean(&conn) {
+                    let mut idle = lock(pool);
                     if idle.len() < options.pool_size {
                         idle.push(conn);
                     }
@@ -331,6 +442,86 @@ impl Server {
         }
     }
 
+    /// The blocking connections' largest data block: the item size once known.
+    fn max_data(&self) -> usize {
+        self.item_size().unwrap_or(DEFAULT_ITEM_SIZE) + DATA_MARGIN
+    }
+
+    /// [`exchange`](Self::exchange) of meta gets without blocking the thread (feature
+    /// `tokio`): sends `requests` (`count` encoded `mg` commands) on a pooled or new
+    /// non-blocking connection and reads each one's item, under one `op_timeout`. Fails
+    /// fast, retries a connection closed while idle, and marks the server down, as a
+    /// blocking exchange does; a connection is pooled only after a complete exchange, so a
+    /// cancelled or timed-out one is never reused.
+    #[cfg(feature = "tokio")]
+    pub(super) async fn meta_gets_async(
+        &self,
+        options: &MemcachedOptions,
+        requests: &[u8],
+        count: usize,
+    ) -> Result<Vec<Option<crate::backend::Item>>> {
+        self.refuse_if_down()?;
+        let run = async {
+            // (Popped in its own statement: the pool's lock is not held across an await.)
+            let pooled = lock(&self.idle_async).pop();
+            match pooled {
+                Some(mut pooled) => {
+                    let before = pooled.inbox.received;
+                    match pooled.meta_gets(requests, count, &self.name).await {
+                        Err(e) if is_close(&e) && pooled.inbox.received == before => {
+                            self.closed_while_idle(&e, &self.idle_async);
+                            let mut conn = self.connect_async(options).await?;
+                            let items = conn.meta_gets(requests, count, &self.name).await?;
+                            Ok((items, conn))
+                        }
+                        r => r.map(|items| (items, pooled)),
+                    }
+                }
+                None => {
+                    let mut conn = self.connect_async(options).await?;
+                    let items = conn.meta_gets(requests, count, &self.name).await?;
+                    Ok((items, conn))
+                }
+            }
+        };
+        let result = match tokio::time::timeout(options.op_timeout, run).await {
+            Ok(r) => r,
+            Err(_) => Err(io_err(
+                &self.name,
+                std::io::Error::new(
+                    ErrorKind::TimedOut,
+                    format!("operation deadline of {:?} exceeded", options.op_timeout),
+                ),
+            )),
+        };
+        self.settle(options, result, &self.idle_async, |c| c.inbox.is_clean())
+    }
+
+    #[cfg(feature = "tokio")]
+    async fn connect_async(&self, options: &MemcachedOptions) -> Result<AsyncConn> {
+        let unavailable = |reason: String| Error::Unavailable {
+            server: self.name.clone(),
+            reason,
+        };
+        let stream = match tokio::time::timeout(
+            options.connect_timeout,
+            tokio::net::TcpStream::connect(self.addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(unavailable(e.to_string())),
+            Err(_) => return Err(unavailable("connect timed out".into())),
+        };
+        let _ = stream.set_nodelay(true);
+        self.opened
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Ok(AsyncConn {
+            stream,
+            inbox: Inbox::new(self.max_data()),
+        })
+    }
+
     /// An idle connection, or a new one (that learns the item size if still unknown).
     fn checkout(&self, options: &MemcachedOptions, deadline: &Deadline) -> Result<Conn> {
         if let Some(conn) = lock(&self.idle).pop() {
@@ -343,7 +534,7 @@ impl Server {
         match Self::ask_item_size(&mut conn, deadline, &self.name) {
             Ok(ItemSize::Known(size)) => {
                 self.learn_item_size(size);
-                conn.decoder.set_max_data(size + DATA_MARGIN);
+                conn.inbox.set_max_data(size + DATA_MARGIN);
                 Ok(conn)
             }
             Ok(ItemSize::Refused) => {
@@ -376,13 +567,13 @@ impl Server {
 
     fn connect(&self, options: &MemcachedOptions, deadline: &Deadline) -> Result<Conn> {
         let timeout = deadline.remaining(&self.name)?.min(options.connect_timeout);
-        let max_data = self.item_size().unwrap_or(DEFAULT_ITEM_SIZE) + DATA_MARGIN;
-        let conn = Conn::open(&self.addr, timeout, options.io_timeout, max_data).map_err(|e| {
-            Error::Unavailable {
-                server: self.name.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+        let conn =
+            Conn::open(&self.addr, timeout, options.io_timeout, self.max_data()).map_err(|e| {
+                Error::Unavailable {
+                    server: self.name.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
         self.opened
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(conn)

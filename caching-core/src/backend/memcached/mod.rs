@@ -23,6 +23,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+#[cfg(feature = "tokio")]
+use super::AsyncGets;
 use super::{
     check_keys, run_stage, AppendOutcome, Backend, CasOutcome, Item, Op, OpReply, Placeholder,
 };
@@ -490,15 +492,7 @@ impl Memcached {
                     stage_read.push((
                         i,
                         match (op, frame) {
-                            (Op::Get(_), Frame::MetaMiss) => OpReply::Value(None),
-                            (
-                                Op::Get(_),
-                                Frame::MetaValue {
-                                    cas: Some(cas),
-                                    data,
-                                    ..
-                                },
-                            ) => OpReply::Value(Some(Item { value: data, cas })),
+                            (Op::Get(_), f) => OpReply::Value(meta_get_item(f, name)?),
                             (
                                 Op::Lease(..),
                                 Frame::MetaValue {
@@ -528,7 +522,7 @@ impl Memcached {
                                 found: None,
                                 won: None,
                             },
-                            (Op::Get(_) | Op::Lease(..), f) => return Err(unexpected(&f)),
+                            (Op::Lease(..), f) => return Err(unexpected(&f)),
                             (_, f) => {
                                 stage_raw.push((i, Reply::from_frame(f, name)?));
                                 continue;
@@ -584,6 +578,23 @@ impl Memcached {
             }
         }
         Ok(finish(out))
+    }
+}
+
+/// The item a meta get (`mg <key> v c`) answered: `EN` is none, `VA` with a CAS token is
+/// the item; anything else breaks the protocol. Blocking and non-blocking reads share it.
+pub(super) fn meta_get_item(frame: Frame, server: &str) -> Result<Option<Item>> {
+    match frame {
+        Frame::MetaMiss => Ok(None),
+        Frame::MetaValue {
+            cas: Some(cas),
+            data,
+            ..
+        } => Ok(Some(Item { value: data, cas })),
+        f => Err(protocol_err(
+            server,
+            &format!("unexpected reply to mg: {f:?}"),
+        )),
     }
 }
 
@@ -643,6 +654,35 @@ impl Backend for Memcached {
 
     fn server_count(&self) -> usize {
         self.servers.len()
+    }
+
+    /// Meta gets on tokio sockets (feature `tokio`), one pipelined exchange per server
+    /// holding some of `keys`, under the same timeouts, fail-fast window and connection
+    /// reuse rules as the blocking client; `None` outside a tokio runtime.
+    #[cfg(feature = "tokio")]
+    fn get_multi_async<'a>(&'a self, keys: &'a [&'a str]) -> Option<AsyncGets<'a>> {
+        tokio::runtime::Handle::try_current().ok()?;
+        Some(Box::pin(async move {
+            check_keys(keys.iter().copied())?;
+            let mut out = vec![None; keys.len()];
+            let groups = self.group(keys.iter().enumerate().map(|(i, k)| (i, *k, *k)));
+            for (server, group) in groups.iter().enumerate() {
+                if group.is_empty() {
+                    continue;
+                }
+                let mut requests = Vec::new();
+                for (_, key) in group {
+                    Request::MetaGet(key).encode(&mut requests);
+                }
+                let items = self.servers[server]
+                    .meta_gets_async(&self.options, &requests, group.len())
+                    .await?;
+                for ((i, _), item) in group.iter().zip(items) {
+                    out[*i] = item;
+                }
+            }
+            Ok(out)
+        }))
     }
 
     fn connections_opened(&self) -> u64 {
