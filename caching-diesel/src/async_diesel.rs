@@ -51,7 +51,7 @@ use crate::error::Error;
 use crate::key::{finish_key, CacheConnection, KeyBinds, Templates};
 use crate::model::{CacheableRow, CachedModel};
 use crate::query::{first_row, CachedQuery, QueryOptions};
-use crate::transaction::TxState;
+use crate::transaction::{commit_delivers, wrote_nothing, TxState};
 use crate::write::{creation_of, rows_invalidation, updated, whole};
 
 /// A diesel-async connection whose queries can be keyed: its key derivation is the blocking
@@ -806,7 +806,7 @@ impl<C: AsyncCacheConnection> AsyncCachedConnection<C> {
             Ok(v) => v,
             Err(e) => {
                 if let Some(a) = armed {
-                    if matches!(e, diesel::result::Error::DatabaseError(..)) {
+                    if wrote_nothing(&e) {
                         a.disarm();
                     } else {
                         a.deliver().await;
@@ -888,10 +888,8 @@ impl<C: AsyncCacheConnection> AsyncCachedConnection<C> {
     {
         self.guard_write()?;
         let sql = <C::Keyed as CacheConnection>::render_sql(&statement)?;
-        let armed = self.arm(whole::<M>());
-        let result = RunQueryDsl::get_results(statement, &mut self.conn).await;
         let caches = self.caches.clone();
-        self.settle(armed, result, |rows| creation_of(&caches, rows, &sql, true))
+        self.returning(statement, |rows| creation_of(&caches, rows, &sql, true))
             .await
     }
 
@@ -914,9 +912,7 @@ impl<C: AsyncCacheConnection> AsyncCachedConnection<C> {
         self.guard_write()?;
         let sql = <C::Keyed as CacheConnection>::render_sql(&statement)?;
         let inv = creation_of(&self.caches, rows, &sql, false);
-        let armed = self.arm(inv.clone());
-        let result = ExecuteDsl::execute(statement, &mut self.conn).await;
-        self.settle(armed, result, |_| inv).await
+        self.execute_then(statement, inv).await
     }
 
     /// Runs an `UPDATE .. RETURNING` and invalidates the returned rows.
@@ -926,10 +922,7 @@ impl<C: AsyncCacheConnection> AsyncCachedConnection<C> {
         S: LoadQuery<'query, C, M> + Send + 'query,
     {
         self.guard_write()?;
-        let armed = self.arm(whole::<M>());
-        let result = RunQueryDsl::get_results(statement, &mut self.conn).await;
-        self.settle(armed, result, |rows| updated(rows.iter()))
-            .await
+        self.returning(statement, |rows| updated(rows.iter())).await
     }
 
     /// [`update`](Self::update) of one row.
@@ -948,9 +941,7 @@ impl<C: AsyncCacheConnection> AsyncCachedConnection<C> {
         S: LoadQuery<'query, C, M> + Send + 'query,
     {
         self.guard_write()?;
-        let armed = self.arm(whole::<M>());
-        let result = RunQueryDsl::get_results(statement, &mut self.conn).await;
-        self.settle(armed, result, |rows| rows_invalidation(rows.iter()))
+        self.returning(statement, |rows| rows_invalidation(rows.iter()))
             .await
     }
 
@@ -981,9 +972,7 @@ impl<C: AsyncCacheConnection> AsyncCachedConnection<C> {
                 inv
             }
         };
-        let armed = self.arm(inv.clone());
-        let result = ExecuteDsl::execute(statement, &mut self.conn).await;
-        self.settle(armed, result, |_| inv).await
+        self.execute_then(statement, inv).await
     }
 
     /// Runs a write whose rows are unknown and invalidates every cached query of `M`.
@@ -993,9 +982,34 @@ impl<C: AsyncCacheConnection> AsyncCachedConnection<C> {
         S: ExecuteDsl<C> + Send,
     {
         self.guard_write()?;
+        self.execute_then(statement, whole::<M>()).await
+    }
+
+    /// A `RETURNING` write of `M` rows: armed with `M`'s whole table while in flight, then
+    /// `precise` of the rows it returned.
+    async fn returning<'query, M, S>(
+        &mut self,
+        statement: S,
+        precise: impl FnOnce(&Vec<M>) -> Invalidation,
+    ) -> QueryResult<Vec<M>>
+    where
+        M: CachedModel + Send + 'static,
+        S: LoadQuery<'query, C, M> + Send + 'query,
+    {
         let armed = self.arm(whole::<M>());
+        let result = RunQueryDsl::get_results(statement, &mut self.conn).await;
+        self.settle(armed, result, precise).await
+    }
+
+    /// A write whose invalidation `inv` is known before it runs: armed with it while in
+    /// flight, delivered after.
+    async fn execute_then<S>(&mut self, statement: S, inv: Invalidation) -> QueryResult<usize>
+    where
+        S: ExecuteDsl<C> + Send,
+    {
+        let armed = self.arm(inv.clone());
         let result = ExecuteDsl::execute(statement, &mut self.conn).await;
-        self.settle(armed, result, |_| whole::<M>()).await
+        self.settle(armed, result, |_| inv).await
     }
 
     /// Runs `f` in a transaction (a savepoint when nested), like diesel-async's
@@ -1044,34 +1058,21 @@ impl<C: AsyncCacheConnection> AsyncCachedConnection<C> {
                 let owed = outermost
                     .then(|| OwedInvalidation::new(&self.caches, self.tx.outermost_pending()));
                 let committed = C::TransactionManager::commit_transaction(&mut self.conn).await;
-                match committed {
-                    Ok(()) => {
-                        let _ = self.tx.commit();
-                        drop(live);
-                        if let Some(owed) = owed {
-                            owed.deliver().await;
-                        }
-                        Ok(value)
+                if commit_delivers(outermost, &committed) {
+                    let _ = self.tx.commit();
+                    drop(live);
+                    if let Some(owed) = owed {
+                        owed.deliver().await;
                     }
-                    Err(e) => {
-                        let definitely_rolled_back =
-                            matches!(e, diesel::result::Error::DatabaseError(..));
-                        if outermost && definitely_rolled_back {
-                            self.tx.rollback();
-                            drop(live);
-                            if let Some(owed) = owed {
-                                owed.disarm();
-                            }
-                        } else {
-                            let _ = self.tx.commit();
-                            drop(live);
-                            if let Some(owed) = owed {
-                                owed.deliver().await;
-                            }
-                        }
-                        Err(e.into())
+                } else {
+                    self.tx.rollback();
+                    drop(live);
+                    if let Some(owed) = owed {
+                        owed.disarm();
                     }
                 }
+                committed.map_err(E::from)?;
+                Ok(value)
             }
             Err(user_error) => {
                 self.tx.rollback();
@@ -1286,7 +1287,7 @@ impl<F: Future<Output = QueryResult<usize>>> Future for PlainWrite<F> {
         };
         this.inner = None;
         if let Some(owed) = this.owed.take() {
-            if matches!(result, Err(diesel::result::Error::DatabaseError(..))) {
+            if result.as_ref().is_err_and(wrote_nothing) {
                 owed.disarm();
             } else {
                 // Handed to the background delivery (dropping it does): never blocks here.
@@ -1344,7 +1345,7 @@ impl<C: AsyncCacheConnection> SimpleAsyncConnection for AsyncCachedConnection<C>
         let owed = self.plain_write(query)?;
         let result = SimpleAsyncConnection::batch_execute(&mut self.conn, query).await;
         if let Some(owed) = owed {
-            if matches!(result, Err(diesel::result::Error::DatabaseError(..))) {
+            if result.as_ref().is_err_and(wrote_nothing) {
                 owed.disarm();
             }
         }

@@ -79,24 +79,10 @@ where
 
     fn commit_transaction(conn: &mut CachedConnection<C>) -> QueryResult<()> {
         let outermost = conn.tx.depth() == 1;
-        match <C::TransactionManager as TransactionManager<C>>::commit_transaction(&mut conn.conn) {
-            Ok(()) => {
-                if let Some(inv) = conn.tx.commit() {
-                    conn.run_invalidation(&inv);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                if outermost && matches!(e, diesel::result::Error::DatabaseError(..)) {
-                    // Refused COMMIT: nothing committed.
-                    conn.tx.rollback();
-                } else if let Some(inv) = conn.tx.commit() {
-                    // Unknown outcome: invalidating too much is harmless.
-                    conn.run_invalidation(&inv);
-                }
-                Err(e)
-            }
-        }
+        let committed =
+            <C::TransactionManager as TransactionManager<C>>::commit_transaction(&mut conn.conn);
+        conn.end_commit(outermost, &committed);
+        committed
     }
 
     fn transaction_manager_status_mut(

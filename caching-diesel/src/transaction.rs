@@ -82,7 +82,39 @@ impl TxState {
     }
 }
 
+/// Whether a statement (or COMMIT) that failed with `e` certainly changed nothing: the
+/// database answered it with an error (a constraint, a serialization failure, a refused
+/// COMMIT). Any other error (the connection lost mid-statement) leaves the outcome unknown:
+/// whatever it may have written is still owed its invalidation.
+pub(crate) fn wrote_nothing(e: &diesel::result::Error) -> bool {
+    matches!(e, diesel::result::Error::DatabaseError(..))
+}
+
+/// Whether a COMMIT that ended with `result` delivers its level's invalidations: committed,
+/// yes; refused by the database at the outermost level (nothing committed), no; anything else
+/// (an unknown outcome, or a failed savepoint release whose writes stay in the outer
+/// transaction), yes: invalidating too much is harmless, too little is not. Blocking and
+/// async transactions both decide by it.
+pub(crate) fn commit_delivers(outermost: bool, result: &diesel::QueryResult<()>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(e) => !(outermost && wrote_nothing(e)),
+    }
+}
+
 impl<C: CacheConnection> CachedConnection<C> {
+    /// Closes the transaction level whose COMMIT ended with `result`: delivers its
+    /// invalidations, or drops them ([`commit_delivers`]).
+    pub(crate) fn end_commit(&mut self, outermost: bool, result: &diesel::QueryResult<()>) {
+        if commit_delivers(outermost, result) {
+            if let Some(inv) = self.tx.commit() {
+                self.run_invalidation(&inv);
+            }
+        } else {
+            self.tx.rollback();
+        }
+    }
+
     /// Runs `f` in a transaction (a savepoint when nested), like Diesel's
     /// `Connection::transaction`, deferring the invalidations of writes made through `f`'s
     /// connection until the outermost COMMIT succeeds.
@@ -111,31 +143,11 @@ impl<C: CacheConnection> CachedConnection<C> {
         match f(self) {
             Ok(value) => {
                 let outermost = self.tx.depth() == 1;
-                match <C as Connection>::TransactionManager::commit_transaction(&mut self.conn) {
-                    Ok(()) => {
-                        if let Some(inv) = self.tx.commit() {
-                            self.run_invalidation(&inv);
-                        }
-                        Ok(value)
-                    }
-                    Err(e) => {
-                        let definitely_rolled_back =
-                            matches!(e, diesel::result::Error::DatabaseError(..));
-                        if outermost && definitely_rolled_back {
-                            // The database refused the COMMIT (serialization failure,
-                            // deferred constraint): nothing committed, nothing to invalidate.
-                            self.tx.rollback();
-                        } else {
-                            // Unknown outcome (connection lost during COMMIT), or a failed
-                            // savepoint release whose writes stay in the outer transaction:
-                            // invalidating too much is harmless, too little is not.
-                            if let Some(inv) = self.tx.commit() {
-                                self.run_invalidation(&inv);
-                            }
-                        }
-                        Err(e.into())
-                    }
-                }
+                let committed =
+                    <C as Connection>::TransactionManager::commit_transaction(&mut self.conn);
+                self.end_commit(outermost, &committed);
+                committed.map_err(E::from)?;
+                Ok(value)
             }
             Err(user_error) => {
                 self.tx.rollback();
