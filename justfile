@@ -52,6 +52,13 @@ stress-moving:
 stress-redis:
     cargo run --release -p caching-tests --all-features --bin stress -- --seconds 60 --readers 8 --writers 2 --moving --redis
 
+# The stress harness's async mode: the runs of `stress` and `stress-moving` with their readers
+# and writers as tokio tasks (8 per reader and writer: 64 + 16 tasks on 2 worker threads, an
+# AsyncCachedConnection each), one write in ten cancelled by a tiny timeout.
+stress-async:
+    cargo run --release -p caching-tests --all-features --bin stress -- --seconds 60 --readers 8 --writers 2 --async
+    cargo run --release -p caching-tests --all-features --bin stress -- --seconds 60 --readers 8 --writers 2 --async --moving
+
 # Every fault mode of the stress harness for 60 s each, in the default and the eviction-safe
 # mode, on private memcached servers (default-mode evict reports its documented exposure).
 chaos:

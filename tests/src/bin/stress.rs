@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! cargo run --release -p caching-tests --all-features --bin stress -- \
-//!     --seconds 60 --readers 8 --writers 2 [--moving] [--fault MODE] [--eviction-safe] \
+//!     --seconds 60 --readers 8 --writers 2 [--moving] [--redis] [--async [N]] \
+//!     [--cancel-percent 10] [--fault MODE] [--eviction-safe] \
 //!     [--kill-memcached-at 20 --kill-for 10] [--write-pause-ms 0] \
 //!     [--grace-ms N] [--stale-bound-ms N]
 //! ```
@@ -39,6 +40,27 @@
 //! final sweep, instead of being wiped by a last restart.
 //!
 //! `--redis` runs every cache on the Redis of `REDIS_URL` instead of memcached (no fault).
+//!
+//! `--async [N]` (feature `async`; `--all-features` has it): the readers and writers run as
+//! tokio tasks on a multi-thread runtime with 2 worker threads instead of as OS threads, N
+//! tasks for each of `--readers` and `--writers` (default 8: `--readers 8 --writers 2
+//! --async` runs 64 reader tasks and 16 writer tasks on 2 threads). Each task has its own
+//! `AsyncCachedConnection<AsyncPgConnection>` and its own cache, and does what a thread does
+//! (diesel-async's `first` and `load` through the cache; `save_changes`, half of the time
+//! inside `transaction(async |conn| ..)`), under the same history, judgement, sweep and
+//! report: only the worker loops differ. One write in ten (`--cancel-percent`, default 10)
+//! is cancelled: it runs under `tokio::time::timeout` of a random 0 to 4 ms, so its future
+//! may be dropped at any await
+//! (before BEGIN, mid-statement, while COMMIT is in flight, during the invalidation) and the
+//! library's cancellation rules must deliver the invalidation of whatever may have committed
+//! (docs/src/async.md). A cancelled write stays unpublished, like a failed one (see below),
+//! and the writer, still holding the row's lock, learns what the row holds on the same
+//! connection, behind whatever the dropped future left in flight (a `ROLLBACK` first if it
+//! left a transaction open; that connection is then replaced by a new one), so writes to a
+//! row stay serialized. `cancelled_writes` counts the cancelled writes, `cancelled_committed`
+//! those found committed. Works with `--moving`, `--redis` and every fault mode (the faults
+//! run on their own thread, as in the blocking mode). The runtime needs
+//! `(readers + writers) x N` PostgreSQL connections (mind `max_connections`, 100 by default).
 //!
 //! `--eviction-safe` builds every cache with `eviction_safe(true)`. `--kill-memcached-at S
 //! --kill-for S` (one outage; `--fault none` only) also runs on a private server.
@@ -90,13 +112,16 @@
 //! from the database.
 //!
 //! Output: one summary line `stale_reads=.. stale_reads_over_bound=.. max_stale_age_ms=..
-//! reads=.. writes=.. hits=.. misses=.. fills=.. skipped=.. backend_errors=..
-//! failed_invalidations=.. decode_errors=.. failed_queries=..` (cache counters summed over
-//! every worker's cache), a line `fault=.. eviction_safe=.. faults_injected=.. evictions=..
-//! grace_ms=.. moving=..`, then `final_sweep_mismatches=..`. Exit status 1 when any of stale reads,
-//! failed queries, sweep mismatches or fault-injection errors is non-zero (stale reads: only
-//! those older than `--stale-bound-ms`, default 0, so every stale read); in `evict` mode
-//! without `--eviction-safe`, stale reads and mismatches are reported but do not fail.
+//! reads=.. writes=.. cancelled_writes=.. cancelled_committed=.. hits=.. misses=.. fills=..
+//! skipped=.. backend_errors=.. failed_invalidations=.. decode_errors=.. failed_queries=..`
+//! (cache counters summed over every worker's cache; the cancelled ones are 0 without
+//! `--async`), a line `fault=.. eviction_safe=.. faults_injected=.. evictions=.. grace_ms=..
+//! moving=.. mode=.. reconnects=..` (`mode=threads workers=..` or `mode=async tasks=..
+//! worker_threads=2 cancel_percent=..`; `reconnects`: connections replaced after a cancelled
+//! write), then `final_sweep_mismatches=..`. Exit status 1 when any of stale reads, failed
+//! queries, sweep mismatches or fault-injection errors is non-zero (stale reads: only those
+//! older than `--stale-bound-ms`, default 0, so every stale read); in `evict` mode without
+//! `--eviction-safe`, stale reads and mismatches are reported but do not fail.
 //!
 //! The harness found a real hole this way: with "add, register, check, delete if raced", a
 //! result read before a write was visible to other readers between the overlapping reader's
@@ -110,7 +135,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use caching_core::backend::memcached::MemcachedOptions;
@@ -251,6 +276,10 @@ struct Args {
     moving: bool,
     /// `--redis`: every cache on the Redis of `REDIS_URL` instead of memcached.
     redis: bool,
+    /// `--async [N]`: the workers run as tokio tasks, N for each reader and writer.
+    async_tasks: Option<usize>,
+    /// `--cancel-percent P` (`--async`): the share of writes run under a tiny timeout.
+    cancel_percent: u64,
 }
 
 impl Args {
@@ -275,6 +304,13 @@ impl Args {
         self.grace.unwrap_or(Duration::ZERO)
     }
 
+    /// How many readers and writers run: `--readers` and `--writers` threads, or with
+    /// `--async N` that many tasks N times over.
+    fn workers(&self) -> (usize, usize) {
+        let n = self.async_tasks.unwrap_or(1);
+        (self.readers * n, self.writers * n)
+    }
+
     /// Whether stale results are the documented exposure of the run (eviction without the
     /// eviction-safe mode) rather than a failure.
     fn staleness_expected(&self) -> bool {
@@ -283,6 +319,7 @@ impl Args {
 }
 
 const USAGE: &str = "usage: stress --seconds N --readers N --writers N [--moving] [--redis] \
+                     [--async [TASKS_PER_WORKER] [--cancel-percent P]] \
                      [--fault none|restart|stall|stall2|evict|corrupt] [--eviction-safe] \
                      [--kill-memcached-at S --kill-for S] [--write-pause-ms N] \
                      [--grace-ms N] [--stale-bound-ms N]";
@@ -301,9 +338,12 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         stale_bound: Duration::ZERO,
         moving: false,
         redis: false,
+        async_tasks: None,
+        cancel_percent: DEFAULT_CANCEL_PERCENT,
     };
+    let mut cancel_given = false;
     let mut kill_for_given = false;
-    let mut it = args.into_iter();
+    let mut it = args.into_iter().peekable();
     while let Some(flag) = it.next() {
         let mut text = |name: &str| -> Result<String, String> {
             it.next().ok_or_else(|| format!("{name} needs a value"))
@@ -329,6 +369,20 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
             "--eviction-safe" => out.eviction_safe = true,
             "--moving" => out.moving = true,
             "--redis" => out.redis = true,
+            "--async" => {
+                // An optional count: the next argument when it is not a flag.
+                let n = match it.next_if(|v| !v.starts_with("--")) {
+                    Some(v) => v.parse::<usize>().map_err(|_| {
+                        format!("--async: {v:?} is not a number of tasks per worker")
+                    })?,
+                    None => DEFAULT_ASYNC_TASKS,
+                };
+                out.async_tasks = Some(n);
+            }
+            "--cancel-percent" => {
+                out.cancel_percent = value("--cancel-percent")?;
+                cancel_given = true;
+            }
             "--grace-ms" => out.grace = Some(Duration::from_millis(value("--grace-ms")?)),
             "--stale-bound-ms" => {
                 out.stale_bound = Duration::from_millis(value("--stale-bound-ms")?)
@@ -339,6 +393,18 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     }
     if out.seconds == 0 || out.readers == 0 {
         return Err("--seconds and --readers must be positive".into());
+    }
+    if out.async_tasks == Some(0) {
+        return Err("--async needs at least 1 task per worker".into());
+    }
+    if cancel_given && out.async_tasks.is_none() {
+        return Err("--cancel-percent needs --async (only futures can be cancelled)".into());
+    }
+    if out.cancel_percent > 100 {
+        return Err(format!(
+            "--cancel-percent {}: at most 100",
+            out.cancel_percent
+        ));
     }
     if out.redis && (out.fault != Fault::None || out.kill_at.is_some()) {
         return Err("--redis runs without faults (they act on a private memcached)".into());
@@ -359,6 +425,11 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     }
     Ok(out)
 }
+
+/// Tasks per `--readers` / `--writers` worker with a bare `--async`.
+const DEFAULT_ASYNC_TASKS: usize = 8;
+/// The share of async writes run under a tiny timeout, in percent, unless `--cancel-percent`.
+const DEFAULT_CANCEL_PERCENT: u64 = 10;
 
 /// xorshift64*: enough randomness for picking rows, no dependency.
 struct Rng(u64);
@@ -412,12 +483,20 @@ struct Entry {
     published: Option<Instant>,
 }
 
+/// The lock a writer holds for a whole write: tokio's when the async mode is built (an async
+/// writer holds it across awaits; the blocking writers take it with `blocking_lock`), else
+/// std's.
+#[cfg(feature = "async")]
+type WriteLock<T> = tokio::sync::Mutex<T>;
+#[cfg(not(feature = "async"))]
+type WriteLock<T> = Mutex<T>;
+
 /// One add-on as the harness tracks it.
 struct Row {
     fixture: Addon,
     /// What the row holds after the last write this process committed; held for the whole
     /// write, so writes to a row are serialized and commit in `val` order.
-    write: Mutex<Current>,
+    write: WriteLock<Current>,
     /// Every write of the row, in the order they were begun (so by `val`, and the published
     /// ones by publish time too); the first entry is the fixture, published at the start.
     history: Mutex<Vec<Entry>>,
@@ -432,13 +511,22 @@ impl Row {
             published: Some(start),
         };
         Row {
-            write: Mutex::new(Current {
+            write: WriteLock::new(Current {
                 val: fixture.val,
                 author2_id: fixture.author2_id,
             }),
             history: Mutex::new(vec![first]),
             fixture,
         }
+    }
+
+    /// Takes the row's write lock from a thread (never from a task of the runtime).
+    fn lock_write(&self) -> impl std::ops::DerefMut<Target = Current> + '_ {
+        #[cfg(feature = "async")]
+        let guard = self.write.blocking_lock();
+        #[cfg(not(feature = "async"))]
+        let guard = lock(&self.write);
+        guard
     }
 
     /// Records a write about to be sent (the caller holds `write`); returns its index for
@@ -503,6 +591,53 @@ impl Row {
     }
 }
 
+/// One read of a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// `find(id)`.
+    Find(i32),
+    /// `filter(author1_id = u)`: a column writes never change, so the list's rows are fixed.
+    Author1(i32),
+    /// `filter(author2_id = u)` (`--moving`): rows move in and out.
+    Author2(i32),
+}
+
+impl Read {
+    /// By primary key or by `author1_id`, or (`--moving`, a third of the reads each) by
+    /// `author2_id`.
+    fn draw(moving: bool, rng: &mut Rng) -> Read {
+        let kind = if moving {
+            rng.next() % 3
+        } else {
+            u64::from(!rng.coin())
+        };
+        match kind {
+            0 => Read::Find(rng.pick(ADDONS)),
+            1 => Read::Author1(rng.pick(USERS)),
+            _ => Read::Author2(rng.pick(USERS)),
+        }
+    }
+}
+
+impl std::fmt::Display for Read {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Read::Find(id) => write!(f, "find({id})"),
+            Read::Author1(u) => write!(f, "filter(author1_id = {u})"),
+            Read::Author2(u) => write!(f, "filter(author2_id = {u})"),
+        }
+    }
+}
+
+/// How a write ended, for [`Shared::wrote`].
+enum Written {
+    /// `save_changes` (or the transaction around it) returned.
+    Returned(QueryResult<Addon>),
+    /// `--async`: its future was dropped by its timeout.
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    Cancelled,
+}
+
 struct Shared {
     rows: Vec<Row>,
     /// `--moving`: writes move rows between `author2_id` lists.
@@ -518,6 +653,12 @@ struct Shared {
     max_stale_age_ms: AtomicU64,
     reads: AtomicU64,
     writes: AtomicU64,
+    /// `--async`: writes whose future was dropped by their timeout, and how many of them
+    /// had committed all the same.
+    cancelled_writes: AtomicU64,
+    cancelled_committed: AtomicU64,
+    /// `--async`: connections replaced after a cancelled write left a transaction open.
+    reconnects: AtomicU64,
     failed_queries: AtomicU64,
     /// Faults that could not be injected (or undone): the run does not mean what it says.
     fault_errors: AtomicU64,
@@ -621,6 +762,123 @@ impl Shared {
         stale
     }
 
+    /// Judges a read that started at `t0`, ended at `t1` and returned `got` (`find`: one
+    /// row), and counts it. Both modes' readers end every read here.
+    fn judge(&self, read: Read, t0: Instant, t1: Instant, got: QueryResult<Vec<Addon>>) {
+        let what = read.to_string();
+        let stale = match got {
+            Err(e) => {
+                self.failed(&what, &e);
+                None
+            }
+            Ok(rows) => match read {
+                Read::Find(id) => match rows.as_slice() {
+                    [a] if a.id == id => self.check(&what, t0, &rows),
+                    _ => {
+                        eprintln!("wrong row: {what} returned {rows:?}");
+                        Some(Duration::MAX)
+                    }
+                },
+                Read::Author1(u) => {
+                    let mut ids: Vec<i32> = rows.iter().map(|a| a.id).collect();
+                    ids.sort_unstable();
+                    if ids != self.addons_of(u) {
+                        eprintln!("wrong rows: {what} returned ids {ids:?}");
+                        Some(Duration::MAX)
+                    } else {
+                        self.check(&what, t0, &rows)
+                    }
+                }
+                Read::Author2(u) => self.check_author2(&what, u, t0, t1, &rows),
+            },
+        };
+        self.count_read(stale);
+    }
+
+    /// The next write of `row`, which holds `current` (its write lock held): `val + 1`, and
+    /// with `--moving` another `author2_id`, uniform among the other users.
+    fn next_write(&self, row: &Row, current: &Current, rng: &mut Rng) -> Addon {
+        let author2_id = if self.moving {
+            let u = rng.pick(USERS - 1);
+            if u >= current.author2_id {
+                u + 1
+            } else {
+                u
+            }
+        } else {
+            current.author2_id
+        };
+        Addon {
+            val: current.val + 1,
+            author2_id,
+            ..row.fixture.clone()
+        }
+    }
+
+    /// Settles write `entry` of `row` (its write lock held, `current` its value before the
+    /// write), which was to store `next` and ended with `outcome`. Returned (`Ok`) means
+    /// committed and invalidated: it is published now. Otherwise (failed, cancelled, or
+    /// another row returned) it stays unpublished, as it may or may not have committed, and
+    /// this returns `true`: the writer must re-read the row ([`Shared::relearn`]) before it
+    /// lets the row go.
+    fn wrote(
+        &self,
+        row: &Row,
+        entry: usize,
+        next: &Addon,
+        outcome: Written,
+        current: &mut Current,
+    ) -> bool {
+        let what = || format!("save_changes(addon {} val {})", next.id, next.val);
+        match outcome {
+            Written::Returned(Ok(a)) if a == *next => {
+                *current = Current {
+                    val: next.val,
+                    author2_id: next.author2_id,
+                };
+                // After the commit and its invalidation returned.
+                row.publish(entry);
+                self.writes.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Written::Returned(Ok(a)) => {
+                self.failed(&what(), &format!("returned another row, {a:?}"));
+                true
+            }
+            Written::Returned(Err(e)) => {
+                self.failed(&what(), &e);
+                true
+            }
+            Written::Cancelled => {
+                self.cancelled_writes.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+        }
+    }
+
+    /// After a write of `next` that [`Shared::wrote`] left unpublished: `reread` is
+    /// `(val, author2_id)` of the row read straight from the database on the writer's
+    /// connection, behind whatever of the write was still in flight there, so it is final.
+    /// Later writes continue from it and keep increasing (an unpublished value only weakens
+    /// the check). A failed re-read is a failed query: the row's value is then unknown.
+    fn relearn(
+        &self,
+        next: &Addon,
+        cancelled: bool,
+        reread: QueryResult<(i32, i32)>,
+        current: &mut Current,
+    ) {
+        match reread {
+            Ok((val, author2_id)) => {
+                if cancelled && val == next.val {
+                    self.cancelled_committed.fetch_add(1, Ordering::Relaxed);
+                }
+                *current = Current { val, author2_id };
+            }
+            Err(e) => self.failed(&format!("re-reading addon {}", next.id), &e),
+        }
+    }
+
     /// Counts a read, stale (with its age) or not.
     fn count_read(&self, stale: Option<Duration>) {
         self.reads.fetch_add(1, Ordering::Relaxed);
@@ -673,6 +931,89 @@ fn total_evictions(servers: &[String]) -> u64 {
 fn connect(schema: &str, cache: &Cache) -> CachedConnection<PgConnection> {
     CachedConnection::with_caches(pg_connect_schema(schema), CacheSet::new(cache.clone()))
 }
+
+/// The readers and writers of a run, connected: threads, or (`--async`) tokio tasks.
+enum Workers {
+    Threads(Vec<CachedConnection<PgConnection>>),
+    #[cfg(feature = "async")]
+    Tasks(tasks::Tasks),
+}
+
+impl Workers {
+    /// A connection to `schema` for each cache of `caches`, of the kind `args` asks for.
+    fn connect(args: &Args, schema: &str, caches: &[Cache]) -> Result<Workers, String> {
+        match args.async_tasks {
+            None => Ok(Workers::Threads(
+                caches.iter().map(|c| connect(schema, c)).collect(),
+            )),
+            #[cfg(feature = "async")]
+            Some(_) => Ok(Workers::Tasks(tasks::Tasks::prepare(schema, caches)?)),
+            #[cfg(not(feature = "async"))]
+            Some(_) => Err(NO_ASYNC.into()),
+        }
+    }
+
+    /// Runs the first `readers` workers as readers and the others as writers until the
+    /// deadline; returns how many of them panicked.
+    fn run(&mut self, shared: &Arc<Shared>, readers: usize, args: &Args) -> usize {
+        let pause = args.write_pause();
+        #[cfg(feature = "async")]
+        let cancel_percent = args.cancel_percent;
+        match self {
+            Workers::Threads(conns) => std::thread::scope(|s| {
+                let shared: &Shared = shared;
+                let threads: Vec<_> = std::mem::take(conns)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, conn)| {
+                        if i < readers {
+                            s.spawn(move || reader(shared, conn, i as u64))
+                        } else {
+                            s.spawn(move || writer(shared, conn, 1000 + i as u64, pause))
+                        }
+                    })
+                    .collect();
+                threads
+                    .into_iter()
+                    .map(|t| t.join())
+                    .filter(Result::is_err)
+                    .count()
+            }),
+            #[cfg(feature = "async")]
+            Workers::Tasks(tasks) => tasks.run(shared, readers, pause, cancel_percent),
+        }
+    }
+
+    /// For the start line.
+    fn describe(&self, readers: usize, writers: usize) -> String {
+        match self {
+            Workers::Threads(_) => format!("{readers} reader threads, {writers} writer threads"),
+            #[cfg(feature = "async")]
+            Workers::Tasks(_) => format!(
+                "{readers} reader tasks, {writers} writer tasks on {} tokio worker threads",
+                tasks::WORKER_THREADS
+            ),
+        }
+    }
+
+    /// The `mode=..` part of the report, `n` workers in all.
+    #[cfg_attr(not(feature = "async"), allow(unused_variables))]
+    fn mode(&self, n: usize, args: &Args) -> String {
+        match self {
+            Workers::Threads(_) => format!("mode=threads workers={n}"),
+            #[cfg(feature = "async")]
+            Workers::Tasks(_) => format!(
+                "mode=async tasks={n} worker_threads={} cancel_percent={}",
+                tasks::WORKER_THREADS,
+                args.cancel_percent
+            ),
+        }
+    }
+}
+
+/// Why `--async` cannot run in this build.
+#[cfg(not(feature = "async"))]
+const NO_ASYNC: &str = "--async needs the caching-tests feature `async` (--all-features has it)";
 
 /// How the caches of a run are built: one per worker thread, each with its own memcached
 /// client (its own connections and fail-fast state), as separate processes would have.
@@ -949,68 +1290,20 @@ fn corrupt(addr: &str, keys: &KeySpace, until: Instant) -> u64 {
     lists + counters
 }
 
+/// A reader thread: reads until the deadline, each read judged by [`Shared::judge`].
 fn reader(shared: &Shared, mut conn: CachedConnection<PgConnection>, stream: u64) {
     let mut rng = Rng::seeded(stream);
+    // `--moving` reads every row as `UnlinkedAddon` (see there).
+    let unlinked = shared.moving;
     while Instant::now() < shared.deadline {
+        let read = Read::draw(shared.moving, &mut rng);
         let t0 = Instant::now();
-        // By primary key, by `author1_id`, or (`--moving`, a third of the reads) by
-        // `author2_id`.
-        let kind = if shared.moving {
-            rng.next() % 3
-        } else {
-            u64::from(!rng.coin())
-        };
-        // `--moving` reads every row as `UnlinkedAddon` (see there).
-        let unlinked = shared.moving;
-        let stale = if kind == 2 {
-            let u = rng.pick(USERS);
-            let what = format!("filter(author2_id = {u})");
-            let got = cached_author2(&mut conn, u, unlinked);
-            let t1 = Instant::now();
-            match got {
-                Ok(list) => shared.check_author2(&what, u, t0, t1, &list),
-                Err(e) => {
-                    shared.failed(&what, &e);
-                    None
-                }
-            }
-        } else if kind == 0 {
-            let id = rng.pick(ADDONS);
-            match cached_find(&mut conn, id, unlinked) {
-                Ok(a) if a.id == id => shared.check(&format!("find({id})"), t0, &[a]),
-                Ok(a) => {
-                    eprintln!("wrong row: find({id}) returned {a:?}");
-                    Some(Duration::MAX)
-                }
-                Err(e) => {
-                    shared.failed(&format!("find({id})"), &e);
-                    None
-                }
-            }
-        } else {
-            let u = rng.pick(USERS);
-            match cached_author1(&mut conn, u, unlinked) {
-                Ok(list) => {
-                    let mut ids: Vec<i32> = list.iter().map(|a| a.id).collect();
-                    ids.sort_unstable();
-                    let what = format!("filter(author1_id = {u})");
-                    if ids != shared.addons_of(u) {
-                        eprintln!("wrong rows: {what} returned ids {ids:?}");
-                        Some(Duration::MAX)
-                    } else {
-                        shared.check(&what, t0, &list)
-                    }
-                }
-                Err(e) => {
-                    shared.failed(&format!("filter(author1_id = {u})"), &e);
-                    None
-                }
-            }
-        };
-        shared.count_read(stale);
+        let got = cached_read(&mut conn, read, unlinked);
+        shared.judge(read, t0, Instant::now(), got);
     }
 }
 
+/// A writer thread: writes until the deadline, each write settled by [`Shared::wrote`].
 fn writer(
     shared: &Shared,
     mut conn: CachedConnection<PgConnection>,
@@ -1019,25 +1312,9 @@ fn writer(
 ) {
     let mut rng = Rng::seeded(stream);
     while Instant::now() < shared.deadline {
-        let id = rng.pick(ADDONS);
-        let row = shared.row(id);
-        let mut current = lock(&row.write);
-        let author2_id = if shared.moving {
-            // Uniform among the other users.
-            let u = rng.pick(USERS - 1);
-            if u >= current.author2_id {
-                u + 1
-            } else {
-                u
-            }
-        } else {
-            current.author2_id
-        };
-        let next = Addon {
-            val: current.val + 1,
-            author2_id,
-            ..row.fixture.clone()
-        };
+        let row = shared.row(rng.pick(ADDONS));
+        let mut current = row.lock_write();
+        let next = shared.next_write(row, &current, &mut rng);
         // Before the write is sent: from now on it may have committed.
         let entry = row.begin(next.val, next.author2_id);
         let saved: QueryResult<Addon> = if rng.coin() {
@@ -1045,29 +1322,12 @@ fn writer(
         } else {
             conn.save_changes(&next)
         };
-        match saved {
-            Ok(a) => {
-                assert_eq!(a, next, "save_changes returned another row");
-                *current = Current {
-                    val: next.val,
-                    author2_id: next.author2_id,
-                };
-                // After the commit and its invalidation returned.
-                row.publish(entry);
-                shared.writes.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                shared.failed(&format!("save_changes(addon {id} val {})", next.val), &e);
-                // The write may or may not have committed: learn what the row holds, so later
-                // writes keep increasing (an unpublished value only weakens the check).
-                if let Ok((val, author2_id)) = addons::table
-                    .find(id)
-                    .select((addons::val, addons::author2_id))
-                    .first::<(i32, i32)>(&mut *conn)
-                {
-                    *current = Current { val, author2_id };
-                }
-            }
+        if shared.wrote(row, entry, &next, Written::Returned(saved), &mut current) {
+            let reread = addons::table
+                .find(next.id)
+                .select((addons::val, addons::author2_id))
+                .first::<(i32, i32)>(&mut *conn);
+            shared.relearn(&next, false, reread, &mut current);
         }
         drop(current);
         let pause = pause.draw(&mut rng);
@@ -1077,58 +1337,294 @@ fn writer(
     }
 }
 
-/// `find(id)` through the cache, as [`Addon`] or (`unlinked`) as [`UnlinkedAddon`].
+/// `find(id)` through the cache, as [`Addon`] or (`unlinked`) as [`UnlinkedAddon`], on a
+/// blocking cached connection or (with a trailing `.await`) an async one: one expansion for
+/// both modes.
+macro_rules! cached_find {
+    ($id:expr, $conn:expr, $unlinked:expr $(, .$await:tt)?) => {
+        if $unlinked {
+            addons::table
+                .find($id)
+                .cached()
+                .first::<UnlinkedAddon>($conn)
+                $(.$await)?
+                .map(Addon::from)
+        } else {
+            addons::table.find($id).cached().first::<Addon>($conn)$(.$await)?
+        }
+    };
+}
+
+/// Loads a list through the cache, as [`Addon`] or (`unlinked`) as [`UnlinkedAddon`] (see
+/// [`cached_find!`] for the trailing `.await`).
+macro_rules! cached_list {
+    ($query:expr, $conn:expr, $unlinked:expr $(, .$await:tt)?) => {
+        if $unlinked {
+            $query
+                .cached()
+                .load::<UnlinkedAddon>($conn)
+                $(.$await)?
+                .map(|v| v.into_iter().map(Addon::from).collect::<Vec<Addon>>())
+        } else {
+            $query.cached().load::<Addon>($conn)$(.$await)?
+        }
+    };
+}
+
+/// The rows of `read` through the cache (`find`: one), on a blocking cached connection or
+/// (with a trailing `.await`) an async one.
+macro_rules! cached_read {
+    ($read:expr, $conn:expr, $unlinked:expr $(, .$await:tt)?) => {
+        match $read {
+            Read::Find(id) => {
+                cached_find!(id, $conn, $unlinked $(, .$await)?).map(|a| vec![a])
+            }
+            Read::Author1(u) => cached_list!(
+                addons::table.filter(addons::author1_id.eq(u)),
+                $conn,
+                $unlinked
+                $(, .$await)?
+            ),
+            Read::Author2(u) => cached_list!(
+                addons::table.filter(addons::author2_id.eq(u)),
+                $conn,
+                $unlinked
+                $(, .$await)?
+            ),
+        }
+    };
+}
+
+/// `find(id)` through the cache (see [`cached_find!`]).
 fn cached_find(
     conn: &mut CachedConnection<PgConnection>,
     id: i32,
     unlinked: bool,
 ) -> QueryResult<Addon> {
-    let query = addons::table.find(id);
-    if unlinked {
-        query.cached().first::<UnlinkedAddon>(conn).map(Addon::from)
-    } else {
-        query.cached().first::<Addon>(conn)
+    cached_find!(id, conn, unlinked)
+}
+
+/// The rows of `read` through the cache (see [`cached_read!`]).
+fn cached_read(
+    conn: &mut CachedConnection<PgConnection>,
+    read: Read,
+    unlinked: bool,
+) -> QueryResult<Vec<Addon>> {
+    cached_read!(read, conn, unlinked)
+}
+
+/// The async mode (`--async`): the readers and writers as tokio tasks, each with its own
+/// `AsyncCachedConnection<AsyncPgConnection>` and cache. Only the loops are here: what is
+/// read and written, and how it is judged, are [`Read`]'s and [`Shared`]'s, as for threads.
+#[cfg(feature = "async")]
+mod tasks {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use caching_diesel::async_prelude::*;
+    use caching_diesel::{AsyncCachedConnection, Cache, CacheSet};
+    use caching_tests::db::schema::addons;
+    use caching_tests::db::Addon;
+    use diesel_async::AsyncPgConnection;
+
+    use super::{Read, Rng, Shared, UnlinkedAddon, WritePause, Written, ADDONS};
+
+    type Conn = AsyncCachedConnection<AsyncPgConnection>;
+
+    /// The runtime's worker threads: many tasks on few threads.
+    pub(super) const WORKER_THREADS: usize = 2;
+    /// The longest such timeout, in microseconds (tokio's timer rounds up to whole
+    /// milliseconds; 0 drops the write after its first poll, unless that finished it).
+    const CANCEL_WITHIN_US: u64 = 4_000;
+
+    /// The runtime and the tasks' connections, made before the run's clock starts. The
+    /// runtime must outlive the run: invalidations of cancelled writes may still be running
+    /// on its blocking pool until the harness has waited for delivery.
+    pub(super) struct Tasks {
+        runtime: tokio::runtime::Runtime,
+        conns: Vec<Conn>,
+        /// Where the connections point (a writer replaces its connection with a new one).
+        schema: String,
     }
-}
 
-/// Loads a list through the cache, as [`Addon`] or (`unlinked`) as [`UnlinkedAddon`].
-macro_rules! cached_list {
-    ($query:expr, $conn:expr, $unlinked:expr) => {
-        if $unlinked {
-            $query
-                .cached()
-                .load::<UnlinkedAddon>($conn)
-                .map(|v| v.into_iter().map(Addon::from).collect::<Vec<Addon>>())
-        } else {
-            $query.cached().load::<Addon>($conn)
+    impl Tasks {
+        /// A runtime of [`WORKER_THREADS`] threads, and a connection to `schema` for each
+        /// cache (the task of the i-th connection uses the i-th cache).
+        pub(super) fn prepare(schema: &str, caches: &[Cache]) -> Result<Tasks, String> {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(WORKER_THREADS)
+                .enable_all()
+                .build()
+                .map_err(|e| format!("tokio runtime: {e}"))?;
+            let conns = runtime.block_on(async {
+                let mut conns = Vec::with_capacity(caches.len());
+                for cache in caches {
+                    conns.push(connect(schema, CacheSet::new(cache.clone())).await?);
+                }
+                Ok::<_, String>(conns)
+            })?;
+            Ok(Tasks {
+                runtime,
+                conns,
+                schema: schema.to_string(),
+            })
         }
-    };
-}
 
-/// `filter(author1_id = u)` through the cache (see [`cached_list!`]).
-fn cached_author1(
-    conn: &mut CachedConnection<PgConnection>,
-    u: i32,
-    unlinked: bool,
-) -> QueryResult<Vec<Addon>> {
-    cached_list!(
-        addons::table.filter(addons::author1_id.eq(u)),
-        conn,
-        unlinked
-    )
-}
+        /// Runs the first `readers` connections as reader tasks and the others as writer
+        /// tasks until the deadline; returns how many tasks panicked.
+        pub(super) fn run(
+            &mut self,
+            shared: &Arc<Shared>,
+            readers: usize,
+            pause: WritePause,
+            cancel_percent: u64,
+        ) -> usize {
+            let conns = std::mem::take(&mut self.conns);
+            let schema = self.schema.as_str();
+            self.runtime.block_on(async {
+                let tasks: Vec<_> = conns
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, conn)| {
+                        let shared = Arc::clone(shared);
+                        if i < readers {
+                            tokio::spawn(reader(shared, conn, i as u64))
+                        } else {
+                            let schema = schema.to_string();
+                            let stream = 1000 + i as u64;
+                            let w = Writer {
+                                pause,
+                                cancel_percent,
+                                schema,
+                            };
+                            tokio::spawn(writer(shared, conn, stream, w))
+                        }
+                    })
+                    .collect();
+                let mut panicked = 0;
+                for task in tasks {
+                    if task.await.is_err() {
+                        panicked += 1;
+                    }
+                }
+                panicked
+            })
+        }
+    }
 
-/// `filter(author2_id = u)` through the cache (see [`cached_list!`]).
-fn cached_author2(
-    conn: &mut CachedConnection<PgConnection>,
-    u: i32,
-    unlinked: bool,
-) -> QueryResult<Vec<Addon>> {
-    cached_list!(
-        addons::table.filter(addons::author2_id.eq(u)),
-        conn,
-        unlinked
-    )
+    /// A new cached connection to `schema` with `caches`.
+    async fn connect(schema: &str, caches: CacheSet) -> Result<Conn, String> {
+        let url = std::env::var("PG_DATABASE_URL").map_err(|e| format!("PG_DATABASE_URL: {e}"))?;
+        let mut raw = AsyncPgConnection::establish(&url)
+            .await
+            .map_err(|e| format!("connecting to PG_DATABASE_URL: {e}"))?;
+        raw.batch_execute(&format!("SET search_path TO {schema}"))
+            .await
+            .map_err(|e| format!("SET search_path TO {schema}: {e}"))?;
+        Ok(AsyncCachedConnection::with_caches(raw, caches))
+    }
+
+    /// A reader task: the blocking reader's loop, awaited.
+    async fn reader(shared: Arc<Shared>, mut conn: Conn, stream: u64) {
+        let mut rng = Rng::seeded(stream);
+        // `--moving` reads every row as `UnlinkedAddon` (see there).
+        let unlinked = shared.moving;
+        while Instant::now() < shared.deadline {
+            let read = Read::draw(shared.moving, &mut rng);
+            let t0 = Instant::now();
+            let got = cached_read!(read, &mut conn, unlinked, .await);
+            shared.judge(read, t0, Instant::now(), got);
+        }
+    }
+
+    /// How a writer task writes.
+    struct Writer {
+        pause: WritePause,
+        /// The share of writes run under a timeout that may drop them, in percent.
+        cancel_percent: u64,
+        /// For a new connection.
+        schema: String,
+    }
+
+    /// A writer task: the blocking writer's loop, awaited, with some writes under a timeout
+    /// that may drop them mid-flight. A connection left inside a transaction by a dropped
+    /// write is replaced.
+    async fn writer(shared: Arc<Shared>, mut conn: Conn, stream: u64, w: Writer) {
+        let mut rng = Rng::seeded(stream);
+        while Instant::now() < shared.deadline {
+            let row = shared.row(rng.pick(ADDONS));
+            let mut current = row.write.lock().await;
+            let next = shared.next_write(row, &current, &mut rng);
+            let in_transaction = rng.coin();
+            let timeout = (rng.next() % 100 < w.cancel_percent)
+                .then(|| Duration::from_micros(rng.next() % (CANCEL_WITHIN_US + 1)));
+            // Before the write is sent: from now on it may have committed.
+            let entry = row.begin(next.val, next.author2_id);
+            let write = save(&mut conn, &next, in_transaction);
+            let outcome = match timeout {
+                None => Written::Returned(write.await),
+                Some(t) => match tokio::time::timeout(t, write).await {
+                    Ok(saved) => Written::Returned(saved),
+                    Err(_elapsed) => Written::Cancelled,
+                },
+            };
+            let cancelled = matches!(outcome, Written::Cancelled);
+            let mut replace = false;
+            if shared.wrote(row, entry, &next, outcome, &mut current) {
+                // Left inside a transaction (dropped before or during its COMMIT): the
+                // connection refuses writes from now on, and must end that transaction
+                // before the row is read back.
+                replace = conn.in_transaction();
+                let reread = reread(&mut conn, next.id, replace).await;
+                shared.relearn(&next, cancelled, reread, &mut current);
+            }
+            drop(current);
+            if replace {
+                match connect(&w.schema, conn.caches().clone()).await {
+                    Ok(new) => {
+                        conn = new;
+                        shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        shared.failed("replacing a writer's connection", &e);
+                        return;
+                    }
+                }
+            }
+            let pause = w.pause.draw(&mut rng);
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+
+    /// `save_changes(next)`, alone or (`in_transaction`) in a transaction.
+    async fn save(conn: &mut Conn, next: &Addon, in_transaction: bool) -> QueryResult<Addon> {
+        if in_transaction {
+            conn.transaction(async |c| c.save_changes::<Addon, _>(next).await)
+                .await
+        } else {
+            conn.save_changes::<Addon, _>(next).await
+        }
+    }
+
+    /// `(val, author2_id)` of add-on `id` straight from the database, on the connection of a
+    /// write that failed or was dropped: these statements go out behind whatever the write
+    /// left in flight there (tokio-postgres runs a connection's requests in order), so the
+    /// value read is final. `rollback`: the write left a transaction open, or its COMMIT in
+    /// flight; a `ROLLBACK` ends it first (after a COMMIT that got through, it only warns).
+    async fn reread(conn: &mut Conn, id: i32, rollback: bool) -> QueryResult<(i32, i32)> {
+        let raw = conn.inner();
+        if rollback {
+            raw.batch_execute("ROLLBACK").await?;
+        }
+        addons::table
+            .find(id)
+            .select((addons::val, addons::author2_id))
+            .first::<(i32, i32)>(raw)
+            .await
+    }
 }
 
 /// Compares a list read through the cache (sorted here) with the same list from the
@@ -1165,7 +1661,7 @@ fn final_sweep(conn: &mut CachedConnection<PgConnection>, moving: bool) -> u64 {
         }
     }
     for u in 1..=USERS {
-        let cached = cached_author1(conn, u, unlinked);
+        let cached = cached_read(conn, Read::Author1(u), unlinked);
         let direct = addons::table
             .filter(addons::author1_id.eq(u))
             .order(addons::id)
@@ -1176,7 +1672,7 @@ fn final_sweep(conn: &mut CachedConnection<PgConnection>, moving: bool) -> u64 {
     }
     if moving {
         for u in 1..=USERS {
-            let cached = cached_author2(conn, u, unlinked);
+            let cached = cached_read(conn, Read::Author2(u), unlinked);
             let direct = addons::table
                 .filter(addons::author2_id.eq(u))
                 .order(addons::id)
@@ -1252,6 +1748,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    #[cfg(not(feature = "async"))]
+    if args.async_tasks.is_some() {
+        eprintln!("{NO_ASYNC}");
+        return ExitCode::from(2);
+    }
     if require_env("PG_DATABASE_URL", "the stress harness").is_none() {
         return ExitCode::SUCCESS;
     }
@@ -1305,18 +1806,22 @@ fn main() -> ExitCode {
         eviction_safe: args.eviction_safe,
     };
     let keys = KeySpace::new(&factory.prefix).expect("valid prefix");
+    let (readers, writers) = args.workers();
     // One cache per worker: separate clients, as separate processes have.
-    let caches: Vec<Cache> = (0..args.readers + args.writers)
-        .map(|_| factory.build())
-        .collect();
+    let caches: Vec<Cache> = (0..readers + writers).map(|_| factory.build()).collect();
 
     let schema = Schema::create();
     // Every connection is made before the clock starts: the run's time is the workers'.
-    let conns: Vec<CachedConnection<PgConnection>> =
-        caches.iter().map(|c| connect(&schema.name, c)).collect();
+    let mut workers = match Workers::connect(&args, &schema.name, &caches) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("stress: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let evictions_before = total_evictions(&factory.servers);
     let start = Instant::now();
-    let shared = Shared {
+    let shared = Arc::new(Shared {
         rows: fixture()
             .into_iter()
             .map(|fixture| Row::new(fixture, start))
@@ -1329,15 +1834,17 @@ fn main() -> ExitCode {
         max_stale_age_ms: AtomicU64::new(0),
         reads: AtomicU64::new(0),
         writes: AtomicU64::new(0),
+        cancelled_writes: AtomicU64::new(0),
+        cancelled_committed: AtomicU64::new(0),
+        reconnects: AtomicU64::new(0),
         failed_queries: AtomicU64::new(0),
         fault_errors: AtomicU64::new(0),
-    };
+    });
     eprintln!(
-        "stress: {}s, {} readers, {} writers (a cache each), schema {}, memcached {}, \
+        "stress: {}s, {} (a cache and a connection each), schema {}, memcached {}, \
          fault {}{}{}{}",
         args.seconds,
-        args.readers,
-        args.writers,
+        workers.describe(readers, writers),
         schema.name,
         factory.redis.clone().map_or_else(
             || factory.servers.join(","),
@@ -1357,19 +1864,9 @@ fn main() -> ExitCode {
     );
 
     let injected = AtomicU64::new(0);
-    std::thread::scope(|s| {
-        let mut workers = Vec::new();
-        for (i, conn) in conns.into_iter().enumerate() {
-            let shared = &shared;
-            let pause = args.write_pause();
-            workers.push(if i < args.readers {
-                s.spawn(move || reader(shared, conn, i as u64))
-            } else {
-                s.spawn(move || writer(shared, conn, 1000 + i as u64, pause))
-            });
-        }
+    let panicked = std::thread::scope(|s| {
         if let Some(p) = process.as_mut() {
-            let (shared, keys, injected) = (&shared, &keys, &injected);
+            let (shared, keys, injected) = (&*shared, &keys, &injected);
             if let Some(at) = args.kill_at {
                 let kill_for = Duration::from_secs(args.kill_for);
                 s.spawn(move || {
@@ -1398,12 +1895,11 @@ fn main() -> ExitCode {
                 });
             }
         }
-        for w in workers {
-            if w.join().is_err() {
-                shared.fault_error("a worker thread panicked");
-            }
-        }
+        workers.run(&shared, readers, &args)
     });
+    if panicked > 0 {
+        shared.fault_error(&format!("{panicked} workers panicked"));
+    }
 
     // The faults are over and the server runs: let the caches deliver what they owe.
     let (waited, pending) = settle(&caches, args.grace());
@@ -1414,12 +1910,15 @@ fn main() -> ExitCode {
     let fault_errors = shared.fault_errors.load(Ordering::Relaxed);
     println!(
         "stale_reads={stale} stale_reads_over_bound={stale_over} max_stale_age_ms={} reads={} \
-         writes={} hits={} misses={} fills={} skipped={} backend_errors={} \
+         writes={} cancelled_writes={} cancelled_committed={} hits={} misses={} fills={} \
+         skipped={} backend_errors={} \
          failed_invalidations={} retried_invalidations={} coarse_invalidations={} \
          bypassed_reads={} repairs={} decode_errors={} failed_queries={failed}",
         shared.max_stale_age_ms.load(Ordering::Relaxed),
         shared.reads.load(Ordering::Relaxed),
         shared.writes.load(Ordering::Relaxed),
+        shared.cancelled_writes.load(Ordering::Relaxed),
+        shared.cancelled_committed.load(Ordering::Relaxed),
         stats.hits,
         stats.misses,
         stats.fills,
@@ -1443,13 +1942,15 @@ fn main() -> ExitCode {
     };
     println!(
         "fault={} eviction_safe={} faults_injected={} fault_errors={fault_errors} evictions={evicted} \
-         grace_ms={} pending_invalidations_at_sweep={} moving={}",
+         grace_ms={} pending_invalidations_at_sweep={} moving={} {} reconnects={}",
         args.fault.name(),
         args.eviction_safe,
         injected.load(Ordering::Relaxed),
         waited.as_millis(),
         pending,
         args.moving,
+        workers.mode(readers + writers, &args),
+        shared.reconnects.load(Ordering::Relaxed),
     );
     // Swept through a fresh cache: no state of the workers' clients can hide a stale entry.
     let sweeper = factory.build();
@@ -1462,6 +1963,8 @@ fn main() -> ExitCode {
              can leave stale entries: docs/src/failure-modes.md)"
         );
     }
+    // The runtime (`--async`) lived until the sweep: nothing it ran is left behind.
+    drop(workers);
     if stale > 0 {
         eprintln!(
             "stress: {stale} stale reads, the oldest outdated for {:?} when read; \
@@ -1551,6 +2054,25 @@ mod tests {
         assert!(!args("--seconds 4").unwrap().moving);
         let m = args("--seconds 20 --readers 4 --writers 2 --moving").unwrap();
         assert!(m.moving && !m.private_server());
+    }
+
+    #[test]
+    fn parses_async() {
+        let a = args("--seconds 10 --readers 4 --writers 2").unwrap();
+        assert_eq!((a.async_tasks, a.workers()), (None, (4, 2)));
+        let b = args("--seconds 10 --readers 4 --writers 2 --async").unwrap();
+        assert_eq!((b.async_tasks, b.workers()), (Some(8), (32, 16)));
+        let c = args("--seconds 10 --readers 4 --async 3 --writers 2 --moving").unwrap();
+        assert_eq!((c.workers(), c.moving), ((12, 6), true));
+        let d = args("--seconds 10 --readers 8 --writers 2 --moving --async").unwrap();
+        assert_eq!((d.workers(), d.moving), ((64, 16), true));
+        assert_eq!((c.cancel_percent, d.cancel_percent), (10, 10));
+        let e = args("--seconds 10 --async --cancel-percent 0").unwrap();
+        assert_eq!((e.async_tasks, e.cancel_percent), (Some(8), 0));
+        assert!(args("--seconds 10 --cancel-percent 5").is_err());
+        assert!(args("--seconds 10 --async --cancel-percent 101").is_err());
+        assert!(args("--seconds 10 --async 0").is_err());
+        assert!(args("--seconds 10 --async many").is_err());
     }
 
     fn tick() -> Instant {
