@@ -50,6 +50,7 @@ use crate::caches::{process_caches, CacheSet};
 use crate::error::Error;
 use crate::key::{finish_key, CacheConnection, KeyBinds, Templates};
 use crate::model::{CacheableRow, CachedModel};
+use crate::plain::RawControl;
 use crate::query::{first_row, CachedQuery, QueryOptions};
 use crate::transaction::{commit_delivers, wrote_nothing, TxState};
 use crate::write::{creation_of, rows_invalidation, updated, whole};
@@ -403,6 +404,9 @@ pub struct AsyncCachedConnection<C: AsyncCacheConnection> {
     replica: bool,
     tx: TxState,
     live: Arc<AtomicUsize>,
+    /// Transactions and savepoints opened with raw SQL (`BEGIN` through `batch_execute` or
+    /// `sql_query(..).execute`), with the invalidations their plain writes owe at `COMMIT`.
+    raw: RawLevels,
 }
 
 impl<C: AsyncCacheConnection> std::fmt::Debug for AsyncCachedConnection<C> {
@@ -489,6 +493,7 @@ impl<C: AsyncCacheConnection> AsyncCachedConnection<C> {
             replica: false,
             tx: TxState::default(),
             live: Arc::new(AtomicUsize::new(0)),
+            raw: RawLevels::default(),
         }
     }
 
@@ -554,6 +559,11 @@ impl<C: AsyncCacheConnection> AsyncCachedConnection<C> {
     /// wrapped connection, or its transaction manager is broken (a future dropped during
     /// BEGIN, COMMIT or ROLLBACK). Reads then bypass the cache and writes refuse.
     fn broken(&mut self) -> bool {
+        if self.raw.is_open() {
+            // A transaction begun with raw SQL: treated like one begun behind the cache's
+            // back (its plain writes are tracked; see `plain_write`).
+            return true;
+        }
         let live = AtomicUsize::load(&self.live, Ordering::Acquire);
         let Some(inner) = self.inner_depth() else {
             return true;
@@ -1254,6 +1264,23 @@ pub struct PlainWrite<F> {
     inner: Option<std::pin::Pin<Box<F>>>,
     refused: Option<diesel::result::Error>,
     owed: Option<OwedInvalidation>,
+    step: Option<RawStep>,
+}
+
+/// After a plain statement ran: a write the database refused owes nothing; any other outcome
+/// hands what it owes to the background delivery (dropping it does: never blocks here); a
+/// raw transaction-control statement updates the raw levels.
+fn settle_plain<T>(owed: Option<OwedInvalidation>, step: Option<RawStep>, result: &QueryResult<T>) {
+    if let Some(owed) = owed {
+        if result.as_ref().is_err_and(wrote_nothing) {
+            owed.disarm();
+        } else {
+            drop(owed);
+        }
+    }
+    if let Some(step) = step {
+        step.ran(result);
+    }
 }
 
 impl<F> std::fmt::Debug for PlainWrite<F> {
@@ -1286,29 +1313,42 @@ impl<F: Future<Output = QueryResult<usize>>> Future for PlainWrite<F> {
             Poll::Ready(r) => r,
         };
         this.inner = None;
-        if let Some(owed) = this.owed.take() {
-            if result.as_ref().is_err_and(wrote_nothing) {
-                owed.disarm();
-            } else {
-                // Handed to the background delivery (dropping it does): never blocks here.
-                drop(owed);
-            }
-        }
+        settle_plain(this.owed.take(), this.step.take(), &result);
         Poll::Ready(result)
     }
 }
 
 impl<C: AsyncCacheConnection> AsyncCachedConnection<C> {
     /// What a plain write of `sql` owes: queued in the open transaction, owed after the
-    /// statement, or refused.
+    /// statement, or refused; and, for a transaction-control statement run as raw SQL, what
+    /// it does to the raw transaction once it has run.
     fn plain_write(
         &mut self,
         sql: &str,
-    ) -> Result<Option<OwedInvalidation>, diesel::result::Error> {
+    ) -> Result<(Option<OwedInvalidation>, Option<RawStep>), diesel::result::Error> {
         let dialect = crate::deps::dialect_of(<C::Keyed as CacheConnection>::BACKEND);
+        if let Some(control) = RawControl::of(sql) {
+            if self.tx.depth() > 0 {
+                // Inside `transaction`: its own levels decide (diesel-async's manager).
+                return Ok((None, None));
+            }
+            return Ok(self.raw.control(control, &self.caches));
+        }
         let Some(tables) = crate::plain::written_tables(sql, dialect) else {
-            return Ok(None);
+            return Ok((None, None));
         };
+        if self.raw.is_open() {
+            if tables.contains(crate::sql::EVERYTHING) {
+                return Err(diesel::result::Error::QueryBuilderError(
+                    "a plain write whose tables cannot be told, inside a transaction: run it on `inner()` and invalidate".into(),
+                ));
+            }
+            // Invalidated now, as outside a transaction (harmless if the BEGIN never ran),
+            // and again at the raw COMMIT (a reader may refill the old rows meanwhile).
+            let inv = plain_invalidation(&tables);
+            self.raw.queue(inv.clone());
+            return Ok((Some(OwedInvalidation::new(&self.caches, inv)), None));
+        }
         if self.broken() {
             return Err(Error::ForeignTransaction.into());
         }
@@ -1325,30 +1365,134 @@ impl<C: AsyncCacheConnection> AsyncCachedConnection<C> {
                 sql,
                 "a plain write whose tables cannot be told: invalidating the whole cache"
             );
-            return Ok(Some(OwedInvalidation::everything(&self.caches)));
+            return Ok((Some(OwedInvalidation::everything(&self.caches)), None));
         }
-        let mut inv = Invalidation::new();
-        for t in &tables {
-            inv.whole_table(t);
-        }
-        inv.plain_write();
+        let inv = plain_invalidation(&tables);
         if self.tx.depth() > 0 {
             self.tx.queue(inv);
-            return Ok(None);
+            return Ok((None, None));
         }
-        Ok(Some(OwedInvalidation::new(&self.caches, inv)))
+        Ok((Some(OwedInvalidation::new(&self.caches, inv)), None))
+    }
+}
+
+/// The invalidation a plain write of `tables` owes: each table whole.
+fn plain_invalidation(tables: &std::collections::BTreeSet<String>) -> Invalidation {
+    let mut inv = Invalidation::new();
+    for t in tables {
+        inv.whole_table(t);
+    }
+    inv.plain_write();
+    inv
+}
+
+/// Transactions opened with raw SQL on an async connection: one level per `BEGIN` or
+/// `SAVEPOINT`, holding what the plain writes inside it owe at the outermost `COMMIT`. Shared
+/// with the statement's future ([`RawStep`]), which applies what the statement did once it
+/// has run.
+#[derive(Debug, Default, Clone)]
+struct RawLevels(Arc<std::sync::Mutex<Vec<Invalidation>>>);
+
+impl RawLevels {
+    fn levels(&self) -> std::sync::MutexGuard<'_, Vec<Invalidation>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_open(&self) -> bool {
+        !self.levels().is_empty()
+    }
+
+    fn queue(&self, inv: Invalidation) {
+        if let Some(top) = self.levels().last_mut() {
+            top.merge(inv);
+        }
+    }
+
+    /// Before `control` is sent: a `COMMIT` owes every level's invalidations from now on
+    /// (its outcome is unknown until it answers; a refusal disarms them); a `BEGIN` opens a
+    /// level at once (so no write slips out before it is known to have run; closed again
+    /// if the database refuses it). Everything else changes the levels once it has run.
+    fn control(
+        &self,
+        control: RawControl,
+        caches: &CacheSet,
+    ) -> (Option<OwedInvalidation>, Option<RawStep>) {
+        let mut levels = self.levels();
+        match control {
+            RawControl::Commit if !levels.is_empty() => {
+                let mut all = Invalidation::new();
+                for level in levels.drain(..) {
+                    all.merge(level);
+                }
+                (Some(OwedInvalidation::new(caches, all)), None)
+            }
+            RawControl::Begin => {
+                levels.push(Invalidation::new());
+                (None, Some(RawStep::new(self, control)))
+            }
+            RawControl::Savepoint
+            | RawControl::Release
+            | RawControl::RollbackTo
+            | RawControl::Rollback
+                if !levels.is_empty() =>
+            {
+                (None, Some(RawStep::new(self, control)))
+            }
+            _ => (None, None),
+        }
+    }
+}
+
+/// What a raw transaction-control statement does to the connection's raw levels, applied
+/// when it has run: a refused `BEGIN` closes the level it opened; a `SAVEPOINT` opens one, a
+/// `RELEASE` merges the innermost into its parent, `ROLLBACK TO` empties the innermost,
+/// `ROLLBACK` drops them all. A statement whose future is dropped before it answered changes
+/// nothing (the invalidations stay owed: too many is harmless).
+#[derive(Debug)]
+pub(crate) struct RawStep {
+    levels: RawLevels,
+    control: RawControl,
+}
+
+impl RawStep {
+    fn new(levels: &RawLevels, control: RawControl) -> Self {
+        RawStep {
+            levels: levels.clone(),
+            control,
+        }
+    }
+
+    fn ran(self, result: &QueryResult<impl Sized>) {
+        let mut levels = self.levels.levels();
+        match (self.control, result) {
+            (RawControl::Begin, Err(e)) if wrote_nothing(e) => {
+                levels.pop();
+            }
+            (_, Err(_)) => {}
+            (RawControl::Savepoint, Ok(_)) => levels.push(Invalidation::new()),
+            (RawControl::Release, Ok(_)) if levels.len() > 1 => {
+                if let Some(top) = levels.pop() {
+                    if let Some(parent) = levels.last_mut() {
+                        parent.merge(top);
+                    }
+                }
+            }
+            (RawControl::RollbackTo, Ok(_)) if levels.len() > 1 => {
+                if let Some(top) = levels.last_mut() {
+                    *top = Invalidation::new();
+                }
+            }
+            (RawControl::Rollback, Ok(_)) => levels.clear(),
+            _ => {}
+        }
     }
 }
 
 impl<C: AsyncCacheConnection> SimpleAsyncConnection for AsyncCachedConnection<C> {
     async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
-        let owed = self.plain_write(query)?;
+        let (owed, step) = self.plain_write(query)?;
         let result = SimpleAsyncConnection::batch_execute(&mut self.conn, query).await;
-        if let Some(owed) = owed {
-            if result.as_ref().is_err_and(wrote_nothing) {
-                owed.disarm();
-            }
-        }
+        settle_plain(owed, step, &result);
         result
     }
 }
@@ -1378,18 +1522,20 @@ impl<C: AsyncCacheConnection> AsyncConnectionCore for AsyncCachedConnection<C> {
         let owed = <C::Keyed as CacheConnection>::render_sql(&source)
             .and_then(|sql| self.plain_write(&sql));
         match owed {
-            Ok(owed) => PlainWrite {
+            Ok((owed, step)) => PlainWrite {
                 inner: Some(Box::pin(AsyncConnectionCore::execute_returning_count(
                     &mut self.conn,
                     source,
                 ))),
                 refused: None,
                 owed,
+                step,
             },
             Err(e) => PlainWrite {
                 inner: None,
                 refused: Some(e),
                 owed: None,
+                step: None,
             },
         }
     }

@@ -99,31 +99,25 @@ impl PlainWrites {
     }
 
     /// Tracks a transaction-control statement run as raw SQL.
-    fn raw_control(&mut self, sql_text: &str) {
-        let lower = sql_text.trim_start().to_ascii_lowercase();
-        let mut words = lower
-            .split(|c: char| c.is_whitespace() || c == ';')
-            .filter(|w| !w.is_empty());
-        let first = words.next().unwrap_or_default();
-        let rest: Vec<&str> = words.take(2).collect();
-        match first {
-            "begin" | "start" => self.raw.push(BTreeSet::new()),
-            "savepoint" if !self.raw.is_empty() => self.raw.push(BTreeSet::new()),
-            "release" if self.raw.len() > 1 => {
+    fn raw_control(&mut self, control: RawControl) {
+        match control {
+            RawControl::Begin => self.raw.push(BTreeSet::new()),
+            RawControl::Savepoint if !self.raw.is_empty() => self.raw.push(BTreeSet::new()),
+            RawControl::Release if self.raw.len() > 1 => {
                 let top = self.raw.pop().unwrap_or_default();
                 if let Some(parent) = self.raw.last_mut() {
                     parent.extend(top);
                 }
             }
-            "rollback" | "abort" if rest.contains(&"to") => {
+            RawControl::RollbackTo => {
                 // Back to a savepoint (which stays): what was written since is undone.
                 let n = self.raw.len();
                 if n > 1 {
                     self.raw[n - 1].clear();
                 }
             }
-            "rollback" | "abort" => self.raw.clear(),
-            "commit" | "end" if !self.raw.is_empty() => {
+            RawControl::Rollback => self.raw.clear(),
+            RawControl::Commit if !self.raw.is_empty() => {
                 let all = self.raw.drain(..).flatten().collect::<BTreeSet<_>>();
                 self.committing
                     .get_or_insert_with(BTreeSet::new)
@@ -202,8 +196,8 @@ pub(crate) fn observe(state: &Mutex<PlainWrites>, event: &InstrumentationEvent<'
                 }
                 return;
             }
-            if !diesel_statement && is_transaction_control(&text) {
-                s.raw_control(&text);
+            if let Some(control) = RawControl::of(&text).filter(|_| !diesel_statement) {
+                s.raw_control(control);
                 return;
             }
             if let Some(tables) = written_tables(&text, s.dialect) {
@@ -272,17 +266,47 @@ pub(crate) fn in_raw_transaction(state: &Mutex<PlainWrites>) -> bool {
         .in_raw_transaction()
 }
 
-/// Whether `sql_text` is one transaction-control statement (`BEGIN`, `START TRANSACTION`,
-/// `COMMIT`, `END`, `ROLLBACK [TO]`, `ABORT`, `SAVEPOINT`, `RELEASE`).
-fn is_transaction_control(sql_text: &str) -> bool {
-    if !crate::sql::single_statement(sql_text) {
-        return false;
-    }
-    let first = crate::sql::first_keyword(sql_text);
-    match first.as_str() {
-        "begin" | "commit" | "end" | "rollback" | "abort" | "savepoint" | "release" => true,
-        "start" => sql_text.to_ascii_lowercase().contains("transaction"),
-        _ => false,
+/// A transaction-control statement run as raw SQL (not by Diesel's transaction manager),
+/// which blocking and async connections track to hold a raw transaction's invalidations
+/// until its `COMMIT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RawControl {
+    /// `BEGIN`, `START TRANSACTION`.
+    Begin,
+    /// `SAVEPOINT name`.
+    Savepoint,
+    /// `RELEASE [SAVEPOINT] name`.
+    Release,
+    /// `ROLLBACK [WORK] TO [SAVEPOINT] name`.
+    RollbackTo,
+    /// `ROLLBACK`, `ABORT`.
+    Rollback,
+    /// `COMMIT`, `END`.
+    Commit,
+}
+
+impl RawControl {
+    /// What `sql_text` is, if it is one transaction-control statement.
+    pub(crate) fn of(sql_text: &str) -> Option<RawControl> {
+        if !crate::sql::single_statement(sql_text) {
+            return None;
+        }
+        let lower = sql_text.trim_start().to_ascii_lowercase();
+        let mut words = lower
+            .split(|c: char| c.is_whitespace() || c == ';')
+            .filter(|w| !w.is_empty());
+        let first = words.next().unwrap_or_default();
+        let rest: Vec<&str> = words.take(3).collect();
+        Some(match first {
+            "begin" => RawControl::Begin,
+            "start" if rest.first() == Some(&"transaction") => RawControl::Begin,
+            "savepoint" => RawControl::Savepoint,
+            "release" => RawControl::Release,
+            "rollback" | "abort" if rest.contains(&"to") => RawControl::RollbackTo,
+            "rollback" | "abort" => RawControl::Rollback,
+            "commit" | "end" => RawControl::Commit,
+            _ => return None,
+        })
     }
 }
 
@@ -309,5 +333,32 @@ impl Drop for HelperScope {
     fn drop(&mut self) {
         let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
         s.helpers = s.helpers.saturating_sub(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RawControl;
+
+    #[test]
+    fn raw_control_statements_are_told_apart() {
+        for (sql, want) in [
+            ("BEGIN", Some(RawControl::Begin)),
+            ("begin transaction;", Some(RawControl::Begin)),
+            ("START TRANSACTION READ ONLY", Some(RawControl::Begin)),
+            ("  SAVEPOINT s1", Some(RawControl::Savepoint)),
+            ("RELEASE SAVEPOINT s1", Some(RawControl::Release)),
+            ("ROLLBACK TO SAVEPOINT s1", Some(RawControl::RollbackTo)),
+            ("rollback work to s1", Some(RawControl::RollbackTo)),
+            ("ROLLBACK", Some(RawControl::Rollback)),
+            ("ABORT", Some(RawControl::Rollback)),
+            ("COMMIT", Some(RawControl::Commit)),
+            ("END", Some(RawControl::Commit)),
+            ("START SLAVE", None),
+            ("UPDATE users SET name = 'begin'", None),
+            ("BEGIN; UPDATE users SET id = 2; COMMIT", None),
+        ] {
+            assert_eq!(RawControl::of(sql), want, "{sql}");
+        }
     }
 }

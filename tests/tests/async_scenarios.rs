@@ -185,6 +185,68 @@ macro_rules! suite {
             });
         }
 
+        /// A transaction opened with raw SQL (`BEGIN` through `batch_execute`, or a
+        /// statement): reads inside it bypass the cache, write helpers refuse, and its plain
+        /// writes are invalidated again after its COMMIT, so a reader that refilled the old
+        /// row before the COMMIT does not keep it. A ROLLBACK leaves a fresh entry alone.
+        #[test]
+        fn raw_sql_transactions_invalidate_after_commit() {
+            use diesel_async::SimpleAsyncConnection;
+            runtime().block_on(async {
+                let Some(mut e) = env("raw_tx").await else {
+                    return;
+                };
+                let mut other = e.another().await;
+                let before = find(&mut other, 1).await;
+                e.conn.batch_execute("BEGIN").await.unwrap();
+                diesel::update(addons::table.find(1))
+                    .set(addons::val.eq(before.val + 1))
+                    .execute(&mut e.conn)
+                    .await
+                    .unwrap();
+                // Inside: the connection sees its write, uncached.
+                e.queries();
+                let (inside, outcome) = addons::table
+                    .find(1)
+                    .cached()
+                    .load_with_outcome::<Addon>(&mut e.conn)
+                    .await
+                    .unwrap();
+                assert!(matches!(outcome, ReadOutcome::Bypassed(_)), "{outcome:?}");
+                assert_eq!(inside[0].val, before.val + 1);
+                assert!(e.conn.save_changes::<Addon, _>(&inside[0]).await.is_err());
+                // Another connection refills the committed (old) row meanwhile.
+                assert_eq!(find(&mut other, 1).await, before);
+                e.conn.batch_execute("COMMIT").await.unwrap();
+                e.cache.wait_for_delivery(Duration::from_secs(5));
+                assert_eq!(
+                    find(&mut other, 1).await.val,
+                    before.val + 1,
+                    "the old row stayed cached after the raw COMMIT"
+                );
+                // The connection is out of the transaction: its reads hit again.
+                let _ = find(&mut e.conn, 1).await;
+                e.queries();
+                let _ = find(&mut e.conn, 1).await;
+                assert_eq!(e.queries(), 0);
+                // A raw ROLLBACK, through a statement this time: nothing committed.
+                diesel::sql_query("BEGIN").execute(&mut e.conn).await.unwrap();
+                diesel::update(addons::table.find(1))
+                    .set(addons::val.eq(-1))
+                    .execute(&mut e.conn)
+                    .await
+                    .unwrap();
+                diesel::sql_query("ROLLBACK").execute(&mut e.conn).await.unwrap();
+                assert_eq!(find(&mut other, 1).await.val, before.val + 1);
+                assert_eq!(truth(&mut e.conn, 1).await.val, before.val + 1);
+                // And a helper works again.
+                let mut a = truth(&mut e.conn, 1).await;
+                a.val = 5;
+                let _: Addon = e.conn.save_changes(&a).await.unwrap();
+                assert_eq!(find(&mut other, 1).await.val, 5);
+            });
+        }
+
         #[test]
         fn committed_transaction_invalidates_and_nothing_before_commit() {
             runtime().block_on(async {
