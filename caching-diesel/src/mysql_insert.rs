@@ -134,7 +134,7 @@ pub(crate) fn insert_form(sql_text: &str) -> Result<InsertForm, (String, InsertR
 
 /// One column of a primary key, as `information_schema` describes it.
 #[derive(diesel::QueryableByName)]
-struct KeyColumn {
+pub(crate) struct KeyColumn {
     #[diesel(sql_type = Text)]
     name: String,
     #[diesel(sql_type = Text)]
@@ -150,36 +150,60 @@ fn key_cache() -> &'static Mutex<KeyCache> {
     KEYS.get_or_init(Default::default)
 }
 
-/// The table's auto-increment primary key column, or why it has none (`place`: server and
-/// database, part of the memo's key).
-fn auto_increment_key(
-    conn: &mut MysqlConnection,
-    place: &str,
-    form: &InsertForm,
-) -> QueryResult<Result<String, InsertRefusal>> {
-    let memo = (place.to_string(), form.schema.clone(), form.table.clone());
-    if let Some(known) = key_cache()
+/// The columns of the table's primary key, from `information_schema` (binds: the schema, or
+/// NULL for the current database; the table).
+pub(crate) const KEY_COLUMNS_SQL: &str =
+    "SELECT CAST(COLUMN_NAME AS CHAR) AS name, CAST(DATA_TYPE AS CHAR) AS data_type, \
+     CAST(EXTRA AS CHAR) AS extra FROM information_schema.COLUMNS \
+     WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? AND COLUMN_KEY = 'PRI'";
+
+/// Resets `LAST_INSERT_ID()`: it keeps the connection's previous value when a statement
+/// generates no id (a trigger setting the key, say), so such an insert then reads 0 and is
+/// refused instead of naming rows of an earlier insert.
+pub(crate) const RESET_LAST_INSERT_ID: &str = "LAST_INSERT_ID(0)";
+
+/// What to select after the insert: the first id, the id increment, and where the table
+/// lives (server and database: the key memo's place).
+pub(crate) fn ids_selection() -> (
+    SqlLiteral<Unsigned<BigInt>>,
+    SqlLiteral<Unsigned<BigInt>>,
+    SqlLiteral<Text>,
+) {
+    (
+        sql::<Unsigned<BigInt>>("CAST(LAST_INSERT_ID() AS UNSIGNED)"),
+        sql::<Unsigned<BigInt>>("CAST(@@auto_increment_increment AS UNSIGNED)"),
+        sql::<Text>("CONCAT_WS('/', @@hostname, @@port, DATABASE())"),
+    )
+}
+
+/// The memo key of a table's primary key: server and database (`place`), schema, table.
+fn memo_key(place: &str, form: &InsertForm) -> (String, Option<String>, String) {
+    (place.to_string(), form.schema.clone(), form.table.clone())
+}
+
+/// The table's auto-increment primary key column (or why it has none), if known already
+/// (`place`: server and database).
+pub(crate) fn known_key(place: &str, form: &InsertForm) -> Option<Result<String, InsertRefusal>> {
+    key_cache()
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .get(&memo)
-    {
-        return Ok(known.clone());
-    }
-    let columns: Vec<KeyColumn> = diesel::sql_query(
-        "SELECT CAST(COLUMN_NAME AS CHAR) AS name, CAST(DATA_TYPE AS CHAR) AS data_type, \
-         CAST(EXTRA AS CHAR) AS extra FROM information_schema.COLUMNS \
-         WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? AND COLUMN_KEY = 'PRI'",
-    )
-    .bind::<Nullable<Text>, _>(form.schema.as_deref())
-    .bind::<Text, _>(&form.table)
-    .load(conn)?;
+        .get(&memo_key(place, form))
+        .cloned()
+}
+
+/// Judges the primary key's `columns` ([`KEY_COLUMNS_SQL`]) and remembers the answer.
+pub(crate) fn learn_key(
+    place: &str,
+    form: &InsertForm,
+    columns: &[KeyColumn],
+) -> Result<String, InsertRefusal> {
     let integer = |t: &str| {
         matches!(
             t.to_ascii_lowercase().as_str(),
             "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint"
         )
     };
-    let known = match columns.as_slice() {
+    let known = match columns {
         [c] if integer(&c.data_type) && c.extra.to_ascii_lowercase().contains("auto_increment") => {
             Ok(c.name.clone())
         }
@@ -190,8 +214,25 @@ fn auto_increment_key(
     if keys.len() >= MAX_KEYS {
         keys.clear();
     }
-    keys.insert(memo, known.clone());
-    Ok(known)
+    keys.insert(memo_key(place, form), known.clone());
+    known
+}
+
+/// The table's auto-increment primary key column, or why it has none (`place`: server and
+/// database, part of the memo's key).
+fn auto_increment_key(
+    conn: &mut MysqlConnection,
+    place: &str,
+    form: &InsertForm,
+) -> QueryResult<Result<String, InsertRefusal>> {
+    if let Some(known) = known_key(place, form) {
+        return Ok(known);
+    }
+    let columns: Vec<KeyColumn> = diesel::sql_query(KEY_COLUMNS_SQL)
+        .bind::<Nullable<Text>, _>(form.schema.as_deref())
+        .bind::<Text, _>(&form.table)
+        .load(conn)?;
+    Ok(learn_key(place, form, &columns))
 }
 
 /// `` `name` `` (backticks doubled inside).
@@ -235,46 +276,58 @@ pub(crate) fn insert_and_read<M>(
     }
     let form = insert_form(sql_text).map_err(|(t, r)| refused(t, r))?;
     conn.transaction(|c| {
-        // LAST_INSERT_ID() keeps the connection's previous value when a statement generates
-        // no id (a trigger setting the key, say): reset it, so such an insert reads 0 and is
-        // refused instead of naming rows of an earlier insert.
-        diesel::select(sql::<BigInt>("LAST_INSERT_ID(0)")).execute(c)?;
+        diesel::select(sql::<BigInt>(RESET_LAST_INSERT_ID)).execute(c)?;
         let inserted = execute(c)?;
         if inserted == 0 {
             return Ok(Vec::new());
         }
-        let (first, step, place): (u64, u64, String) = diesel::select((
-            sql::<Unsigned<BigInt>>("CAST(LAST_INSERT_ID() AS UNSIGNED)"),
-            sql::<Unsigned<BigInt>>("CAST(@@auto_increment_increment AS UNSIGNED)"),
-            sql::<Text>("CONCAT_WS('/', @@hostname, @@port, DATABASE())"),
-        ))
-        .get_result(c)?;
+        let (first, step, place): (u64, u64, String) =
+            diesel::select(ids_selection()).get_result(c)?;
         let pk =
             auto_increment_key(c, &place, &form)?.map_err(|r| refused(form.table.clone(), r))?;
-        if form.gives(&pk) {
-            return Err(refused(
-                form.table.clone(),
-                InsertRefusal::ExplicitKey { column: pk },
-            ));
-        }
-        let not_found = |found| {
-            refused(
-                form.table.clone(),
-                InsertRefusal::RowsNotFound { inserted, found },
-            )
-        };
-        let Some(condition) = id_condition(&pk, first, step.max(1), inserted) else {
-            return Err(not_found(0));
-        };
-        if first == 0 {
-            return Err(not_found(0));
-        }
-        let rows = load(c, sql::<Bool>(&condition), sql::<BigInt>(&quoted(&pk)))?;
-        if rows.len() != inserted {
-            return Err(not_found(rows.len()));
-        }
+        let (condition, order) = read_back(&form, &pk, first, step, inserted)?;
+        let rows = load(c, condition, order)?;
+        check_found(&form, inserted, rows.len())?;
         Ok(rows)
     })
+}
+
+/// After an insert of `inserted` rows whose first id is `first`, `step` apart, into a table
+/// whose auto-increment key is `pk`: the condition selecting them and the order to read them
+/// in, or the refusal (the statement gave the key itself, or the ids cannot be told).
+pub(crate) fn read_back(
+    form: &InsertForm,
+    pk: &str,
+    first: u64,
+    step: u64,
+    inserted: usize,
+) -> QueryResult<(SqlLiteral<Bool>, SqlLiteral<BigInt>)> {
+    if form.gives(pk) {
+        return Err(refused(
+            form.table.clone(),
+            InsertRefusal::ExplicitKey {
+                column: pk.to_string(),
+            },
+        ));
+    }
+    match id_condition(pk, first, step.max(1), inserted) {
+        Some(condition) if first != 0 => Ok((sql::<Bool>(&condition), sql::<BigInt>(&quoted(pk)))),
+        _ => Err(refused(
+            form.table.clone(),
+            InsertRefusal::RowsNotFound { inserted, found: 0 },
+        )),
+    }
+}
+
+/// The rows read back must be exactly the rows inserted.
+pub(crate) fn check_found(form: &InsertForm, inserted: usize, found: usize) -> QueryResult<()> {
+    if found == inserted {
+        return Ok(());
+    }
+    Err(refused(
+        form.table.clone(),
+        InsertRefusal::RowsNotFound { inserted, found },
+    ))
 }
 
 #[cfg(test)]
