@@ -8,11 +8,12 @@
 //! One protocol: a cached read runs the engine's two halves ([`Cache::begin_read`], then
 //! [`PendingFill::finish`](caching_core::PendingFill::finish)) around the awaited database
 //! read, exactly the steps the blocking `read_through` runs. Backend calls of the in-process
-//! cache (`locmem://`) run inline; those of network backends (memcached, Redis) run on
-//! tokio's blocking pool (`spawn_blocking`) with the existing blocking clients, a stepping
-//! stone until they have tokio clients of their own. Inline reads never wait for another
-//! reader's fill (stampede protection's wait would block the runtime's thread): such a
-//! reader reads the database at once.
+//! cache (`locmem://`) run inline. On network backends (memcached, Redis) a hit is read
+//! without blocking, on the backend's tokio client ([`Cache::try_hit_async`], which judges
+//! the entry as the lookup does); everything else (a miss and its fill, leases, clean-ups,
+//! invalidations) runs on tokio's blocking pool (`spawn_blocking`) with the blocking client.
+//! Inline reads never wait for another reader's fill (stampede protection's wait would block
+//! the runtime's thread): such a reader reads the database at once.
 //!
 //! Writes through the helpers invalidate as the blocking ones do; inside
 //! [`AsyncCachedConnection::transaction`] their invalidations wait for the COMMIT.

@@ -966,11 +966,20 @@ impl RedisProcess {
     }
 
     /// Freezes the server (SIGSTOP): connections stay open, nothing is answered, as a server
-    /// stalled by its host.
+    /// stalled by its host. Returns once every thread of it is stopped.
     ///
     /// Fails if the server is not running or the signal cannot be sent.
     pub fn pause(&self) -> std::io::Result<()> {
-        self.signal("STOP")
+        self.signal("STOP")?;
+        // The signal is delivered asynchronously: the server may still answer a request sent
+        // right after `kill` returned. Wait until the kernel says stopped.
+        if let Some(pid) = self.child.as_ref().map(Child::id) {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline && !all_threads_stopped(pid).unwrap_or(true) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        Ok(())
     }
 
     /// Lets a [paused](Self::pause) server run again (SIGCONT).

@@ -91,8 +91,9 @@ macro_rules! suite {
         }
 
         /// A hit never waits for tokio's blocking pool: in-process caches answer inline,
-        /// memcached through its non-blocking client. The pool's only thread is held busy
-        /// while the hits run; a hit that needed it would wait for it (and time out).
+        /// memcached and Redis through their non-blocking clients. The pool's only thread is
+        /// held busy while the hits run; a hit that needed it would wait for it (and time
+        /// out).
         #[test]
         fn hits_need_no_blocking_thread() {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -102,13 +103,6 @@ macro_rules! suite {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                if KIND.name() == "redis" {
-                    // Redis has no non-blocking client yet: its hits run on the pool.
-                    caching_tests::report_skip(
-                        "hits_need_no_blocking_thread on redis: its hits run on tokio's blocking pool (no async client yet)",
-                    );
-                    return;
-                }
                 let Some(mut e) = env("no_blocking").await else {
                     return;
                 };
@@ -120,17 +114,22 @@ macro_rules! suite {
                 let (r, s) = (release.clone(), started.clone());
                 let held = tokio::task::spawn_blocking(move || {
                     s.store(true, std::sync::atomic::Ordering::SeqCst);
-                    while !std::sync::atomic::AtomicBool::load(&r, std::sync::atomic::Ordering::SeqCst) {
+                    while !std::sync::atomic::AtomicBool::load(
+                        &r,
+                        std::sync::atomic::Ordering::SeqCst,
+                    ) {
                         std::thread::sleep(Duration::from_millis(1));
                     }
                 });
-                while !std::sync::atomic::AtomicBool::load(&started, std::sync::atomic::Ordering::SeqCst) {
+                while !std::sync::atomic::AtomicBool::load(
+                    &started,
+                    std::sync::atomic::Ordering::SeqCst,
+                ) {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 let mut waited = None;
                 for i in 0..20 {
-                    match tokio::time::timeout(Duration::from_secs(3), find(&mut e.conn, 1)).await
-                    {
+                    match tokio::time::timeout(Duration::from_secs(3), find(&mut e.conn, 1)).await {
                         Ok(got) => assert_eq!(got, first),
                         Err(_) => {
                             waited = Some(i);
@@ -230,13 +229,19 @@ macro_rules! suite {
                 let _ = find(&mut e.conn, 1).await;
                 assert_eq!(e.queries(), 0);
                 // A raw ROLLBACK, through a statement this time: nothing committed.
-                diesel::sql_query("BEGIN").execute(&mut e.conn).await.unwrap();
+                diesel::sql_query("BEGIN")
+                    .execute(&mut e.conn)
+                    .await
+                    .unwrap();
                 diesel::update(addons::table.find(1))
                     .set(addons::val.eq(-1))
                     .execute(&mut e.conn)
                     .await
                     .unwrap();
-                diesel::sql_query("ROLLBACK").execute(&mut e.conn).await.unwrap();
+                diesel::sql_query("ROLLBACK")
+                    .execute(&mut e.conn)
+                    .await
+                    .unwrap();
                 assert_eq!(find(&mut other, 1).await.val, before.val + 1);
                 assert_eq!(truth(&mut e.conn, 1).await.val, before.val + 1);
                 // And a helper works again.

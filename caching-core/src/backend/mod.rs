@@ -179,9 +179,9 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// runtime, answering each key's item in the order of `keys` (a key listed twice gets
     /// its item twice). `None` (the default) when the backend has no non-blocking client
     /// here; async callers then run blocking calls off their runtime's threads. The
-    /// memcached backend has one with `caching-core`'s feature `tokio`, inside a tokio
-    /// runtime (whose I/O and time drivers must be enabled, as `#[tokio::main]` does). The
-    /// in-process cache needs none: it never waits on I/O.
+    /// memcached and Redis backends have one with `caching-core`'s feature `tokio`, inside a
+    /// tokio runtime (whose I/O and time drivers must be enabled, as `#[tokio::main]` does).
+    /// The in-process cache needs none: it never waits on I/O.
     ///
     /// [`Cache::try_hit_async`](crate::Cache::try_hit_async) reads a hit through it.
     ///

@@ -6,9 +6,17 @@
 //! server's protocol (RESP2/RESP3, ACL authentication, `SELECT`); writing one more wire client
 //! (as the memcached backend does) would buy nothing here. It is used with
 //! `default-features = false` and only its `script` feature: the blocking
-//! [`redis::Connection`] (this crate is synchronous end to end, so no tokio, no async
-//! connection manager), no TLS, no cluster, no sentinel. `script` brings the SHA-1 of our Lua
-//! scripts (`sha1_smol`, without dependencies) so that they are sent by hash (`EVALSHA`).
+//! [`redis::Connection`] (the engine is synchronous), no connection manager, no TLS, no
+//! cluster, no sentinel. `script` brings the SHA-1 of our Lua scripts (`sha1_smol`, without
+//! dependencies) so that they are sent by hash (`EVALSHA`).
+//!
+//! With `caching-core`'s feature `tokio` as well, the crate's `tokio-comp` feature is on: its
+//! async connection (`redis::aio::MultiplexedConnection`) serves
+//! [`Backend::get_multi_async`], the reads of the async hit path. `tokio-comp` is the
+//! smallest set that has one (`aio` alone does not build without a runtime feature): it adds
+//! the crate's async codec and multiplexer (tokio-util, futures-util, async-lock, bytes) to
+//! tokio's `net`, `rt` and `time`, which the feature `tokio` enables anyway. Still no
+//! connection manager, TLS or cluster.
 //!
 //! # Memcached semantics on Redis
 //!
@@ -29,6 +37,8 @@
 //!   prefix) reads as missing; `append` and `cas` delete it when they meet it, and `incr`
 //!   reports it as [`Error::NotANumber`] (the engine then overwrites it), so the key heals.
 //! - **get_multi**: `MGET`, one round trip (chunks of [`MGET_CHUNK`] keys, pipelined).
+//!   [`Backend::get_multi_async`] sends the same commands and reads their replies through the
+//!   same code, so both answer alike (a value of another client, a key of another type).
 //! - **add**: `SET k v NX [EX n]`; **set**: `SET k v [EX n]`; the multi forms are pipelined
 //!   (one round trip). A value over [`RedisOptions::item_size`] is not sent: `add` answers
 //!   `false`, `set` deletes the old value instead (memcached drops it too), so a reader never
@@ -66,10 +76,24 @@
 //! a second `incr` is one more change, a `cas` or `add` that already succeeded reports
 //! `Changed` / `false`, which the engine treats as a lost race).
 //!
-//! What the client does not give: a deadline on a whole exchange (memcached's
+//! What the blocking client does not give: a deadline on a whole exchange (memcached's
 //! `op_timeout`): each read and write waits at most `io_timeout`, but a server trickling a
 //! long reply a byte at a time can stretch one exchange past that. The crate trusts the
 //! lengths a server announces; point it only at a Redis you run.
+//!
+//! The non-blocking reads ([`Backend::get_multi_async`], feature `tokio`, inside a tokio
+//! runtime) have a pool of their own, of the crate's async connections, under the same rules
+//! and the same fail-fast window: a failure there marks the server down for blocking calls
+//! too, and a server marked down fails both at once. Each such connection serves one read at
+//! a time, and the read itself drives it (its requests and replies move while the read is
+//! awaited; no task is spawned). Opening one (TCP, authentication, `SELECT`) is bounded by
+//! `connect_timeout`, then its name and the eviction policy (while unknown) by `io_timeout`;
+//! a read (sending its `MGET`s and receiving every reply) is bounded by `io_timeout` as a
+//! whole, which a trickling server cannot stretch. A read that fails, times out or is
+//! cancelled (its future dropped) drops its connection, so a reply left in flight is never
+//! read as the answer to a later request. The backend counts no connections opened
+//! ([`Backend::connections_opened`] is 0): that count serves the check of servers that came
+//! back empty among several, and a Redis backend has one server.
 //!
 //! # Eviction policy
 //!
@@ -86,6 +110,8 @@ use std::time::{Duration, Instant};
 
 use redis::{Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, Value};
 
+#[cfg(feature = "tokio")]
+use super::AsyncGets;
 use super::{check_keys, AppendOutcome, Backend, CasOutcome, Item, Op, OpReply, Placeholder};
 use crate::error::{ConfigError, Error, Result};
 use crate::timeout::Expiry;
@@ -116,7 +142,8 @@ const TOKEN_LEN: usize = 8;
 pub struct RedisOptions {
     /// Time allowed to open a connection (TCP connect, authentication, `SELECT`).
     pub connect_timeout: Duration,
-    /// Time allowed for each read or write on a connection.
+    /// Time allowed for each read or write on a blocking connection; a non-blocking read
+    /// ([`Backend::get_multi_async`]) is allowed it for the whole exchange.
     pub io_timeout: Duration,
     /// Idle connections kept (more are opened under load and closed after use).
     pub pool_size: usize,
@@ -494,6 +521,12 @@ pub struct Redis {
     client: redis::Client,
     options: RedisOptions,
     idle: Mutex<Vec<redis::Connection>>,
+    /// The server's address, resolved once (the non-blocking connections open sockets to it).
+    #[cfg(feature = "tokio")]
+    addr: std::net::SocketAddr,
+    /// Idle non-blocking connections (feature `tokio`): the async hit path's reads.
+    #[cfg(feature = "tokio")]
+    idle_async: Mutex<Vec<AsyncConn>>,
     down_until: Mutex<Option<Instant>>,
     policy: Mutex<PolicyState>,
     append: Lua,
@@ -567,6 +600,141 @@ fn item_of(mut stored: Vec<u8>) -> Item {
 /// Whether a Redis error means the connection is closed (so a new one may do better).
 fn is_closed(e: &redis::RedisError) -> bool {
     e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+/// The future that moves a non-blocking connection's requests and replies.
+#[cfg(feature = "tokio")]
+type Driver = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// One non-blocking connection (feature `tokio`): the crate's async connection and its
+/// driver, the future that writes the requests and reads the replies. The driver is not
+/// spawned: an exchange polls it together with its requests, so the connection works on
+/// whichever runtime awaits the read and nothing runs between reads. One exchange at a time.
+#[cfg(feature = "tokio")]
+struct AsyncConn {
+    conn: redis::aio::MultiplexedConnection,
+    /// `None` once it ended (the connection is closed): never polled again, never pooled.
+    driver: Option<Driver>,
+}
+
+#[cfg(feature = "tokio")]
+impl AsyncConn {
+    /// Sends `cmds` and reads their replies, in order, within `limit`. Each is its own
+    /// request on the connection (all in flight at once: one round trip), so a reply the
+    /// crate cannot parse fails as such: in a pipeline, the crate would report it as a
+    /// closed connection. Error replies are values ([`Value::ServerError`]), as in the
+    /// blocking client's pipelines.
+    async fn query_each(
+        &mut self,
+        cmds: &[Cmd],
+        limit: Duration,
+    ) -> redis::RedisResult<Vec<Value>> {
+        use std::future::Future;
+        use std::task::Poll;
+        type Reply<'c> =
+            std::pin::Pin<Box<dyn Future<Output = redis::RedisResult<Value>> + Send + 'c>>;
+        let mut requests: Vec<Reply<'_>> = cmds
+            .iter()
+            .map(|cmd| {
+                let mut conn = self.conn.clone();
+                Box::pin(async move { conn.send_packed_command(cmd).await }) as Reply<'_>
+            })
+            .collect();
+        let mut replies: Vec<Option<Value>> = vec![None; cmds.len()];
+        let all = std::future::poll_fn(|cx| {
+            for (request, reply) in requests.iter_mut().zip(replies.iter_mut()) {
+                if reply.is_none() {
+                    match request.as_mut().poll(cx) {
+                        Poll::Ready(Ok(v)) => *reply = Some(v),
+                        // Replies come in order: the first error is the earliest command's.
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {}
+                    }
+                }
+            }
+            if replies.iter().all(Option::is_some) {
+                Poll::Ready(Ok(replies.iter_mut().filter_map(Option::take).collect()))
+            } else {
+                Poll::Pending
+            }
+        });
+        drive(&mut self.driver, all, limit).await
+    }
+
+    /// Sends `pipe` (made with `ignore_errors`) and reads its replies within `limit` (the
+    /// connection's setup; a reply not parsed fails it as a closed connection would).
+    async fn query_pipe(
+        &mut self,
+        pipe: &redis::Pipeline,
+        limit: Duration,
+    ) -> redis::RedisResult<Value> {
+        let AsyncConn { conn, driver } = self;
+        drive(driver, pipe.query_async::<Value>(conn), limit).await
+    }
+
+    /// Whether the connection may be used again (its driver still runs).
+    fn is_open(&self) -> bool {
+        self.driver.is_some()
+    }
+}
+
+/// Awaits `request` while polling the connection's `driver`, within `limit`: a timeout is an
+/// I/O error (`TimedOut`); a connection that ended with the request unanswered is a closed
+/// one (`BrokenPipe`), and its driver is then `None`. A reply cut short by the server
+/// closing the connection, which the crate's codec reports as a parse error ("end of
+/// input"), is the I/O error the blocking client reports for it (`UnexpectedEof`, a closed
+/// connection).
+#[cfg(feature = "tokio")]
+async fn drive<T>(
+    driver: &mut Option<Driver>,
+    request: impl std::future::Future<Output = redis::RedisResult<T>>,
+    limit: Duration,
+) -> redis::RedisResult<T> {
+    use std::task::Poll;
+    let mut request = std::pin::pin!(request);
+    let exchange = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = request.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        let Some(running) = driver.as_mut() else {
+            return Poll::Ready(Err(closed_error()));
+        };
+        if running.as_mut().poll(cx).is_ready() {
+            // Ended: dropped now (never polled again), with whatever it had in flight.
+            *driver = None;
+        }
+        // The driver may have just handed a reply over (or dropped the request).
+        match request.as_mut().poll(cx) {
+            Poll::Pending if driver.is_none() => Poll::Ready(Err(closed_error())),
+            r => r,
+        }
+    });
+    match tokio::time::timeout(limit, exchange).await {
+        Ok(Err(e))
+            if driver.is_none()
+                && e.kind() == redis::ErrorKind::Parse
+                && e.to_string().contains("end of input") =>
+        {
+            Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("connection closed mid-reply: {e}"),
+            )))
+        }
+        Ok(r) => r,
+        Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no complete reply within {limit:?}"),
+        ))),
+    }
+}
+
+/// A connection that ended under a request, as the crate reports it (a dropped connection).
+#[cfg(feature = "tokio")]
+fn closed_error() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::BrokenPipe,
+        "connection closed",
+    ))
 }
 
 /// The `EX` arguments of an expiry.
@@ -663,6 +831,10 @@ impl Redis {
             client,
             options,
             idle: Mutex::new(Vec::new()),
+            #[cfg(feature = "tokio")]
+            addr: resolved,
+            #[cfg(feature = "tokio")]
+            idle_async: Mutex::new(Vec::new()),
             down_until: Mutex::new(None),
             policy: Mutex::new(PolicyState::default()),
             append: Lua::new(APPEND_LUA),
@@ -745,11 +917,67 @@ impl Redis {
         lock(&self.down_until).is_some_and(|until| Instant::now() < until)
     }
 
+    /// A server marked down is not tried (fail fast) until its `retry_after` is over.
+    fn refuse_if_down(&self) -> Result<()> {
+        if self.is_marked_down() {
+            return Err(Error::Unavailable {
+                server: self.name.clone(),
+                reason: "marked down after a recent failure".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// After a failure to talk to the server: calls fail fast for `retry_after`, and every
+    /// idle connection, blocking or not, is dropped.
     fn mark_down(&self) {
         *lock(&self.down_until) = Some(Instant::now() + self.options.retry_after);
         lock(&self.idle).clear();
+        #[cfg(feature = "tokio")]
+        lock(&self.idle_async).clear();
         // The server may come back another one (a restart with another configuration).
         lock(&self.policy).current = None;
+    }
+
+    /// A pooled connection turned out closed (a restart, an idle timeout, `CLIENT KILL`):
+    /// the rest of `pool` is likely closed too, and is dropped.
+    fn closed_while_idle<C>(&self, e: &redis::RedisError, pool: &Mutex<Vec<C>>) {
+        tracing::debug!(
+            server = %self.name,
+            error = %e,
+            "pooled redis connection was closed; reconnecting"
+        );
+        lock(pool).clear();
+    }
+
+    /// The end of every exchange, blocking or not: a success clears the server's mark and
+    /// pools its connection (when `reusable` and the pool has room); a failure to reach the
+    /// server (connect, I/O, timeout) marks it down. An error reply or a reply not
+    /// understood does not: it is an answer, the server is up.
+    fn settle<T, C>(
+        &self,
+        result: Result<(T, C)>,
+        pool: &Mutex<Vec<C>>,
+        reusable: impl FnOnce(&C) -> bool,
+    ) -> Result<T> {
+        match result {
+            Ok((v, conn)) => {
+                *lock(&self.down_until) = None;
+                if reusable(&conn) {
+                    let mut idle = lock(pool);
+                    if idle.len() < self.options.pool_size {
+                        idle.push(conn);
+                    }
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                if matches!(e, Error::Io { .. } | Error::Unavailable { .. }) {
+                    self.mark_down();
+                }
+                Err(e)
+            }
+        }
     }
 
     fn io_error(&self, e: &redis::RedisError) -> Error {
@@ -808,17 +1036,13 @@ impl Redis {
         conn.set_read_timeout(io)
             .and_then(|()| conn.set_write_timeout(io))
             .map_err(|e| unavailable(&e))?;
-        if let Some(name) = &self.options.client_name {
-            let reply = redis::cmd("CLIENT")
-                .arg("SETNAME")
-                .arg(name)
-                .query::<Value>(&mut conn);
-            match reply {
+        if let Some(cmd) = self.setname() {
+            match cmd.query::<Value>(&mut conn) {
                 Ok(_) => {}
                 Err(e) if is_closed(&e) || e.is_io_error() || e.is_timeout() => {
                     return Err(unavailable(&e))
                 }
-                Err(e) => tracing::warn!(server = %self.name, error = %e, "CLIENT SETNAME refused"),
+                Err(e) => self.setname_refused(&e),
             }
         }
         let known = lock(&self.policy).current.is_some();
@@ -847,28 +1071,53 @@ impl Redis {
         pipe.query::<Value>(conn).map(|_| ())
     }
 
-    /// Reads `maxmemory-policy` (`CONFIG GET`, else `INFO memory`, in one round trip),
-    /// records it and logs it when it changed.
-    fn read_policy(&self, conn: &mut redis::Connection) -> redis::RedisResult<EvictionPolicy> {
-        let replies: Value = redis::pipe()
-            .cmd("CONFIG")
+    /// `CLIENT SETNAME` with the configured name, if any (sent on every new connection).
+    fn setname(&self) -> Option<Cmd> {
+        let name = self.options.client_name.as_ref()?;
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("SETNAME").arg(name);
+        Some(cmd)
+    }
+
+    /// The server refused the name (an error reply): the connection is still usable.
+    fn setname_refused(&self, e: &dyn std::fmt::Display) {
+        tracing::warn!(server = %self.name, error = %e, "CLIENT SETNAME refused");
+    }
+
+    /// Adds the two commands that read `maxmemory-policy` (`CONFIG GET`, and `INFO memory`
+    /// where `CONFIG` is refused) to `pipe`; [`record_policy`](Self::record_policy) reads
+    /// their replies.
+    fn policy_commands(pipe: &mut redis::Pipeline) {
+        pipe.cmd("CONFIG")
             .arg("GET")
             .arg("maxmemory-policy")
             .cmd("INFO")
-            .arg("memory")
-            .ignore_errors()
-            .query(conn)?;
+            .arg("memory");
+    }
+
+    /// Reads `maxmemory-policy` (`CONFIG GET`, else `INFO memory`, in one round trip),
+    /// records it and logs it when it changed.
+    fn read_policy(&self, conn: &mut redis::Connection) -> redis::RedisResult<EvictionPolicy> {
+        let mut pipe = redis::pipe();
+        Self::policy_commands(&mut pipe);
+        let replies: Value = pipe.ignore_errors().query(conn)?;
         let replies = match replies {
             Value::Array(r) => r,
             _ => Vec::new(),
         };
-        let from_config = replies.first().and_then(|v| match v {
+        Ok(self.record_policy(replies.first(), replies.get(1)))
+    }
+
+    /// The policy from the replies to [`policy_commands`](Self::policy_commands) (either may
+    /// be an error reply, or missing), recorded, and logged when it changed.
+    fn record_policy(&self, config: Option<&Value>, info: Option<&Value>) -> EvictionPolicy {
+        let from_config = config.and_then(|v| match v {
             Value::Array(kv) => kv.get(1).and_then(text),
             Value::Map(kv) => kv.first().and_then(|(_, v)| text(v)),
             _ => None,
         });
         let from_info = || {
-            replies.get(1).and_then(text).and_then(|info| {
+            info.and_then(text).and_then(|info| {
                 info.lines()
                     .find_map(|l| l.strip_prefix("maxmemory_policy:"))
                     .map(|p| p.trim().to_string())
@@ -895,7 +1144,7 @@ impl Redis {
                 );
             }
         }
-        Ok(policy)
+        policy
     }
 
     /// Runs `f` on a pooled or new connection. With `fail_fast`, a server marked down is not
@@ -907,11 +1156,8 @@ impl Redis {
         fail_fast: bool,
         mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T> {
-        if fail_fast && self.is_marked_down() {
-            return Err(Error::Unavailable {
-                server: self.name.clone(),
-                reason: "marked down after a recent failure".into(),
-            });
+        if fail_fast {
+            self.refuse_if_down()?;
         }
         let pooled = lock(&self.idle).pop();
         let (mut conn, reused) = match pooled {
@@ -920,31 +1166,14 @@ impl Redis {
         };
         let result = match f(&mut conn) {
             Err(e) if reused && is_closed(&e) => {
-                // Closed while idle (restart, idle timeout, CLIENT KILL): the other idle
-                // connections are likely closed too.
-                lock(&self.idle).clear();
+                self.closed_while_idle(&e, &self.idle);
                 conn = self.connect_or_mark()?;
                 f(&mut conn)
             }
             r => r,
         };
-        match result {
-            Ok(v) => {
-                *lock(&self.down_until) = None;
-                let mut idle = lock(&self.idle);
-                if idle.len() < self.options.pool_size {
-                    idle.push(conn);
-                }
-                Ok(v)
-            }
-            Err(e) => {
-                let err = self.map_err(&e);
-                if matches!(err, Error::Io { .. }) {
-                    self.mark_down();
-                }
-                Err(err)
-            }
-        }
+        let result = result.map(|v| (v, conn)).map_err(|e| self.map_err(&e));
+        self.settle(result, &self.idle, |_| true)
     }
 
     fn connect_or_mark(&self) -> Result<redis::Connection> {
@@ -955,19 +1184,162 @@ impl Redis {
         })
     }
 
+    /// [`exchange`](Self::exchange) without blocking (feature `tokio`): sends `cmds` on a
+    /// pooled or new non-blocking connection and returns their replies, one per command.
+    /// Fails fast while the server is marked down; a pooled connection found closed empties
+    /// that pool and the read runs once more on a new connection; a failure to reach the
+    /// server marks it down (for blocking calls too). The connection is pooled only after a
+    /// complete exchange: one that failed, timed out or was cancelled is dropped with
+    /// whatever it had in flight.
+    #[cfg(feature = "tokio")]
+    async fn exchange_async(&self, cmds: &[Cmd]) -> Result<Vec<Value>> {
+        self.refuse_if_down()?;
+        let limit = self.options.io_timeout;
+        // (Popped in its own statement: the pool's lock is not held across an await.)
+        let pooled = lock(&self.idle_async).pop();
+        let result = match pooled {
+            Some(mut conn) => match conn.query_each(cmds, limit).await {
+                Err(e) if is_closed(&e) => {
+                    self.closed_while_idle(&e, &self.idle_async);
+                    self.exchange_on_new(cmds).await
+                }
+                r => r.map(|v| (v, conn)).map_err(|e| self.map_err(&e)),
+            },
+            None => self.exchange_on_new(cmds).await,
+        };
+        self.settle(result, &self.idle_async, AsyncConn::is_open)
+    }
+
+    /// Sends `cmds` on a new non-blocking connection; the connection comes back with the
+    /// replies, to be pooled.
+    #[cfg(feature = "tokio")]
+    async fn exchange_on_new(&self, cmds: &[Cmd]) -> Result<(Vec<Value>, AsyncConn)> {
+        let mut conn = self.connect_async().await?;
+        let replies = conn
+            .query_each(cmds, self.options.io_timeout)
+            .await
+            .map_err(|e| self.map_err(&e))?;
+        Ok((replies, conn))
+    }
+
+    /// Opens a non-blocking connection (feature `tokio`), as [`connect`](Self::connect)
+    /// opens a blocking one: TCP, authentication and `SELECT` within `connect_timeout`, then
+    /// the name and, while it is unknown, the eviction policy (one round trip within
+    /// `io_timeout`). No scripts: these connections only read. Any failure is
+    /// [`Error::Unavailable`].
+    #[cfg(feature = "tokio")]
+    async fn connect_async(&self) -> Result<AsyncConn> {
+        let unavailable = |reason: String| Error::Unavailable {
+            server: self.name.clone(),
+            reason,
+        };
+        let open = async {
+            let stream = tokio::net::TcpStream::connect(self.addr).await?;
+            // Small pipelined requests: do not let Nagle's algorithm hold them back.
+            let _ = stream.set_nodelay(true);
+            // No response timeout of the crate's: the caller bounds each exchange.
+            let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+            let settings = self.client.get_connection_info().redis_settings();
+            let (conn, driver) =
+                redis::aio::MultiplexedConnection::new_with_config(settings, stream, config)
+                    .await?;
+            redis::RedisResult::Ok(AsyncConn {
+                conn,
+                driver: Some(Box::pin(driver)),
+            })
+        };
+        let mut conn = match tokio::time::timeout(self.options.connect_timeout, open).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(unavailable(e.to_string())),
+            Err(_) => {
+                return Err(unavailable(format!(
+                    "no connection within {:?}",
+                    self.options.connect_timeout
+                )))
+            }
+        };
+        let mut setup = redis::pipe();
+        let named = match self.setname() {
+            Some(cmd) => {
+                setup.add_command(cmd);
+                true
+            }
+            None => false,
+        };
+        let read_policy = lock(&self.policy).current.is_none();
+        if read_policy {
+            Self::policy_commands(&mut setup);
+        }
+        if setup.is_empty() {
+            return Ok(conn);
+        }
+        setup.ignore_errors();
+        let replies = conn
+            .query_pipe(&setup, self.options.io_timeout)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let mut replies = match replies {
+            Value::Array(r) => r.into_iter(),
+            other => return Err(unavailable(format!("unexpected reply {other:?}"))),
+        };
+        if named {
+            if let Some(Value::ServerError(e)) = replies.next() {
+                self.setname_refused(&e);
+            }
+        }
+        if read_policy {
+            let (config, info) = (replies.next(), replies.next());
+            self.record_policy(config.as_ref(), info.as_ref());
+        }
+        Ok(conn)
+    }
+
     /// Sends `pipe` (made without `atomic`) and returns one reply per command; error replies
     /// are returned as [`Value::ServerError`], not as an error.
     fn run(&self, pipe: &mut redis::Pipeline) -> Result<Vec<Value>> {
         if pipe.is_empty() {
             return Ok(Vec::new());
         }
-        let n = pipe.len();
         pipe.ignore_errors();
         let replies = self.exchange(true, |conn| pipe.query::<Value>(conn))?;
+        self.replies(pipe.len(), replies)
+    }
+
+    /// The replies to a pipeline of `n` commands (made with `ignore_errors`), one per command.
+    fn replies(&self, n: usize, replies: Value) -> Result<Vec<Value>> {
         match replies {
             Value::Array(r) if r.len() == n => Ok(r),
             other => Err(self.bad_reply(&other)),
         }
+    }
+
+    /// The `MGET`s reading `keys`, [`MGET_CHUNK`] keys per command (the blocking and
+    /// non-blocking reads send the same).
+    fn mget_cmds<'k>(keys: &'k [&'k str]) -> impl Iterator<Item = Cmd> + 'k {
+        keys.chunks(MGET_CHUNK).map(|chunk| {
+            let mut cmd = redis::cmd("MGET");
+            cmd.arg(chunk);
+            cmd
+        })
+    }
+
+    /// The items of one `MGET` of `len` keys, in their order, from its reply (blocking and
+    /// non-blocking reads, and a batch's gets, read it here). A missing key is `None`, and so
+    /// is a key of another type (`MGET` answers nil for it); a value is an item by
+    /// [`item_of`]; an error reply or any other shape is an error.
+    fn mget_items(&self, len: usize, reply: Value) -> Result<Vec<Option<Item>>> {
+        let values = match reply {
+            Value::Array(v) if v.len() == len => v,
+            other => return Err(self.bad_reply(&other)),
+        };
+        values
+            .into_iter()
+            .map(|v| match v {
+                Value::Nil => Ok(None),
+                Value::BulkString(bytes) => Ok(Some(item_of(bytes))),
+                other => Err(self.bad_reply(&other)),
+            })
+            .collect()
     }
 
     /// Runs `script` once per call (`args(cmd, i)` adds the key count, key and arguments of
@@ -1033,26 +1405,40 @@ impl Backend for Redis {
             return Ok(out);
         }
         let mut pipe = redis::pipe();
-        for chunk in keys.chunks(MGET_CHUNK) {
-            pipe.cmd("MGET").arg(chunk);
+        for cmd in Self::mget_cmds(keys) {
+            pipe.add_command(cmd);
         }
         let replies = self.run(&mut pipe)?;
         for (chunk, reply) in keys.chunks(MGET_CHUNK).zip(replies) {
-            let values = match reply {
-                Value::Array(v) if v.len() == chunk.len() => v,
-                other => return Err(self.bad_reply(&other)),
-            };
-            for (key, v) in chunk.iter().zip(values) {
-                match v {
-                    Value::Nil => {}
-                    Value::BulkString(bytes) => {
-                        out.insert(key.to_string(), item_of(bytes));
-                    }
-                    other => return Err(self.bad_reply(&other)),
+            for (key, item) in chunk.iter().zip(self.mget_items(chunk.len(), reply)?) {
+                if let Some(item) = item {
+                    out.insert(key.to_string(), item);
                 }
             }
         }
         Ok(out)
+    }
+
+    /// The same `MGET`s as [`get_multi`](Backend::get_multi) on the crate's async connection
+    /// (feature `tokio`), their replies read by the same code, under the same fail-fast
+    /// window and pool rules; the read bounded by `io_timeout` as a whole (see the module
+    /// docs, "Connections"). `None` outside a tokio runtime.
+    #[cfg(feature = "tokio")]
+    fn get_multi_async<'a>(&'a self, keys: &'a [&'a str]) -> Option<AsyncGets<'a>> {
+        tokio::runtime::Handle::try_current().ok()?;
+        Some(Box::pin(async move {
+            check_keys(keys.iter().copied())?;
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let cmds: Vec<Cmd> = Self::mget_cmds(keys).collect();
+            let replies = self.exchange_async(&cmds).await?;
+            let mut out = Vec::with_capacity(keys.len());
+            for (chunk, reply) in keys.chunks(MGET_CHUNK).zip(replies) {
+                out.extend(self.mget_items(chunk.len(), reply)?);
+            }
+            Ok(out)
+        }))
     }
 
     fn batch(&self, stages: &[&[Op<'_>]]) -> Result<Vec<Vec<OpReply>>> {
@@ -1167,16 +1553,9 @@ impl Backend for Redis {
             stages.iter().zip(sent).zip(out.iter_mut())
         {
             for chunk in gets.chunks(MGET_CHUNK) {
-                let values = match replies.next() {
-                    Some(Value::Array(v)) if v.len() == chunk.len() => v,
-                    other => return Err(self.bad_reply(&other.unwrap_or(Value::Nil))),
-                };
-                for (i, v) in chunk.iter().zip(values) {
-                    stage[*i] = Some(OpReply::Value(match v {
-                        Value::Nil => None,
-                        Value::BulkString(bytes) => Some(item_of(bytes)),
-                        other => return Err(self.bad_reply(&other)),
-                    }));
+                let items = self.mget_items(chunk.len(), replies.next().unwrap_or(Value::Nil))?;
+                for (i, item) in chunk.iter().zip(items) {
+                    stage[*i] = Some(OpReply::Value(item));
                 }
             }
             for i in others {
