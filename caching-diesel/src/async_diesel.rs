@@ -890,17 +890,23 @@ impl<C: AsyncCacheConnection> AsyncCachedConnection<C> {
         self.settle(armed, result, |row| updated([row])).await
     }
 
-    /// Runs an `INSERT .. RETURNING` (PostgreSQL, SQLite; single, batch or upsert) and
-    /// invalidates the returned rows as created rows.
+    /// Runs an `INSERT` and invalidates the rows it inserted as created rows: on PostgreSQL
+    /// and SQLite the rows come from `RETURNING` (single, batch or upsert); on MySQL they are
+    /// read back by the ids `LAST_INSERT_ID()` gives, in one transaction (a savepoint inside
+    /// an open one), as [`CachedConnection::insert`](crate::CachedConnection::insert) does
+    /// (plain `INSERT .. VALUES` into a table with an auto-increment key; anything else is
+    /// refused with [`Error::InsertRowsUnknown`] and nothing is inserted).
     pub async fn insert<'query, M, S>(&mut self, statement: S) -> QueryResult<Vec<M>>
     where
         M: CachedModel + Send + 'static,
-        S: LoadQuery<'query, C, M> + QueryFragment<C::Backend> + Send + 'query,
+        S: AsyncInsertRows<'query, C, M> + 'query,
     {
         self.guard_write()?;
         let sql = <C::Keyed as CacheConnection>::render_sql(&statement)?;
         let caches = self.caches.clone();
-        self.returning(statement, |rows| creation_of(&caches, rows, &sql, true))
+        let armed = self.arm(whole::<M>());
+        let result = statement.insert_rows(&mut self.conn, &sql).await;
+        self.settle(armed, result, |rows| creation_of(&caches, rows, &sql, true))
             .await
     }
 
@@ -908,7 +914,7 @@ impl<C: AsyncCacheConnection> AsyncCachedConnection<C> {
     pub async fn insert_one<'query, M, S>(&mut self, statement: S) -> QueryResult<M>
     where
         M: CachedModel + Send + 'static,
-        S: LoadQuery<'query, C, M> + QueryFragment<C::Backend> + Send + 'query,
+        S: AsyncInsertRows<'query, C, M> + 'query,
     {
         first_row(self.insert(statement).await?)
     }
@@ -1266,6 +1272,255 @@ pub struct PlainWrite<F> {
     refused: Option<diesel::result::Error>,
     owed: Option<OwedInvalidation>,
     step: Option<RawStep>,
+}
+
+/// The future of [`AsyncInsertRows::insert_rows`].
+#[doc(hidden)]
+pub type InsertedRows<'c, M> =
+    std::pin::Pin<Box<dyn Future<Output = QueryResult<Vec<M>>> + Send + 'c>>;
+
+/// An `INSERT` statement whose inserted rows [`AsyncCachedConnection::insert`] can learn on
+/// connection `C`: every statement that loads rows on PostgreSQL and SQLite (`RETURNING`),
+/// and Diesel's `INSERT` statements on MySQL (read back by `LAST_INSERT_ID()`). The async
+/// counterpart of [`InsertRows`](crate::InsertRows).
+///
+/// ```
+/// # use caching_diesel::async_prelude::*;
+/// # use caching_diesel::{AsyncCachedConnection, AsyncCacheConnection, AsyncInsertRows, Cache, CacheSet};
+/// # use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+/// diesel::table! { users (id) { id -> Integer, name -> Text } }
+/// #[derive(Queryable, Selectable, Identifiable, Cached, serde::Serialize, serde::Deserialize)]
+/// #[diesel(table_name = users)]
+/// struct User { id: i32, name: String }
+///
+/// /// Inserts a user with `statement`, on any database; the database picks the id.
+/// async fn create<'q, C, S>(conn: &mut AsyncCachedConnection<C>, statement: S) -> QueryResult<User>
+/// where
+///     C: AsyncCacheConnection,
+///     S: AsyncInsertRows<'q, C, User> + 'q,
+/// {
+///     conn.insert_one(statement).await
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let raw = SyncConnectionWrapper::<SqliteConnection>::establish(":memory:").await?;
+/// let mut conn = AsyncCachedConnection::with_caches(raw, CacheSet::new(Cache::locmem()));
+/// conn.batch_execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL)").await?;
+/// let u = create(&mut conn, diesel::insert_into(users::table).values(users::name.eq("fliggy"))).await?;
+/// assert_eq!((u.id, u.name.as_str()), (1, "fliggy"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+pub trait AsyncInsertRows<'query, C: AsyncCacheConnection, M>:
+    QueryFragment<C::Backend> + Send + Sized
+{
+    /// Runs the statement (whose SQL is `sql`) and returns the rows it inserted. (Boxed: an
+    /// opaque future here could not be proven `Send` inside `transaction`'s closure.)
+    #[doc(hidden)]
+    fn insert_rows<'c>(self, conn: &'c mut C, sql: &'c str) -> InsertedRows<'c, M>
+    where
+        'query: 'c,
+        Self: 'c,
+        M: 'c;
+}
+
+/// `RETURNING`: the statement loads its rows itself.
+#[allow(unused_macros)]
+macro_rules! returning_inserts_async {
+    ($conn:ty) => {
+        impl<'query, S, M> AsyncInsertRows<'query, $conn, M> for S
+        where
+            S: LoadQuery<'query, $conn, M>
+                + QueryFragment<<$conn as AsyncConnectionCore>::Backend>
+                + Send
+                + 'query,
+            M: Send,
+        {
+            fn insert_rows<'c>(self, conn: &'c mut $conn, _sql: &'c str) -> InsertedRows<'c, M>
+            where
+                'query: 'c,
+                Self: 'c,
+                M: 'c,
+            {
+                Box::pin(diesel_async::RunQueryDsl::get_results(self, conn))
+            }
+        }
+    };
+}
+
+#[cfg(feature = "postgres")]
+returning_inserts_async!(diesel_async::AsyncPgConnection);
+#[cfg(feature = "sqlite")]
+returning_inserts_async!(
+    diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>
+);
+#[cfg(all(feature = "deadpool", feature = "postgres"))]
+returning_inserts_async!(
+    diesel_async::pooled_connection::deadpool::Object<diesel_async::AsyncPgConnection>
+);
+#[cfg(all(feature = "deadpool", feature = "sqlite"))]
+returning_inserts_async!(
+    diesel_async::pooled_connection::deadpool::Object<
+        diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>,
+    >
+);
+#[cfg(all(feature = "bb8", feature = "postgres"))]
+returning_inserts_async!(
+    diesel_async::pooled_connection::bb8::PooledConnection<
+        'static,
+        diesel_async::AsyncPgConnection,
+    >
+);
+#[cfg(all(feature = "bb8", feature = "sqlite"))]
+returning_inserts_async!(
+    diesel_async::pooled_connection::bb8::PooledConnection<
+        'static,
+        diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>,
+    >
+);
+
+/// MySQL: the statement runs, then its rows are read back by the ids `LAST_INSERT_ID()`
+/// gives, in one transaction (the steps of `mysql_insert`, awaited). `$inner` turns the
+/// connection (a pooled one) into the `AsyncMysqlConnection` it holds.
+#[cfg(feature = "mysql")]
+macro_rules! read_back_inserts_async {
+    ($conn:ty, |$c:ident| $inner:expr) => {
+        impl<'query, T, U, Op, M> AsyncInsertRows<'query, $conn, M>
+            for diesel::query_builder::InsertStatement<T, U, Op>
+        where
+            T: diesel::Table
+                + Clone
+                + Send
+                + diesel::query_dsl::methods::FilterDsl<mysql_read_back::IdsCondition>,
+            U: diesel::insertable::CanInsertInSingleQuery<diesel::mysql::Mysql> + Send,
+            Op: Send,
+            Self: ExecuteDsl<diesel_async::AsyncMysqlConnection>
+                + QueryFragment<diesel::mysql::Mysql>
+                + Send
+                + 'query,
+            diesel::dsl::Filter<T, mysql_read_back::IdsCondition>:
+                diesel::query_dsl::methods::OrderDsl<mysql_read_back::IdsOrder>,
+            diesel::dsl::Order<
+                diesel::dsl::Filter<T, mysql_read_back::IdsCondition>,
+                mysql_read_back::IdsOrder,
+            >: LoadQuery<'query, diesel_async::AsyncMysqlConnection, M> + Send + 'query,
+            M: Send,
+        {
+            fn insert_rows<'c>(self, $c: &'c mut $conn, sql: &'c str) -> InsertedRows<'c, M>
+            where
+                'query: 'c,
+                Self: 'c,
+                M: 'c,
+            {
+                Box::pin(mysql_read_back::insert_and_read($inner, self, sql))
+            }
+        }
+    };
+}
+
+#[cfg(feature = "mysql")]
+read_back_inserts_async!(diesel_async::AsyncMysqlConnection, |c| c);
+#[cfg(all(feature = "deadpool", feature = "mysql"))]
+read_back_inserts_async!(
+    diesel_async::pooled_connection::deadpool::Object<diesel_async::AsyncMysqlConnection>,
+    |c| &mut **c
+);
+#[cfg(all(feature = "bb8", feature = "mysql"))]
+read_back_inserts_async!(
+    diesel_async::pooled_connection::bb8::PooledConnection<
+        'static,
+        diesel_async::AsyncMysqlConnection,
+    >,
+    |c| &mut **c
+);
+
+/// `CachedConnection::insert`'s MySQL read-back, on diesel-async: the same steps
+/// (`mysql_insert`), awaited.
+#[cfg(feature = "mysql")]
+mod mysql_read_back {
+    use diesel::dsl::sql;
+    use diesel::expression::SqlLiteral;
+    use diesel::query_builder::{InsertStatement, QueryFragment};
+    use diesel::query_dsl::methods::{FilterDsl, OrderDsl};
+    use diesel::sql_types::{BigInt, Bool, Nullable, Text};
+    use diesel::QueryResult;
+    use diesel_async::methods::{ExecuteDsl, LoadQuery};
+    use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl, TransactionManager};
+
+    use crate::mysql_insert::{
+        check_found, ids_selection, insert_form, known_key, learn_key, read_back, refused,
+        KeyColumn, KEY_COLUMNS_SQL, RESET_LAST_INSERT_ID,
+    };
+
+    pub(crate) type IdsCondition = SqlLiteral<Bool>;
+    pub(crate) type IdsOrder = SqlLiteral<BigInt>;
+
+    type Manager = <AsyncMysqlConnection as AsyncConnection>::TransactionManager;
+
+    pub(crate) async fn insert_and_read<'query, T, U, Op, M>(
+        conn: &mut AsyncMysqlConnection,
+        statement: InsertStatement<T, U, Op>,
+        sql_text: &str,
+    ) -> QueryResult<Vec<M>>
+    where
+        T: diesel::Table + Clone + FilterDsl<IdsCondition>,
+        U: diesel::insertable::CanInsertInSingleQuery<diesel::mysql::Mysql>,
+        InsertStatement<T, U, Op>:
+            ExecuteDsl<AsyncMysqlConnection> + QueryFragment<diesel::mysql::Mysql> + 'query,
+        diesel::dsl::Filter<T, IdsCondition>: OrderDsl<IdsOrder>,
+        diesel::dsl::Order<diesel::dsl::Filter<T, IdsCondition>, IdsOrder>:
+            LoadQuery<'query, AsyncMysqlConnection, M> + 'query,
+        M: Send,
+    {
+        if statement.records.rows_to_insert() == Some(0) {
+            // Diesel sends `SELECT 1 FROM t WHERE 1=0` for an empty batch: nothing to read.
+            return Ok(Vec::new());
+        }
+        let form = insert_form(sql_text).map_err(|(t, r)| refused(t, r))?;
+        let table = statement.target.clone();
+        Manager::begin_transaction(conn).await?;
+        let result = async {
+            RunQueryDsl::execute(diesel::select(sql::<BigInt>(RESET_LAST_INSERT_ID)), conn).await?;
+            let inserted = ExecuteDsl::execute(statement, conn).await?;
+            if inserted == 0 {
+                return Ok(Vec::new());
+            }
+            let (first, step, place): (u64, u64, String) =
+                RunQueryDsl::get_result(diesel::select(ids_selection()), conn).await?;
+            let pk = match known_key(&place, &form) {
+                Some(known) => known,
+                None => {
+                    let columns: Vec<KeyColumn> = RunQueryDsl::load(
+                        diesel::sql_query(KEY_COLUMNS_SQL)
+                            .bind::<Nullable<Text>, _>(form.schema.as_deref())
+                            .bind::<Text, _>(&form.table),
+                        conn,
+                    )
+                    .await?;
+                    learn_key(&place, &form, &columns)
+                }
+            }
+            .map_err(|r| refused(form.table.clone(), r))?;
+            let (condition, order) = read_back(&form, &pk, first, step, inserted)?;
+            let rows: Vec<M> =
+                RunQueryDsl::load(FilterDsl::filter(table, condition).order(order), conn).await?;
+            check_found(&form, inserted, rows.len())?;
+            Ok(rows)
+        }
+        .await;
+        match result {
+            Ok(rows) => {
+                Manager::commit_transaction(conn).await?;
+                Ok(rows)
+            }
+            Err(e) => {
+                // The error says what went wrong; a failed rollback leaves the transaction
+                // manager broken, which Diesel reports on the next use.
+                let _ = Manager::rollback_transaction(conn).await;
+                Err(e)
+            }
+        }
+    }
 }
 
 /// After a plain statement ran: a write the database refused owes nothing; any other outcome

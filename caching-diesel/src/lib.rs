@@ -57,7 +57,7 @@ mod transaction;
 mod write;
 
 #[cfg(feature = "async")]
-pub use async_diesel::{AsyncCacheConnection, AsyncCachedConnection};
+pub use async_diesel::{AsyncCacheConnection, AsyncCachedConnection, AsyncInsertRows};
 pub use caches::{install, process_caches, CacheSet};
 pub use caching_core::{
     self as core, Cache, CacheBuilder, CacheConfig, DependencyTracking, InvalidateOnCreate,
