@@ -12,6 +12,8 @@ use std::fmt::Debug;
 use crate::error::Result;
 use crate::timeout::Expiry;
 
+#[cfg(any(feature = "memcached", feature = "redis"))]
+mod fail_fast;
 pub mod locmem;
 #[cfg(feature = "memcached")]
 pub mod memcached;

@@ -105,8 +105,8 @@
 use std::collections::HashMap;
 use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use redis::{Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, Value};
 
@@ -527,7 +527,7 @@ pub struct Redis {
     /// Idle non-blocking connections (feature `tokio`): the async hit path's reads.
     #[cfg(feature = "tokio")]
     idle_async: Mutex<Vec<AsyncConn>>,
-    down_until: Mutex<Option<Instant>>,
+    down: DownMark,
     policy: Mutex<PolicyState>,
     append: Lua,
     cas: Lua,
@@ -546,9 +546,7 @@ impl std::fmt::Debug for Redis {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::backend::fail_fast::{lock, DownMark};
 
 /// splitmix64's output function: a bijection of `u64`, so distinct inputs give distinct tokens.
 fn mix(mut z: u64) -> u64 {
@@ -835,7 +833,7 @@ impl Redis {
             addr: resolved,
             #[cfg(feature = "tokio")]
             idle_async: Mutex::new(Vec::new()),
-            down_until: Mutex::new(None),
+            down: DownMark::default(),
             policy: Mutex::new(PolicyState::default()),
             append: Lua::new(APPEND_LUA),
             cas: Lua::new(CAS_LUA),
@@ -913,25 +911,15 @@ impl Redis {
         value.len() <= self.options.item_size
     }
 
-    fn is_marked_down(&self) -> bool {
-        lock(&self.down_until).is_some_and(|until| Instant::now() < until)
-    }
-
     /// A server marked down is not tried (fail fast) until its `retry_after` is over.
     fn refuse_if_down(&self) -> Result<()> {
-        if self.is_marked_down() {
-            return Err(Error::Unavailable {
-                server: self.name.clone(),
-                reason: "marked down after a recent failure".into(),
-            });
-        }
-        Ok(())
+        self.down.refuse(&self.name)
     }
 
     /// After a failure to talk to the server: calls fail fast for `retry_after`, and every
     /// idle connection, blocking or not, is dropped.
     fn mark_down(&self) {
-        *lock(&self.down_until) = Some(Instant::now() + self.options.retry_after);
+        self.down.mark(self.options.retry_after);
         lock(&self.idle).clear();
         #[cfg(feature = "tokio")]
         lock(&self.idle_async).clear();
@@ -962,7 +950,7 @@ impl Redis {
     ) -> Result<T> {
         match result {
             Ok((v, conn)) => {
-                *lock(&self.down_until) = None;
+                self.down.clear();
                 if reusable(&conn) {
                     let mut idle = lock(pool);
                     if idle.len() < self.options.pool_size {

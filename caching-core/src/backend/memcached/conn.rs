@@ -10,7 +10,9 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
+
+use crate::backend::fail_fast::DownMark;
 use std::time::{Duration, Instant};
 
 use super::wire::{Decoder, Frame, Request};
@@ -42,9 +44,7 @@ pub(super) fn protocol_err(server: &str, what: &str) -> Error {
     }
 }
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(super) use crate::backend::fail_fast::lock;
 
 /// The time by which an exchange with a server must be over.
 #[derive(Debug, Clone, Copy)]
@@ -300,7 +300,7 @@ pub(super) struct Server {
     /// Idle non-blocking connections (feature `tokio`): the async hit path's reads.
     #[cfg(feature = "tokio")]
     idle_async: Mutex<Vec<AsyncConn>>,
-    down_until: Mutex<Option<Instant>>,
+    down: DownMark,
     /// The largest item the server stores, once known (asked once, on the first connection).
     item_size: Mutex<Option<usize>>,
     /// Connections opened so far (each may be to a server that restarted since the last).
@@ -324,7 +324,7 @@ impl Server {
             idle: Mutex::new(Vec::new()),
             #[cfg(feature = "tokio")]
             idle_async: Mutex::new(Vec::new()),
-            down_until: Mutex::new(None),
+            down: DownMark::default(),
             item_size: Mutex::new(None),
             opened: std::sync::atomic::AtomicU64::new(0),
         }
@@ -340,12 +340,8 @@ impl Server {
         *lock(&self.item_size)
     }
 
-    fn is_marked_down(&self) -> bool {
-        lock(&self.down_until).is_some_and(|until| Instant::now() < until)
-    }
-
     pub(super) fn mark_down(&self, options: &MemcachedOptions) {
-        *lock(&self.down_until) = Some(Instant::now() + options.retry_after);
+        self.down.mark(options.retry_after);
         lock(&self.idle).clear();
         #[cfg(feature = "tokio")]
         lock(&self.idle_async).clear();
@@ -396,13 +392,7 @@ impl Server {
 
     /// A server marked down is not tried (fail fast) until its `retry_after` is over.
     fn refuse_if_down(&self) -> Result<()> {
-        if self.is_marked_down() {
-            return Err(Error::Unavailable {
-                server: self.name.clone(),
-                reason: "marked down after a recent failure".into(),
-            });
-        }
-        Ok(())
+        self.down.refuse(&self.name)
     }
 
     /// A pooled connection was found closed before any reply: the rest of `pool` went to the
@@ -424,7 +414,7 @@ impl Server {
     ) -> Result<T> {
         match result {
             Ok((v, conn)) => {
-                *lock(&self.down_until) = None;
+                self.down.clear();
                 if clean(&conn) {
                     let mut idle = lock(pool);
                     if idle.len() < options.pool_size {
