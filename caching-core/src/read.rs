@@ -1046,15 +1046,15 @@ impl Cache {
         if plan.bypass.is_some() || self.inner.delivery.blocks(plan.tables) {
             return None;
         }
+        if !self.servers_checked() {
+            return None;
+        }
         let key = plan.key;
         let tables = plan.tables;
         let (version_keys, generation_keys) = self.counter_keys(tables);
         let prefetch = self.prefetch_of(&[key]);
         let prefetched = prefetch.as_deref().unwrap_or_default();
         let all = lookup_order(&[key], &version_keys, &generation_keys, prefetched);
-        if !self.servers_checked() {
-            return None;
-        }
         let reads = self.inner.backend.get_multi_async(&all)?;
         self.step("lookup");
         let got = match reads.await {

@@ -51,7 +51,7 @@ use crate::caches::{process_caches, CacheSet};
 use crate::error::Error;
 use crate::key::{finish_key, CacheConnection, KeyBinds, Templates};
 use crate::model::{CacheableRow, CachedModel};
-use crate::plain::RawControl;
+use crate::plain::{plain_invalidation, RawControl};
 use crate::query::{first_row, CachedQuery, QueryOptions};
 use crate::transaction::{commit_delivers, wrote_nothing, TxState};
 use crate::write::{creation_of, rows_invalidation, updated, whole};
@@ -434,16 +434,22 @@ struct Planned {
 
 impl Planned {
     fn with_plan<R>(&self, wait: bool, f: impl FnOnce(&ReadPlan<'_>) -> R) -> R {
-        let tables: Vec<&str> = self.tables.iter().map(String::as_str).collect();
-        let guarded: Vec<&str> = self.guarded.iter().map(String::as_str).collect();
+        let (tables, guarded) = self.table_refs();
         f(&self.plan(&tables, &guarded, wait))
+    }
+
+    /// The tables read and the guarded ones, as a [`ReadPlan`] takes them.
+    fn table_refs(&self) -> (Vec<&str>, Vec<&str>) {
+        (
+            self.tables.iter().map(String::as_str).collect(),
+            self.guarded.iter().map(String::as_str).collect(),
+        )
     }
 
     /// A hit read without blocking the runtime's thread ([`Cache::try_hit_async`]); `None`
     /// for anything else.
     async fn try_hit<T: serde::de::DeserializeOwned>(&self, cache: &Cache) -> Option<T> {
-        let tables: Vec<&str> = self.tables.iter().map(String::as_str).collect();
-        let guarded: Vec<&str> = self.guarded.iter().map(String::as_str).collect();
+        let (tables, guarded) = self.table_refs();
         let plan = self.plan(&tables, &guarded, false);
         cache.try_hit_async(&plan).await
     }
@@ -1595,9 +1601,7 @@ impl<C: AsyncCacheConnection> AsyncCachedConnection<C> {
         };
         if self.raw.is_open() {
             if tables.contains(crate::sql::EVERYTHING) {
-                return Err(diesel::result::Error::QueryBuilderError(
-                    "a plain write whose tables cannot be told, inside a transaction: run it on `inner()` and invalidate".into(),
-                ));
+                return Err(untellable_in_transaction());
             }
             // Invalidated now, as outside a transaction (harmless if the BEGIN never ran),
             // and again at the raw COMMIT (a reader may refill the old rows meanwhile).
@@ -1613,9 +1617,7 @@ impl<C: AsyncCacheConnection> AsyncCachedConnection<C> {
             // the blocking connection does; refused inside a transaction, whose reads could
             // not tell which tables it dirtied.
             if self.tx.depth() > 0 {
-                return Err(diesel::result::Error::QueryBuilderError(
-                    "a plain write whose tables cannot be told, inside a transaction: run it on `inner()` and invalidate".into(),
-                ));
+                return Err(untellable_in_transaction());
             }
             tracing::warn!(
                 sql,
@@ -1632,14 +1634,12 @@ impl<C: AsyncCacheConnection> AsyncCachedConnection<C> {
     }
 }
 
-/// The invalidation a plain write of `tables` owes: each table whole.
-fn plain_invalidation(tables: &std::collections::BTreeSet<String>) -> Invalidation {
-    let mut inv = Invalidation::new();
-    for t in tables {
-        inv.whole_table(t);
-    }
-    inv.plain_write();
-    inv
+/// A plain write whose tables cannot be told, inside a transaction (raw or not): refused,
+/// since the transaction's reads could not tell which tables it dirtied.
+fn untellable_in_transaction() -> diesel::result::Error {
+    diesel::result::Error::QueryBuilderError(
+        "a plain write whose tables cannot be told, inside a transaction: run it on `inner()` and invalidate".into(),
+    )
 }
 
 /// Transactions opened with raw SQL on an async connection: one level per `BEGIN` or

@@ -73,13 +73,8 @@ impl PlainWrites {
                 let _ = cache.invalidate_everything();
                 continue;
             }
-            let mut inv = Invalidation::new();
-            for t in &tables {
-                inv.whole_table(t);
-            }
-            inv.plain_write();
             // Failures are queued, retried, logged and counted inside.
-            let _ = cache.invalidate(&inv);
+            let _ = cache.invalidate(&plain_invalidation(&tables));
         }
     }
 
@@ -264,6 +259,17 @@ pub(crate) fn in_raw_transaction(state: &Mutex<PlainWrites>) -> bool {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .in_raw_transaction()
+}
+
+/// The invalidation a plain write of `tables` owes: each table whole, marked as a plain
+/// write (blocking and async connections).
+pub(crate) fn plain_invalidation(tables: &BTreeSet<String>) -> Invalidation {
+    let mut inv = Invalidation::new();
+    for t in tables {
+        inv.whole_table(t);
+    }
+    inv.plain_write();
+    inv
 }
 
 /// A transaction-control statement run as raw SQL (not by Diesel's transaction manager),
