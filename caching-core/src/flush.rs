@@ -33,6 +33,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::backend::{AppendOutcome, Backend, CasOutcome, Item, Op, OpReply};
 use crate::error::Result;
+use crate::io::Io;
 use crate::key::KeySpace;
 use crate::timeout::Expiry;
 
@@ -481,8 +482,8 @@ fn join(tokens: &[impl AsRef<str>]) -> Vec<u8> {
 /// read is ordered after every registration (in the same batch when the backend can keep the
 /// order, so a fill whose lists all exist registers and checks in one round trip). Lists
 /// that do not exist yet are created (`add`) and the check is read again after them.
-pub(crate) fn register(
-    backend: &dyn Backend,
+pub(crate) async fn register<I: Io>(
+    io: &I,
     ks: &KeySpace,
     regs: &Registrations,
     epochs: bool,
@@ -504,7 +505,7 @@ pub(crate) fn register(
             .iter()
             .map(|(k, _, d)| Op::Append(k, d.as_slice()))
             .collect();
-        let mut replies = backend.batch(&[&appends, &gets])?.into_iter();
+        let mut replies = io.batch(&[&appends, &gets]).await?.into_iter();
         let appended = replies.next().unwrap_or_default();
         checked = Some(crate::read::values_of(
             check,
@@ -518,7 +519,7 @@ pub(crate) fn register(
                 OpReply::Appended(AppendOutcome::TooLarge) => {
                     outcome.overflows += 1;
                     checked = None;
-                    if !compact(backend, ks, p.0, p.1, &p.2)? {
+                    if !compact(io, ks, p.0, p.1, &p.2).await? {
                         retry.push(p);
                     }
                 }
@@ -545,7 +546,7 @@ pub(crate) fn register(
                 .zip(&created)
                 .map(|((k, _, _), d)| Op::Add(k, d.as_slice(), Expiry::Forever))
                 .collect();
-            let mut replies = backend.batch(&[&adds, &gets])?.into_iter();
+            let mut replies = io.batch(&[&adds, &gets]).await?.into_iter();
             let added = replies.next().unwrap_or_default();
             checked = Some(crate::read::values_of(
                 check,
@@ -567,7 +568,7 @@ pub(crate) fn register(
     let checked = match checked {
         Some(c) => c,
         None if check.is_empty() => HashMap::new(),
-        None => backend.get_multi(check)?,
+        None => io.get_multi(check).await?,
     };
     Ok((outcome, checked))
 }
@@ -581,14 +582,14 @@ pub(crate) fn register(
 /// those queries through the links), and the version of each table a tag of a children list
 /// names (the tables of the queries registered on it). A list that does not parse is never
 /// compacted into a shorter list: it overflows.
-fn compact(
-    backend: &dyn Backend,
+async fn compact<I: Io>(
+    io: &I,
     ks: &KeySpace,
     list: &str,
     version_key: &str,
     extra: &[u8],
 ) -> Result<bool> {
-    let Some(item) = backend.get(list)? else {
+    let Some(item) = io.get(list).await? else {
         return Ok(false);
     };
     let mut seen = HashSet::new();
@@ -619,7 +620,7 @@ fn compact(
     }
     let mut compacted = join(&kept);
     compacted.extend_from_slice(&join(&tags.iter().collect::<Vec<_>>()));
-    let limit = backend.max_item_size();
+    let limit = io.max_item_size();
     let value = if !overflowed && compacted.len() + list.len() + 64 <= limit / 2 {
         let mut v = epoch
             .map(|e| format!(" {e}").into_bytes())
@@ -645,7 +646,7 @@ fn compact(
         }
         v.into_bytes()
     };
-    Ok(backend.cas(list, &value, Expiry::Forever, item.cas)? == CasOutcome::Stored)
+    Ok(io.cas(list, &value, Expiry::Forever, item.cas).await? == CasOutcome::Stored)
 }
 
 /// What an invalidation did.

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::Placeholder;
 use crate::envelope::{pending_marker, PENDING_TTL};
+use crate::io::Io;
 use crate::read::{Lookup, ReadPlan};
 use crate::stats::Counter;
 use crate::timeout::Expiry;
@@ -44,6 +45,31 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Flight {
+    /// Whether the leader is done.
+    fn is_done(&self) -> bool {
+        *lock(&self.done)
+    }
+
+    /// Waits until the leader is done or `deadline` passed: on its condition variable with
+    /// the blocking driver, by polling every millisecond or two with the non-blocking one
+    /// (its waits are timers on the caller's runtime).
+    async fn wait<I: Io>(&self, io: &I, deadline: Instant) {
+        if io.blocking().is_some() {
+            return self.wait_until(deadline);
+        }
+        let mut pause = Duration::from_millis(1);
+        while !self.is_done() {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return;
+            };
+            if left.is_zero() {
+                return;
+            }
+            io.sleep(pause.min(left)).await;
+            pause = Duration::from_millis(2);
+        }
+    }
+
     /// Waits until the leader is done or `deadline` passed.
     fn wait_until(&self, deadline: Instant) {
         let mut done = lock(&self.done);
@@ -148,7 +174,7 @@ impl Cache {
     /// After a miss of `plan` seen by `lookup`: takes the key's lease, or waits for the
     /// reader holding it (see the module docs). Costs nothing more when the lookup took the
     /// lease already (its batch adds the marker), one `add` when it could not yet.
-    pub(crate) fn lease(&self, plan: &ReadPlan<'_>, lookup: Lookup) -> Leased {
+    pub(crate) async fn lease<I: Io>(&self, io: &I, plan: &ReadPlan<'_>, lookup: Lookup) -> Leased {
         let key = plan.key();
         // A plan that must not wait (an async caller on its runtime's thread) gets no polls and a
         // zero budget: it reads the database at once, as a reader that waited in vain does.
@@ -183,8 +209,10 @@ impl Cache {
                 // The leader wakes its followers when it is done: wait (at most the whole
                 // budget), look again once, then read the database if it still misses.
                 let budget: Duration = delays.sum();
-                self.pause(|| f.wait_until(Instant::now() + budget));
-                return match self.relookup(plan) {
+                if self.inner.hook.is_none() {
+                    f.wait(io, Instant::now() + budget).await;
+                }
+                return match self.relookup(io, plan).await {
                     Some(Lookup { hit: Some(hit), .. }) => Leased::Hit(hit),
                     Some(l) => Leased::Proceed {
                         lookup: l,
@@ -202,7 +230,7 @@ impl Cache {
         loop {
             self.step("add");
             let marker = pending_marker();
-            match self.inner.backend.add(key, &marker, marker_expiry) {
+            match io.add(key, &marker, marker_expiry).await {
                 Ok(true) => {
                     return Leased::Leader {
                         lookup,
@@ -234,8 +262,12 @@ impl Cache {
                         flight: Some(flight),
                     };
                 };
-                self.pause(|| std::thread::sleep(d));
-                match self.relookup(plan) {
+                // (Not under a step hook: an interleaving test's scheduler orders every step
+                // itself, and a wait there could only end by its timeout.)
+                if self.inner.hook.is_none() {
+                    io.sleep(d).await;
+                }
+                match self.relookup(io, plan).await {
                     Some(Lookup { hit: Some(hit), .. }) => return Leased::Hit(hit),
                     Some(l) => {
                         let held = l.pending;
@@ -256,18 +288,15 @@ impl Cache {
         }
     }
 
-    /// Waits (`wait`), except under a step hook: an interleaving test's scheduler orders
-    /// every step itself, and a wait there could only end by its timeout.
-    fn pause(&self, wait: impl FnOnce()) {
-        if self.inner.hook.is_none() {
-            wait();
-        }
-    }
-
-    /// A fresh lookup of `plan`'s entry; `None` (counted) when the backend failed.
-    fn relookup(&self, plan: &ReadPlan<'_>) -> Option<Lookup> {
-        match self.lookup_inner(plan.key(), plan.tables(), plan.guarded_tables()) {
-            Ok(l) => Some(l),
+    /// A fresh lookup of `plan`'s entry; `None` (counted) when the backend failed, or when
+    /// the non-blocking driver could not look (a repair is due: the read goes on as one
+    /// that waited in vain).
+    async fn relookup<I: Io>(&self, io: &I, plan: &ReadPlan<'_>) -> Option<Lookup> {
+        match self
+            .lookup_one(io, plan.key(), plan.tables(), plan.guarded_tables())
+            .await
+        {
+            Ok(l) => l,
             Err(e) => {
                 self.record_backend_error("lookup", &e);
                 None

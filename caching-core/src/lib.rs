@@ -27,6 +27,7 @@ mod flush;
 mod guards;
 mod hooks;
 mod invalidate;
+mod io;
 pub mod key;
 mod lease;
 mod predicate;

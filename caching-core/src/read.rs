@@ -29,6 +29,9 @@ use crate::clock;
 use crate::envelope::{envelope, open_envelope, pending_marker, PENDING_MAGIC, PENDING_TTL};
 use crate::error::{Error, Result};
 use crate::flush::{self, Registrations};
+#[cfg(feature = "tokio")]
+use crate::io::Nonblocking;
+use crate::io::{drive, Blocking, Io};
 use crate::key::KeySpace;
 use crate::lease::{FlightGuard, Leased};
 use crate::stats::{Counter, TableEvent};
@@ -492,10 +495,11 @@ impl PendingFill {
     /// dropping it.
     pub fn abandon(self) {}
 
-    /// Deletes this reader's marker, if it holds one.
+    /// Deletes this reader's marker, if it holds one (off a tokio runtime's thread:
+    /// [`Cache::release_lease_soon`]).
     fn release(&mut self) {
         if self.marker.take().is_some() {
-            self.cache.release_lease(&self.key, true);
+            self.cache.release_lease_soon(&self.key);
         }
     }
 
@@ -512,22 +516,98 @@ impl Drop for PendingFill {
     }
 }
 
+/// A lease a reader may hold while its future awaits the backend: dropped armed (the
+/// future was cancelled between sending and reading), the key's marker is given up
+/// ([`Cache::release_lease_soon`]), so other readers do not wait for a fill that will not
+/// come. Deleting the key is safe whatever it holds by then: a published entry only misses.
+struct LeaseAttempt<'c>(Option<(&'c Cache, &'c str)>);
+
+impl LeaseAttempt<'_> {
+    /// The future got its answer: nothing to give up here.
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for LeaseAttempt<'_> {
+    fn drop(&mut self) {
+        if let Some((cache, key)) = self.0.take() {
+            cache.release_lease_soon(key);
+        }
+    }
+}
+
 impl PreparedFill {
     /// The backend part of the fill: register, check, publish (`docs/src/protocol.md`).
     /// Returns what the fill did; `None` when nothing was attempted or the backend failed
     /// (logged and counted).
-    pub fn publish(mut self) -> Option<FillOutcome> {
+    pub fn publish(self) -> Option<FillOutcome> {
+        let cache = self.fill.cache.clone();
+        drive(self.publish_io(&Blocking(&*cache.inner.backend)))
+    }
+
+    /// [`publish`](Self::publish) without blocking the thread (feature `tokio`): the same
+    /// steps over the backend's non-blocking client
+    /// ([`Backend::batch_async`](crate::Backend::batch_async)). A backend without one is
+    /// published on the runtime's blocking pool (the in-process cache, which never blocks,
+    /// on this thread). A dropped future gives up the lease, as a dropped fill does.
+    ///
+    /// ```
+    /// use caching_core::{Cache, ReadPlan, ReadStart};
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let cache = Cache::locmem();
+    /// let plan = ReadPlan::new("app:q:publish-async", &["users"]).guard_all();
+    /// let ReadStart::Miss(fill) = cache.begin_read::<u32>(&plan) else { unreachable!() };
+    /// let loaded = 7u32; // the awaited database read
+    /// fill.prepare(&loaded, |_, _| Ok(())).publish_async().await;
+    /// assert!(matches!(cache.begin_read::<u32>(&plan), ReadStart::Hit(7)));
+    /// # });
+    /// ```
+    #[cfg(feature = "tokio")]
+    pub async fn publish_async(self) -> Option<FillOutcome> {
+        let cache = self.fill.cache.clone();
+        if let Some(io) = Nonblocking::of(&*cache.inner.backend) {
+            return self.publish_io(&io).await;
+        }
+        if !cache.inner.backend.may_block() || !self.needs_backend() {
+            return self.publish();
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime
+                .spawn_blocking(move || self.publish())
+                .await
+                .ok()
+                .flatten(),
+            Err(_) => self.publish(),
+        }
+    }
+
+    /// The backend part of the fill over `io` (both drivers).
+    async fn publish_io<I: Io>(mut self, io: &I) -> Option<FillOutcome> {
         let Some((payload, regs)) = self.work.take() else {
             // Refused or not encodable: give up the lease (if held) now.
-            self.fill.release();
+            if self.fill.marker.take().is_some() {
+                self.fill.cache.release_lease_io(io, &self.fill.key).await;
+            }
             return None;
         };
         let fill = &mut self.fill;
         let lookup = fill.lookup.as_ref()?;
         let marker = fill.marker.take();
         let cache = &fill.cache;
-        let filled =
-            cache.fill_leased(&lookup.token, &payload, &regs, fill.expiry, marker.as_ref());
+        // Dropped before the fill is done (a cancelled future), its lease is given up.
+        let attempt = LeaseAttempt(marker.as_ref().map(|_| (cache, fill.key.as_str())));
+        let filled = cache
+            .fill_leased(
+                io,
+                &lookup.token,
+                &payload,
+                &regs,
+                fill.expiry,
+                marker.as_ref(),
+            )
+            .await;
+        attempt.disarm();
         fill.count(TableEvent::of_fill(&filled));
         match filled {
             Ok(outcome) => Some(outcome),
@@ -672,10 +752,54 @@ impl Cache {
     /// assert!(matches!(cache.begin_read::<u32>(&plan), ReadStart::Hit(7)));
     /// ```
     pub fn begin_read<T: DeserializeOwned>(&self, plan: &ReadPlan<'_>) -> ReadStart<T> {
+        let io = Blocking(&*self.inner.backend);
+        match drive(self.begin_read_io(&io, plan)) {
+            Some(start) => start,
+            // (The blocking driver never defers.)
+            None => ReadStart::Bypass("the cache could not be read"),
+        }
+    }
+
+    /// [`begin_read`](Cache::begin_read) without blocking the thread (feature `tokio`): the
+    /// same protocol (the same code: `io` module) over the backend's non-blocking client
+    /// ([`Backend::batch_async`](crate::Backend::batch_async)); a lease's waits are tokio
+    /// timers. `None` when that cannot be done here: the backend has no non-blocking client
+    /// (the in-process cache never blocks: call [`begin_read`](Cache::begin_read)), or the
+    /// read needs a repair that blocks (a server check after a reconnection, counters to
+    /// create; anything this call stored is given up first). The caller then runs
+    /// [`begin_read`](Cache::begin_read) where blocking is allowed.
+    ///
+    /// A dropped future gives up the lease it may have taken.
+    ///
+    /// ```
+    /// use caching_core::{Cache, ReadPlan};
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let cache = Cache::locmem();
+    /// let plan = ReadPlan::new("app:q:begin-async", &["users"]).guard_all();
+    /// // The in-process cache has no non-blocking client: it is read with begin_read.
+    /// assert!(cache.begin_read_async::<u32>(&plan).await.is_none());
+    /// # });
+    /// ```
+    #[cfg(feature = "tokio")]
+    pub async fn begin_read_async<T: DeserializeOwned>(
+        &self,
+        plan: &ReadPlan<'_>,
+    ) -> Option<ReadStart<T>> {
+        let io = Nonblocking::of(&*self.inner.backend)?;
+        self.begin_read_io(&io, plan).await
+    }
+
+    /// The first half of the read over `io` (both drivers); `None` when the non-blocking
+    /// driver must leave this read to the blocking one.
+    async fn begin_read_io<T: DeserializeOwned, I: Io>(
+        &self,
+        io: &I,
+        plan: &ReadPlan<'_>,
+    ) -> Option<ReadStart<T>> {
         let key = plan.key;
         if let Some(why) = self.bypass_of(plan) {
             tracing::debug!(key, tables = ?plan.tables, why, "cache bypassed");
-            return ReadStart::Bypass(why);
+            return Some(ReadStart::Bypass(why));
         }
         let guarded = plan.guarded_tables();
         // With stampede protection on, the lookup also tries to take the lease (the pending
@@ -685,20 +809,26 @@ impl Cache {
             self.plan_expiry(plan)
                 .min(Expiry::from_duration(PENDING_TTL))
         });
-        let mut lookup = match self.lookup_with(&[key], plan.tables, guarded, lease) {
-            Ok(mut l) => l.pop(),
+        let mut lookup = match self
+            .lookup_io(io, &[key], plan.tables, guarded, lease)
+            .await
+        {
+            Ok(Some(mut l)) => l.pop(),
+            Ok(None) => return None,
             Err(e) => {
                 self.record_backend_error("lookup", &e);
                 // The lease may have been stored before the failure: do not leave a marker
                 // that makes other readers wait.
-                self.release_lease(key, lease.is_some());
+                if lease.is_some() {
+                    self.release_lease_io(io, key).await;
+                }
                 None
             }
         };
         if let Some(bytes) = lookup.as_ref().and_then(|l| l.hit.as_deref()) {
             match self.inner.config.codec.decode::<T>(bytes) {
-                Ok(v) => return ReadStart::Hit(self.served_hit(plan, v)),
-                Err(e) => self.record_decode_error(key, &e),
+                Ok(v) => return Some(ReadStart::Hit(self.served_hit(plan, v))),
+                Err(e) => self.record_decode_error_io(io, key, &e).await,
             }
         }
         // Stampede protection: lead this key's fill, or wait for the reader that does.
@@ -706,10 +836,10 @@ impl Cache {
         let mut flight = None;
         if leasing {
             if let Some(l) = lookup.take() {
-                match self.lease(plan, l) {
+                match self.lease(io, plan, l).await {
                     Leased::Hit(bytes) => match self.inner.config.codec.decode::<T>(&bytes) {
-                        Ok(v) => return ReadStart::Hit(self.served_hit(plan, v)),
-                        Err(e) => self.record_decode_error(key, &e),
+                        Ok(v) => return Some(ReadStart::Hit(self.served_hit(plan, v))),
+                        Err(e) => self.record_decode_error_io(io, key, &e).await,
                     },
                     Leased::Leader {
                         lookup: l,
@@ -744,7 +874,7 @@ impl Cache {
             expiry: self.plan_expiry(plan),
         };
         self.step("read");
-        ReadStart::Miss(fill)
+        Some(ReadStart::Miss(fill))
     }
 
     /// Counts and logs a hit of `plan`, and hands its value back.
@@ -759,10 +889,31 @@ impl Cache {
     /// readers waiting in other processes stop waiting.
     fn release_lease(&self, key: &str, held: bool) {
         if held {
-            if let Err(e) = self.inner.backend.delete(key) {
-                self.record_backend_error("lease release", &e);
+            drive(self.release_lease_io(&Blocking(&*self.inner.backend), key));
+        }
+    }
+
+    /// [`release_lease`](Cache::release_lease) over `io`.
+    async fn release_lease_io<I: Io>(&self, io: &I, key: &str) {
+        if let Err(e) = io.delete(key).await {
+            self.record_backend_error("lease release", &e);
+        }
+    }
+
+    /// Gives up a lease from a destructor: on a tokio runtime's thread with a backend that
+    /// may block, on the runtime's blocking pool (a dropped future must not block its
+    /// thread); anywhere else, now.
+    pub(crate) fn release_lease_soon(&self, key: &str) {
+        #[cfg(feature = "tokio")]
+        if self.inner.backend.may_block() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let cache = self.clone();
+                let key = key.to_string();
+                drop(handle.spawn_blocking(move || cache.release_lease(&key, true)));
+                return;
             }
         }
+        self.release_lease(key, true);
     }
 
     /// Why a read must not use the cache (the plan says so, or an invalidation of one of its
@@ -789,26 +940,46 @@ impl Cache {
 
     /// Counts a payload that failed to decode and deletes it; it is served as a miss.
     fn record_decode_error(&self, key: &str, err: &Error) {
+        drive(self.record_decode_error_io(&Blocking(&*self.inner.backend), key, err));
+    }
+
+    /// [`record_decode_error`](Cache::record_decode_error) over `io`.
+    async fn record_decode_error_io<I: Io>(&self, io: &I, key: &str, err: &Error) {
         self.inner.stats.inc(Counter::DecodeErrors);
         tracing::warn!(key, error = %err, "cached value did not decode; deleting it");
-        if let Err(e) = self.inner.backend.delete(key) {
+        if let Err(e) = io.delete(key).await {
             self.record_backend_error("delete", &e);
         }
     }
 
+    #[cfg(feature = "test-hooks")]
     pub(crate) fn lookup_inner(
         &self,
         key: &str,
         tables: &[&str],
         guarded: &[&str],
     ) -> Result<Lookup> {
+        drive(self.lookup_one(&Blocking(&*self.inner.backend), key, tables, guarded))
+            .map(|l| l.expect("the blocking driver never defers"))
+    }
+
+    /// [`lookup_inner`](Cache::lookup_inner) over `io`; `None` when the non-blocking driver
+    /// defers the read (see [`lookup_io`](Cache::lookup_io)).
+    pub(crate) async fn lookup_one<I: Io>(
+        &self,
+        io: &I,
+        key: &str,
+        tables: &[&str],
+        guarded: &[&str],
+    ) -> Result<Option<Lookup>> {
         // One key in, one lookup out.
-        self.lookup_with(&[key], tables, guarded, None)?
-            .pop()
-            .ok_or_else(|| Error::Protocol {
+        match self.lookup_io(io, &[key], tables, guarded, None).await? {
+            None => Ok(None),
+            Some(mut l) => l.pop().map(Some).ok_or_else(|| Error::Protocol {
                 server: self.inner.backend.name().to_string(),
                 line: "a lookup of one key returned none".to_string(),
-            })
+            }),
+        }
     }
 
     /// Step 1 for several entries over the same tables in one multi-get: each entry's hit
@@ -819,19 +990,29 @@ impl Cache {
         tables: &[&str],
         guarded: &[&str],
     ) -> Result<Vec<Lookup>> {
-        self.lookup_with(keys, tables, guarded, None)
+        drive(self.lookup_io(&Blocking(&*self.inner.backend), keys, tables, guarded, None))
+            .map(|l| l.expect("the blocking driver never defers"))
     }
 
-    /// [`lookup_many`](Cache::lookup_many); with `lease` (one key only), the same batch
-    /// then adds a pending marker under the key (expiring after `lease`), ordered after the
-    /// reads: the lookup's [`Lookup::marker`] says whether it was stored.
-    fn lookup_with(
+    /// [`lookup_many`](Cache::lookup_many) over `io`; with `lease` (one key only), the same
+    /// batch then adds a pending marker under the key (expiring after `lease`), ordered after
+    /// the reads: the lookup's [`Lookup::marker`] says whether it was stored.
+    ///
+    /// `Ok(None)` only from a driver that must not block ([`Io::blocking`] is `None`), when
+    /// the read needs a repair that blocks: a server check after a reconnection, or counters
+    /// to create. It is checked before the read where possible; a lease the read took is
+    /// given up first.
+    async fn lookup_io<I: Io>(
         &self,
+        io: &I,
         keys: &[&str],
         tables: &[&str],
         guarded: &[&str],
         lease: Option<Expiry>,
-    ) -> Result<Vec<Lookup>> {
+    ) -> Result<Option<Vec<Lookup>>> {
+        if io.blocking().is_none() && !self.servers_checked() {
+            return Ok(None);
+        }
         self.step("lookup");
         let (version_keys, mut generation_keys) = self.counter_keys(tables);
         let n = keys.len();
@@ -841,14 +1022,19 @@ impl Cache {
         let all = lookup_order(keys, &version_keys, &generation_keys, prefetched);
         // What each key of `all` holds, in the order of `all`.
         let (mut got, mut marker) = match lease.filter(|_| n == 1) {
-            None => (in_order(&all, self.inner.backend.get_multi(&all)?), None),
+            None => (in_order(&all, io.get_multi(&all).await?), None),
             Some(expiry) => {
                 // The entry's read takes its lease if it is missing (one op: memcached's meta
                 // get vivifies it, costing a hit nothing).
                 let marker = pending_marker();
                 let mut ops: Vec<Op<'_>> = all.iter().map(|k| Op::Get(k)).collect();
                 ops[0] = Op::Lease(keys[0], &marker, expiry);
-                let replies = self.inner.backend.batch(&[&ops])?.pop().unwrap_or_default();
+                // Dropped before the reply is read (a cancelled future), the lease this read
+                // may have taken is given up.
+                let attempt = LeaseAttempt(Some((self, keys[0])));
+                let replies = io.batch(&[&ops]).await;
+                attempt.disarm();
+                let replies = replies?.pop().unwrap_or_default();
                 let mut won = None;
                 let mut got: Vec<Option<Item>> = replies
                     .into_iter()
@@ -865,14 +1051,24 @@ impl Cache {
                 (got, won)
             }
         };
+        let defer = |marker: Option<Placeholder>| async move {
+            if marker.is_some() {
+                self.release_lease_io(io, keys[0]).await;
+            }
+            Ok(None)
+        };
         // A server reached on a new connection may have come back empty: if so the
         // namespace was just bumped, and the lookup is repeated to see it.
-        if self.watch_servers()? {
-            got = in_order(&all, self.inner.backend.get_multi(&all)?);
+        let blocking = io.blocking().is_some();
+        if blocking && self.watch_servers()? {
+            got = in_order(&all, io.get_multi(&all).await?);
+        } else if !blocking && !self.servers_checked() {
+            return defer(marker).await;
         }
-        let counters = match parse_counters(&got[n..n + counted]) {
-            Some(counters) => counters,
-            None => clock::ensure(&*self.inner.backend, &all[n..n + counted])?,
+        let counters = match (parse_counters(&got[n..n + counted]), io.blocking()) {
+            (Some(counters), _) => counters,
+            (None, Some(backend)) => clock::ensure(backend, &all[n..n + counted])?,
+            (None, None) => return defer(marker).await,
         };
         let (versions, generations) = counters.split_at(version_keys.len());
         let mut recorded_now = recorded_versions(versions, generations, tables, guarded);
@@ -881,9 +1077,13 @@ impl Cache {
         let mut out = Vec::with_capacity(n);
         for (i, key) in keys.iter().enumerate() {
             // A key whose marker this lookup stored is not this lookup's to clean up.
-            let offset = entries[i].as_ref().and_then(|item| {
-                self.judge(key, &item.value, &recorded_now, lists, marker.is_none())
-            });
+            let offset = match entries[i].as_ref() {
+                Some(item) => {
+                    self.judge(io, key, &item.value, &recorded_now, lists, marker.is_none())
+                        .await
+                }
+                None => None,
+            };
             let pending = entries[i]
                 .as_ref()
                 .is_some_and(|item| is_pending(&item.value));
@@ -923,7 +1123,7 @@ impl Cache {
                 },
             });
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// The counters a lookup of entries over `tables` reads after them: the namespace and
@@ -950,41 +1150,39 @@ impl Cache {
     /// payload starts. Entries that can never hit again, and garbage, are deleted (if
     /// `clean`). `lists` are flush lists read with the entry (names asked for, and what each
     /// held).
-    fn judge(
+    async fn judge<I: Io>(
         &self,
+        io: &I,
         key: &str,
         value: &[u8],
         recorded_now: &[u64],
         lists: (&[String], &[Option<Item>]),
         clean: bool,
     ) -> Option<usize> {
-        let drop = || {
-            if clean {
-                let _ = self.inner.backend.delete(key);
-            }
-            None
-        };
-        match verdict(value, recorded_now) {
-            Verdict::Hit(offset) => Some(offset),
+        let stays = match verdict(value, recorded_now) {
+            Verdict::Hit(offset) => return Some(offset),
             Verdict::Guarded(offset, guards) => {
-                if self.guards_hold(key, &guards, lists) {
-                    Some(offset)
-                } else {
-                    // A flush list it relies on was evicted (or evicted and re-created):
-                    // a write may have missed it.
-                    drop()
+                if self.guards_hold(io, key, &guards, lists).await {
+                    return Some(offset);
                 }
+                // A flush list it relies on was evicted (or evicted and re-created): a
+                // write may have missed it.
+                false
             }
             // Recorded under versions that have changed since: it can never hit again, and
             // while it sits there the add-only fill after this miss cannot replace it.
-            Verdict::Stale => drop(),
+            Verdict::Stale => false,
             // Another reader's fill in progress: a miss, and not ours to delete.
-            Verdict::Pending => None,
+            Verdict::Pending => true,
             Verdict::Garbage => {
                 self.inner.stats.inc(Counter::DecodeErrors);
-                drop()
+                false
             }
+        };
+        if !stays && clean {
+            let _ = io.delete(key).await;
         }
+        None
     }
 
     /// Eviction-safe mode: whether every flush list entry `key` is registered on still
@@ -992,8 +1190,9 @@ impl Cache {
     /// the entry, and what was found) cost nothing more; the others one more round trip. A
     /// backend error reads as "does not hold". The names are remembered for the key's next
     /// lookup (`guards` module).
-    fn guards_hold(
+    async fn guards_hold<I: Io>(
         &self,
+        io: &I,
         key: &str,
         guards: &[(String, u64)],
         read: (&[String], &[Option<Item>]),
@@ -1007,7 +1206,7 @@ impl Cache {
         let fetched = if missing.is_empty() {
             HashMap::new()
         } else {
-            match self.inner.backend.get_multi(&missing) {
+            match io.get_multi(&missing).await {
                 Ok(lists) => lists,
                 Err(e) => {
                     self.record_backend_error("guard check", &e);
@@ -1098,21 +1297,25 @@ impl Cache {
         regs: &Registrations,
         expiry: Expiry,
     ) -> Result<FillOutcome> {
-        self.fill_leased(token, payload, regs, expiry, None)
+        let io = Blocking(&*self.inner.backend);
+        drive(self.fill_leased(&io, token, payload, regs, expiry, None))
     }
 
     /// [`fill_counted`](Cache::fill_counted) for a reader that may already hold the key's
     /// lease: `marker` is the pending marker it stored (the fill publishes over it, or deletes
     /// it), `None` to store one now.
-    fn fill_leased(
+    async fn fill_leased<I: Io>(
         &self,
+        io: &I,
         token: &FillToken,
         payload: &[u8],
         regs: &Registrations,
         expiry: Expiry,
         marker: Option<&Placeholder>,
     ) -> Result<FillOutcome> {
-        let outcome = self.fill_inner(token, payload, regs, expiry, marker);
+        let outcome = self
+            .fill_inner(io, token, payload, regs, expiry, marker)
+            .await;
         let counter = match &outcome {
             Ok(FillOutcome::Stored) => Counter::Fills,
             _ => Counter::SkippedFills,
@@ -1122,7 +1325,7 @@ impl Cache {
         // An entry whose registration is unknown must not stay, nor must a lease's marker
         // that will never be published over.
         if outcome.is_err() || (marker.is_some() && matches!(outcome, Ok(FillOutcome::TooLarge))) {
-            let _ = self.inner.backend.delete(&token.key);
+            let _ = io.delete(&token.key).await;
         }
         outcome
     }
@@ -1131,8 +1334,9 @@ impl Cache {
     /// generations seen at lookup, then publish the result over the marker with CAS. On a
     /// race or a failed registration the marker is deleted, so nothing stale or unregistered
     /// stays, and no reader ever sees the result before the check passed.
-    fn fill_inner(
+    async fn fill_inner<I: Io>(
         &self,
+        io: &I,
         token: &FillToken,
         payload: &[u8],
         regs: &Registrations,
@@ -1171,7 +1375,7 @@ impl Cache {
                     cas: None,
                 };
                 let pending = expiry.min(Expiry::from_duration(PENDING_TTL));
-                if !backend.add(&token.key, &own.value, pending)? {
+                if !io.add(&token.key, &own.value, pending).await? {
                     return Ok(FillOutcome::AlreadyCached);
                 }
                 &own
@@ -1184,17 +1388,18 @@ impl Cache {
         refs.extend(guard_lists.iter().copied());
         self.step("register");
         let (reg, now) = flush::register(
-            backend,
+            io,
             &self.inner.keys,
             regs,
             self.inner.config.eviction_safe,
             &refs,
-        )?;
+        )
+        .await?;
         if reg.overflows > 0 {
             self.inner.stats.add(Counter::Overflows, reg.overflows);
         }
         if !reg.complete {
-            backend.delete(&token.key)?;
+            io.delete(&token.key).await?;
             return Ok(FillOutcome::Unregistered);
         }
         self.step("check");
@@ -1203,7 +1408,7 @@ impl Cache {
             .zip(&token.generations)
             .all(|(k, g0)| now.get(*k).and_then(|i| clock::parse(&i.value)) == Some(*g0));
         if !unchanged {
-            backend.delete(&token.key)?;
+            io.delete(&token.key).await?;
             return Ok(FillOutcome::Raced);
         }
         // Our marker must still be there: a writer that found the registration deletes it,
@@ -1223,14 +1428,14 @@ impl Cache {
             match epoch {
                 Some(e) => guards.push((list.to_string(), e)),
                 None => {
-                    backend.delete(&token.key)?;
+                    io.delete(&token.key).await?;
                     return Ok(FillOutcome::Unregistered);
                 }
             }
         }
         let value = envelope(&token.versions, &guards, payload);
         self.step("publish");
-        match backend.cas(&token.key, &value, expiry, cas)? {
+        match io.cas(&token.key, &value, expiry, cas).await? {
             CasOutcome::Stored => {
                 if !guards.is_empty() {
                     self.inner.guard_memo.remember(&token.key, &guards);

@@ -7,11 +7,15 @@
 //!
 //! One protocol: a cached read runs the engine's two halves ([`Cache::begin_read`], then
 //! [`PendingFill::finish`](caching_core::PendingFill::finish)) around the awaited database
-//! read, exactly the steps the blocking `read_through` runs. Backend calls of the in-process
-//! cache (`locmem://`) run inline. On network backends (memcached, Redis) a hit is read
-//! without blocking, on the backend's tokio client ([`Cache::try_hit_async`], which judges
-//! the entry as the lookup does); everything else (a miss and its fill, leases, clean-ups,
-//! invalidations) runs on tokio's blocking pool (`spawn_blocking`) with the blocking client.
+//! read, exactly the steps the blocking `read_through` runs; the engine writes those steps
+//! once, as `async fn`s over its I/O, and runs them with a blocking or a non-blocking driver.
+//! Backend calls of the in-process cache (`locmem://`) run inline. On memcached the whole
+//! read (lookup, lease and its waits, register, check, publish) runs on the backend's tokio
+//! client ([`Cache::begin_read_async`], [`PreparedFill::publish_async`](caching_core::PreparedFill::publish_async));
+//! the rare read that needs a blocking repair (a server check after a reconnection, counters
+//! to create) runs its first half on tokio's blocking pool. On Redis a hit is read without
+//! blocking ([`Cache::try_hit_async`]) and the rest runs on the blocking pool
+//! (`spawn_blocking`) with the blocking client. Invalidations run on the blocking pool.
 //! Inline reads never wait for another reader's fill (stampede protection's wait would block
 //! the runtime's thread): such a reader reads the database at once.
 //!
@@ -446,8 +450,20 @@ impl Planned {
         )
     }
 
-    /// A hit read without blocking the runtime's thread ([`Cache::try_hit_async`]); `None`
-    /// for anything else.
+    /// The first half of the read without blocking the runtime's thread, on a backend with a
+    /// non-blocking client ([`Cache::begin_read_async`]): lookup and lease, waits on tokio
+    /// timers. `None` when that cannot be done here.
+    async fn begin_read_async<T: serde::de::DeserializeOwned>(
+        &self,
+        cache: &Cache,
+    ) -> Option<ReadStart<T>> {
+        let (tables, guarded) = self.table_refs();
+        let plan = self.plan(&tables, &guarded, true);
+        cache.begin_read_async(&plan).await
+    }
+
+    /// A hit read without blocking the runtime's thread ([`Cache::try_hit_async`]), for a
+    /// backend that reads without blocking but cannot batch so; `None` for anything else.
     async fn try_hit<T: serde::de::DeserializeOwned>(&self, cache: &Cache) -> Option<T> {
         let (tables, guarded) = self.table_refs();
         let plan = self.plan(&tables, &guarded, false);
@@ -732,7 +748,15 @@ impl<C: AsyncCacheConnection> AsyncCachedConnection<C> {
             Err(why) => return self.bypassed(&options, query, why).await,
         };
         let inline = inline(&cache) || planned.bypass.is_some();
-        let start: Option<ReadStart<Vec<U>>> = if inline {
+        let nonblocking = if planned.bypass.is_none() {
+            // The whole first half on the backend's non-blocking client, if it has one.
+            planned.begin_read_async::<Vec<U>>(&cache).await
+        } else {
+            None
+        };
+        let start: Option<ReadStart<Vec<U>>> = if nonblocking.is_some() {
+            nonblocking
+        } else if inline {
             Some(planned.with_plan(false, |plan| cache.begin_read(plan)))
         } else if let Some(rows) = planned.try_hit::<Vec<U>>(&cache).await {
             // A hit read on the backend's non-blocking client: no blocking thread involved.
@@ -783,11 +807,9 @@ impl<C: AsyncCacheConnection> AsyncCachedConnection<C> {
             deps.register(keys, key, regs);
             Ok(())
         });
-        if inline || !prepared.needs_backend() {
-            prepared.publish();
-        } else {
-            let _ = blocking(move || prepared.publish()).await;
-        }
+        // On the backend's non-blocking client if it has one, else inline (in-process) or
+        // on the blocking pool.
+        prepared.publish_async().await;
         Ok((rows, ReadOutcome::Miss))
     }
 

@@ -245,6 +245,16 @@ impl Backend for Scheduled {
         // In-process: the async driver calls it inline, on the actor's own thread.
         false
     }
+    /// Batches "without blocking": the same batch, as a ready future. The async actors then
+    /// run the read protocol through the engine's non-blocking driver (`begin_read_async`,
+    /// `publish_async`), so the search covers it, step for step.
+    #[cfg(feature = "async")]
+    fn batch_async<'a>(
+        &'a self,
+        stages: &'a [&'a [caching_core::Op<'a>]],
+    ) -> Option<caching_core::backend::AsyncBatch<'a>> {
+        Some(Box::pin(std::future::ready(self.batch(stages))))
+    }
     fn max_item_size(&self) -> usize {
         self.inner.max_item_size()
     }

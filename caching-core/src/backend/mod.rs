@@ -149,6 +149,11 @@ pub enum OpReply {
 pub type AsyncGets<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Option<Item>>>> + Send + 'a>>;
 
+/// The replies of [`Backend::batch_async`]: a future answering each stage's replies, as
+/// [`Backend::batch`] does.
+pub type AsyncBatch<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Vec<OpReply>>>> + Send + 'a>>;
+
 /// A key-value store with memcached's semantics.
 ///
 /// Implementations must be thread-safe; every method may be called concurrently. Keys passed
@@ -194,6 +199,28 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// ```
     fn get_multi_async<'a>(&'a self, keys: &'a [&'a str]) -> Option<AsyncGets<'a>> {
         let _ = keys;
+        None
+    }
+
+    /// [`batch`](Backend::batch) without blocking the calling thread: a future to await on an
+    /// async runtime, with the same stages, order and replies. `None` (the default) when the
+    /// backend has no non-blocking client here, as for
+    /// [`get_multi_async`](Backend::get_multi_async); a backend answers `Some` for every
+    /// batch or for none (it may tell by the runtime it is called in, never by the batch).
+    ///
+    /// The async driver runs the whole read protocol (lookup, lease, register, check,
+    /// publish) through it when it is there ([`Cache::begin_read_async`]); otherwise those
+    /// steps run off the runtime's threads with the blocking calls.
+    ///
+    /// [`Cache::begin_read_async`]: crate::Cache::begin_read_async
+    ///
+    /// ```
+    /// use caching_core::backend::{locmem::LocMem, Backend, Op};
+    /// let cache = LocMem::new();
+    /// assert!(cache.batch_async(&[&[Op::Get("a")]]).is_none());
+    /// ```
+    fn batch_async<'a>(&'a self, stages: &'a [&'a [Op<'a>]]) -> Option<AsyncBatch<'a>> {
+        let _ = stages;
         None
     }
 

@@ -250,22 +250,17 @@ pub(super) struct AsyncConn {
 
 #[cfg(feature = "tokio")]
 impl AsyncConn {
-    /// Sends `requests` (`count` meta gets) and reads each one's item.
-    async fn meta_gets(
-        &mut self,
-        requests: &[u8],
-        count: usize,
-        server: &str,
-    ) -> Result<Vec<Option<crate::backend::Item>>> {
+    /// Sends `requests` and reads `count` reply frames.
+    async fn frames(&mut self, requests: &[u8], count: usize, server: &str) -> Result<Vec<Frame>> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         self.stream
             .write_all(requests)
             .await
             .map_err(|e| io_err(server, e))?;
-        let mut items = Vec::with_capacity(count);
-        while items.len() < count {
+        let mut frames = Vec::with_capacity(count);
+        while frames.len() < count {
             match self.inbox.frame(server)? {
-                Some(frame) => items.push(super::meta_get_item(frame, server)?),
+                Some(frame) => frames.push(frame),
                 None => {
                     let n = self
                         .stream
@@ -276,7 +271,7 @@ impl AsyncConn {
                 }
             }
         }
-        Ok(items)
+        Ok(frames)
     }
 }
 
@@ -437,19 +432,21 @@ impl Server {
         self.item_size().unwrap_or(DEFAULT_ITEM_SIZE) + DATA_MARGIN
     }
 
-    /// [`exchange`](Self::exchange) of meta gets without blocking the thread (feature
-    /// `tokio`): sends `requests` (`count` encoded `mg` commands) on a pooled or new
-    /// non-blocking connection and reads each one's item, under one `op_timeout`. Fails
-    /// fast, retries a connection closed while idle, and marks the server down, as a
-    /// blocking exchange does; a connection is pooled only after a complete exchange, so a
-    /// cancelled or timed-out one is never reused.
+    /// [`exchange`](Self::exchange) without blocking the thread (feature `tokio`): sends
+    /// `requests` (`count` encoded commands) on a pooled or new non-blocking connection,
+    /// reads their `count` reply frames and hands them to `answer`, all under one
+    /// `op_timeout`. Fails fast, retries a connection closed while idle, and marks the
+    /// server down, as a blocking exchange does; an error from `answer` (a reply out of
+    /// step) drops the connection; a connection is pooled only after a complete exchange, so
+    /// a cancelled or timed-out one is never reused.
     #[cfg(feature = "tokio")]
-    pub(super) async fn meta_gets_async(
+    pub(super) async fn exchange_async<T>(
         &self,
         options: &MemcachedOptions,
         requests: &[u8],
         count: usize,
-    ) -> Result<Vec<Option<crate::backend::Item>>> {
+        answer: impl FnOnce(Vec<Frame>) -> Result<T>,
+    ) -> Result<T> {
         self.refuse_if_down()?;
         let run = async {
             // (Popped in its own statement: the pool's lock is not held across an await.)
@@ -457,20 +454,20 @@ impl Server {
             match pooled {
                 Some(mut pooled) => {
                     let before = pooled.inbox.received;
-                    match pooled.meta_gets(requests, count, &self.name).await {
+                    match pooled.frames(requests, count, &self.name).await {
                         Err(e) if is_close(&e) && pooled.inbox.received == before => {
                             self.closed_while_idle(&e, &self.idle_async);
                             let mut conn = self.connect_async(options).await?;
-                            let items = conn.meta_gets(requests, count, &self.name).await?;
-                            Ok((items, conn))
+                            let frames = conn.frames(requests, count, &self.name).await?;
+                            Ok((frames, conn))
                         }
-                        r => r.map(|items| (items, pooled)),
+                        r => r.map(|frames| (frames, pooled)),
                     }
                 }
                 None => {
                     let mut conn = self.connect_async(options).await?;
-                    let items = conn.meta_gets(requests, count, &self.name).await?;
-                    Ok((items, conn))
+                    let frames = conn.frames(requests, count, &self.name).await?;
+                    Ok((frames, conn))
                 }
             }
         };
@@ -484,6 +481,7 @@ impl Server {
                 ),
             )),
         };
+        let result = result.and_then(|(frames, conn)| answer(frames).map(|v| (v, conn)));
         self.settle(options, result, &self.idle_async, |c| c.inbox.is_clean())
     }
 

@@ -23,11 +23,11 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-#[cfg(feature = "tokio")]
-use super::AsyncGets;
 use super::{
     check_keys, run_stage, AppendOutcome, Backend, CasOutcome, Item, Op, OpReply, Placeholder,
 };
+#[cfg(feature = "tokio")]
+use super::{AsyncBatch, AsyncGets};
 use crate::error::{ConfigError, Error, Result};
 use crate::timeout::Expiry;
 
@@ -352,45 +352,25 @@ impl Memcached {
 }
 
 impl Memcached {
-    /// What appends answered `replies` did. memcached answers NOT_STORED both when the key
-    /// is missing and when the appended item would exceed the item size. Tell them apart by
-    /// reading the key (a missing key costs nothing to ask about; a full one is read again by
-    /// the compaction that follows anyway), so a full flush list is compacted instead of
-    /// looking missing. A key that exists but has room was created since the append: report
-    /// it missing, and the caller's add fails and appends again.
-    fn append_outcomes(
+    /// What appends answered `replies` did, reading the keys of those answered
+    /// `NOT_STORED` ([`append_outcomes`]).
+    fn read_append_outcomes(
         &self,
         items: &[(&str, &[u8])],
         replies: &[Reply],
     ) -> Result<Vec<AppendOutcome>> {
-        let ambiguous: Vec<&str> = items
-            .iter()
-            .zip(replies)
-            .filter(|(_, r)| **r == Reply::NotStored)
-            .map(|((k, _), _)| *k)
-            .collect();
+        let ambiguous = ambiguous_appends(items, replies);
         let existing = if ambiguous.is_empty() {
             HashMap::new()
         } else {
             self.get_multi(&ambiguous)?
         };
-        let limit = self.item_limit();
-        Ok(items
-            .iter()
-            .zip(replies)
-            .map(|((k, v), r)| match r {
-                Reply::Stored => AppendOutcome::Appended,
-                Reply::TooLarge => AppendOutcome::TooLarge,
-                Reply::NotStored
-                    if existing
-                        .get(*k)
-                        .is_some_and(|i| i.value.len() + v.len() + k.len() + 64 > limit) =>
-                {
-                    AppendOutcome::TooLarge
-                }
-                _ => AppendOutcome::Missing,
-            })
-            .collect())
+        Ok(append_outcomes(
+            items,
+            replies,
+            &existing,
+            self.item_limit(),
+        ))
     }
 
     /// A whole batch on one server, in one write and one read of the replies: the server
@@ -398,10 +378,125 @@ impl Memcached {
     /// Reads are meta gets (`mg <key> v c`), one per key: memcached answers a pipeline of
     /// meta commands as fast as one multi-get, while a classic `gets` followed by any other
     /// command costs a second flush of its answer (measured: 7-10 µs on loopback).
+    ///
+    /// The blocking and the non-blocking batch ([`batch_on_async`](Self::batch_on_async))
+    /// differ only in how the bytes move: both encode with [`encode_batch`], read the
+    /// replies with [`answers`] and map them with [`settle_batch`].
     fn batch_on(&self, server: usize, stages: &[&[Op<'_>]]) -> Result<Vec<Vec<OpReply>>> {
+        let mut enc = self.encode_batch(stages);
+        if enc.asked == 0 {
+            return Ok(finish_batch(enc.known));
+        }
+        // The replies are kept apart from `enc.known` until the exchange succeeds: one run
+        // again on a new connection (its pooled one was closed) must see it as it was.
+        let answered = self.with_conn(server, |conn, deadline, name| {
+            conn.send(&enc.buf, deadline, name)?;
+            let mut frames = Vec::with_capacity(enc.asked);
+            for _ in 0..enc.asked {
+                frames.push(conn.recv(deadline, name)?);
+            }
+            answers(stages, &enc.known, frames, name)
+        })?;
+        let appends = settle_batch(stages, &mut enc.known, answered, &self.servers[server].name)?;
+        if !appends.is_empty() {
+            let existing = self.get_multi(&appends.ambiguous())?;
+            appends.tell_apart(&mut enc.known, &existing, self.item_limit());
+        }
+        Ok(finish_batch(enc.known))
+    }
+
+    /// [`batch_on`](Self::batch_on) without blocking the thread (feature `tokio`).
+    #[cfg(feature = "tokio")]
+    async fn batch_on_async(
+        &self,
+        server: usize,
+        stages: &[&[Op<'_>]],
+    ) -> Result<Vec<Vec<OpReply>>> {
+        let mut enc = self.encode_batch(stages);
+        if enc.asked == 0 {
+            return Ok(finish_batch(enc.known));
+        }
+        let s = &self.servers[server];
+        let answered = s
+            .exchange_async(&self.options, &enc.buf, enc.asked, |frames: Vec<Frame>| {
+                answers(stages, &enc.known, frames, &s.name)
+            })
+            .await?;
+        let appends = settle_batch(stages, &mut enc.known, answered, &s.name)?;
+        if !appends.is_empty() {
+            let keys = appends.ambiguous();
+            let items = self.gets_async(&keys).await?;
+            let existing: HashMap<String, Item> = keys
+                .iter()
+                .zip(items)
+                .filter_map(|(k, i)| Some((k.to_string(), i?)))
+                .collect();
+            appends.tell_apart(&mut enc.known, &existing, self.item_limit());
+        }
+        Ok(finish_batch(enc.known))
+    }
+
+    /// Meta gets of `keys` on tokio sockets: one pipelined exchange per server holding some
+    /// of them; each key's item in the order of `keys`.
+    #[cfg(feature = "tokio")]
+    async fn gets_async(&self, keys: &[&str]) -> Result<Vec<Option<Item>>> {
+        check_keys(keys.iter().copied())?;
+        let mut out = vec![None; keys.len()];
+        let groups = self.group(keys.iter().enumerate().map(|(i, k)| (i, *k, *k)));
+        for (server, group) in groups.iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let mut requests = Vec::new();
+            for (_, key) in group {
+                Request::MetaGet(key).encode(&mut requests);
+            }
+            let s = &self.servers[server];
+            let items = s
+                .exchange_async(
+                    &self.options,
+                    &requests,
+                    group.len(),
+                    |frames: Vec<Frame>| {
+                        frames
+                            .into_iter()
+                            .map(|f| meta_get_item(f, &s.name))
+                            .collect::<Result<Vec<_>>>()
+                    },
+                )
+                .await?;
+            for ((i, _), item) in group.iter().zip(items) {
+                out[*i] = item;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Where a batch's keys are placed (after checking them).
+    fn batch_server(&self, stages: &[&[Op<'_>]]) -> Result<Placed> {
+        for ops in stages {
+            check_keys(ops.iter().map(|op| op.key()))?;
+        }
+        let mut keys = stages.iter().flat_map(|ops| ops.iter().map(|op| op.key()));
+        let Some(first) = keys.next() else {
+            return Ok(Placed::Empty);
+        };
+        let server = self.server_for(first);
+        Ok(
+            if self.servers.len() == 1 || keys.all(|k| self.server_for(k) == server) {
+                Placed::One(server)
+            } else {
+                Placed::Several
+            },
+        )
+    }
+
+    /// Encodes a batch for one server: the requests, and per op its reply when it is known
+    /// without asking (a value too large to send).
+    fn encode_batch(&self, stages: &[&[Op<'_>]]) -> Encoded {
         let mut buf = Vec::new();
-        // Per op: its reply when it is known without asking (a value too large to send).
-        let mut out: Vec<Vec<Option<OpReply>>> = Vec::with_capacity(stages.len());
+        let mut asked = 0;
+        let mut known: Vec<Vec<Option<OpReply>>> = Vec::with_capacity(stages.len());
         for ops in stages {
             let mut replies = Vec::with_capacity(ops.len());
             for op in *ops {
@@ -453,132 +548,239 @@ impl Memcached {
                     Some(refused) if !self.fits(op.key(), value) => replies.push(Some(refused)),
                     _ => {
                         request.encode(&mut buf);
+                        asked += 1;
                         replies.push(None);
                     }
                 }
             }
-            out.push(replies);
+            known.push(replies);
         }
-        let finish = |out: Vec<Vec<Option<OpReply>>>| {
-            out.into_iter()
-                .map(|s| {
-                    s.into_iter()
-                        .map(|r| r.unwrap_or(OpReply::Deleted))
-                        .collect()
-                })
-                .collect()
-        };
-        if buf.is_empty() {
-            return Ok(finish(out));
-        }
-        // The replies of the storage commands, mapped after the exchange (appends answered
-        // NOT_STORED need a look at the key).
-        // Replies are kept apart from `out` until the exchange succeeds: one run again on a
-        // new connection (its pooled one was closed) must see `out` as it was.
-        type Answered = (Vec<(usize, OpReply)>, Vec<(usize, Reply)>);
-        let raw: Vec<Answered> = self.with_conn(server, |conn, deadline, name| {
-            conn.send(&buf, deadline, name)?;
-            let mut raw = Vec::with_capacity(stages.len());
-            for (ops, replies) in stages.iter().zip(out.iter()) {
-                let mut stage_read = Vec::new();
-                let mut stage_raw = Vec::new();
-                for (i, op) in ops.iter().enumerate() {
-                    if replies[i].is_some() {
-                        continue;
-                    }
-                    let frame = conn.recv(deadline, name)?;
-                    let unexpected =
-                        |f: &Frame| protocol_err(name, &format!("unexpected reply to mg: {f:?}"));
-                    stage_read.push((
-                        i,
-                        match (op, frame) {
-                            (Op::Get(_), f) => OpReply::Value(meta_get_item(f, name)?),
-                            (
-                                Op::Lease(..),
-                                Frame::MetaValue {
-                                    cas: Some(cas),
-                                    won: true,
-                                    data,
-                                },
-                            ) => OpReply::Leased {
-                                found: None,
-                                won: Some(Placeholder {
-                                    value: data,
-                                    cas: Some(cas),
-                                }),
-                            },
-                            (
-                                Op::Lease(..),
-                                Frame::MetaValue {
-                                    cas: Some(cas),
-                                    won: false,
-                                    data,
-                                },
-                            ) => OpReply::Leased {
-                                found: Some(Item { value: data, cas }),
-                                won: None,
-                            },
-                            (Op::Lease(..), Frame::MetaMiss) => OpReply::Leased {
-                                found: None,
-                                won: None,
-                            },
-                            (Op::Lease(..), f) => return Err(unexpected(&f)),
-                            (_, f) => {
-                                stage_raw.push((i, Reply::from_frame(f, name)?));
-                                continue;
-                            }
-                        },
-                    ));
-                }
-                raw.push((stage_read, stage_raw));
-            }
-            Ok(raw)
-        })?;
-        let name = &self.servers[server].name;
-        for ((ops, replies), (stage_read, stage_raw)) in stages.iter().zip(out.iter_mut()).zip(raw)
-        {
-            for (i, reply) in stage_read {
-                replies[i] = Some(reply);
-            }
-            // Appends answered NOT_STORED are told apart (missing or full) afterwards.
-            let (mut append_at, mut append_items, mut append_replies) =
-                (Vec::new(), Vec::new(), Vec::new());
-            for (i, reply) in stage_raw {
-                let mapped = match (ops[i], reply) {
-                    (Op::Add(..), Reply::Stored) => OpReply::Added(true),
-                    (Op::Add(..), Reply::NotStored | Reply::TooLarge) => OpReply::Added(false),
-                    (
-                        Op::Append(k, v),
-                        r @ (Reply::Stored | Reply::NotStored | Reply::TooLarge),
-                    ) => {
-                        append_at.push(i);
-                        append_items.push((k, v));
-                        append_replies.push(r);
-                        continue;
-                    }
-                    (Op::Cas(..), r) if cas_reply(&r) => OpReply::Cas(cas_outcome(&r)),
-                    (Op::Delete(_), Reply::Deleted | Reply::NotFound) => OpReply::Deleted,
-                    (Op::Incr(..), Reply::Number(n)) => OpReply::Counter(Some(n)),
-                    (Op::Incr(..), Reply::NotFound) => OpReply::Counter(None),
-                    (Op::Incr(..), Reply::NonNumeric) => OpReply::NotANumber,
-                    (op, r) => {
-                        return Err(protocol_err(
-                            name,
-                            &format!("unexpected reply {r:?} to {:?}", op.key()),
-                        ))
-                    }
-                };
-                replies[i] = Some(mapped);
-            }
-            if !append_at.is_empty() {
-                let outcomes = self.append_outcomes(&append_items, &append_replies)?;
-                for (i, o) in append_at.into_iter().zip(outcomes) {
-                    replies[i] = Some(OpReply::Appended(o));
-                }
-            }
-        }
-        Ok(finish(out))
+        Encoded { buf, known, asked }
     }
+}
+
+/// Where a batch's keys are placed ([`Memcached::batch_server`]).
+enum Placed {
+    /// No key at all.
+    Empty,
+    /// All on this server.
+    One(usize),
+    /// On several servers.
+    Several,
+}
+
+/// A batch encoded for one server ([`Memcached::encode_batch`]).
+struct Encoded {
+    /// The requests, in op order.
+    buf: Vec<u8>,
+    /// Per stage and op, its reply when it was known without asking.
+    known: Vec<Vec<Option<OpReply>>>,
+    /// How many requests `buf` holds (one reply frame each).
+    asked: usize,
+}
+
+/// What a server answered one stage: replies already mapped (reads, leases) and the replies
+/// to storage commands, mapped after the exchange ([`settle_batch`]).
+type Answered = (Vec<(usize, OpReply)>, Vec<(usize, Reply)>);
+
+/// Maps the reply `frames` of a batch (one per request, in order) to each op, per stage. A
+/// frame that does not answer its request is a protocol error (the exchange's connection is
+/// then dropped: the stream is out of step).
+fn answers(
+    stages: &[&[Op<'_>]],
+    known: &[Vec<Option<OpReply>>],
+    frames: Vec<Frame>,
+    name: &str,
+) -> Result<Vec<Answered>> {
+    let mut frames = frames.into_iter();
+    let mut raw = Vec::with_capacity(stages.len());
+    for (ops, replies) in stages.iter().zip(known) {
+        let mut stage_read = Vec::new();
+        let mut stage_raw = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            if replies[i].is_some() {
+                continue;
+            }
+            let Some(frame) = frames.next() else {
+                return Err(protocol_err(name, "fewer replies than requests"));
+            };
+            let unexpected =
+                |f: &Frame| protocol_err(name, &format!("unexpected reply to mg: {f:?}"));
+            stage_read.push((
+                i,
+                match (op, frame) {
+                    (Op::Get(_), f) => OpReply::Value(meta_get_item(f, name)?),
+                    (
+                        Op::Lease(..),
+                        Frame::MetaValue {
+                            cas: Some(cas),
+                            won: true,
+                            data,
+                        },
+                    ) => OpReply::Leased {
+                        found: None,
+                        won: Some(Placeholder {
+                            value: data,
+                            cas: Some(cas),
+                        }),
+                    },
+                    (
+                        Op::Lease(..),
+                        Frame::MetaValue {
+                            cas: Some(cas),
+                            won: false,
+                            data,
+                        },
+                    ) => OpReply::Leased {
+                        found: Some(Item { value: data, cas }),
+                        won: None,
+                    },
+                    (Op::Lease(..), Frame::MetaMiss) => OpReply::Leased {
+                        found: None,
+                        won: None,
+                    },
+                    (Op::Lease(..), f) => return Err(unexpected(&f)),
+                    (_, f) => {
+                        stage_raw.push((i, Reply::from_frame(f, name)?));
+                        continue;
+                    }
+                },
+            ));
+        }
+        raw.push((stage_read, stage_raw));
+    }
+    Ok(raw)
+}
+
+/// Appends a server answered `NOT_STORED`: missing or full, told apart by reading them
+/// ([`append_outcomes`]).
+struct Unsettled<'a> {
+    /// Stage and op index of each.
+    at: Vec<(usize, usize)>,
+    items: Vec<(&'a str, &'a [u8])>,
+    replies: Vec<Reply>,
+}
+
+impl Unsettled<'_> {
+    fn is_empty(&self) -> bool {
+        self.at.is_empty()
+    }
+
+    /// The keys to read to tell the appends apart.
+    fn ambiguous(&self) -> Vec<&str> {
+        ambiguous_appends(&self.items, &self.replies)
+    }
+
+    /// Stores each append's outcome, given what its key held (`existing`).
+    fn tell_apart(
+        self,
+        known: &mut [Vec<Option<OpReply>>],
+        existing: &HashMap<String, Item>,
+        limit: usize,
+    ) {
+        let outcomes = append_outcomes(&self.items, &self.replies, existing, limit);
+        for ((s, i), o) in self.at.into_iter().zip(outcomes) {
+            known[s][i] = Some(OpReply::Appended(o));
+        }
+    }
+}
+
+/// Maps what a server `answered` into `known`; the appends answered `NOT_STORED` are left to
+/// tell apart ([`Unsettled`]).
+fn settle_batch<'a>(
+    stages: &[&[Op<'a>]],
+    known: &mut [Vec<Option<OpReply>>],
+    answered: Vec<Answered>,
+    name: &str,
+) -> Result<Unsettled<'a>> {
+    let mut unsettled = Unsettled {
+        at: Vec::new(),
+        items: Vec::new(),
+        replies: Vec::new(),
+    };
+    for (s, (ops, (stage_read, stage_raw))) in stages.iter().zip(answered).enumerate() {
+        let replies = &mut known[s];
+        for (i, reply) in stage_read {
+            replies[i] = Some(reply);
+        }
+        for (i, reply) in stage_raw {
+            let mapped = match (ops[i], reply) {
+                (Op::Add(..), Reply::Stored) => OpReply::Added(true),
+                (Op::Add(..), Reply::NotStored | Reply::TooLarge) => OpReply::Added(false),
+                (Op::Append(k, v), r @ (Reply::Stored | Reply::NotStored | Reply::TooLarge)) => {
+                    unsettled.at.push((s, i));
+                    unsettled.items.push((k, v));
+                    unsettled.replies.push(r);
+                    continue;
+                }
+                (Op::Cas(..), r) if cas_reply(&r) => OpReply::Cas(cas_outcome(&r)),
+                (Op::Delete(_), Reply::Deleted | Reply::NotFound) => OpReply::Deleted,
+                (Op::Incr(..), Reply::Number(n)) => OpReply::Counter(Some(n)),
+                (Op::Incr(..), Reply::NotFound) => OpReply::Counter(None),
+                (Op::Incr(..), Reply::NonNumeric) => OpReply::NotANumber,
+                (op, r) => {
+                    return Err(protocol_err(
+                        name,
+                        &format!("unexpected reply {r:?} to {:?}", op.key()),
+                    ))
+                }
+            };
+            replies[i] = Some(mapped);
+        }
+    }
+    Ok(unsettled)
+}
+
+/// The keys of the appends answered `NOT_STORED`: missing or full, read to tell apart.
+fn ambiguous_appends<'k>(items: &[(&'k str, &[u8])], replies: &[Reply]) -> Vec<&'k str> {
+    items
+        .iter()
+        .zip(replies)
+        .filter(|(_, r)| **r == Reply::NotStored)
+        .map(|((k, _), _)| *k)
+        .collect()
+}
+
+/// What appends answered `replies` did. memcached answers NOT_STORED both when the key is
+/// missing and when the appended item would exceed the item size. They are told apart by
+/// what the key holds (`existing`, read after the appends: a missing key costs nothing to
+/// ask about; a full one is read again by the compaction that follows anyway), so a full
+/// flush list is compacted instead of looking missing. A key that exists but has room was
+/// created since the append: reported missing, and the caller's add fails and appends again.
+fn append_outcomes(
+    items: &[(&str, &[u8])],
+    replies: &[Reply],
+    existing: &HashMap<String, Item>,
+    limit: usize,
+) -> Vec<AppendOutcome> {
+    items
+        .iter()
+        .zip(replies)
+        .map(|((k, v), r)| match r {
+            Reply::Stored => AppendOutcome::Appended,
+            Reply::TooLarge => AppendOutcome::TooLarge,
+            Reply::NotStored
+                if existing
+                    .get(*k)
+                    .is_some_and(|i| i.value.len() + v.len() + k.len() + 64 > limit) =>
+            {
+                AppendOutcome::TooLarge
+            }
+            _ => AppendOutcome::Missing,
+        })
+        .collect()
+}
+
+/// Every op's reply, once each is known.
+fn finish_batch(known: Vec<Vec<Option<OpReply>>>) -> Vec<Vec<OpReply>> {
+    known
+        .into_iter()
+        .map(|s| {
+            s.into_iter()
+                .map(|r| r.unwrap_or(OpReply::Deleted))
+                .collect()
+        })
+        .collect()
 }
 
 /// The item a meta get (`mg <key> v c`) answered: `EN` is none, `VA` with a CAS token is
@@ -636,20 +838,13 @@ impl Backend for Memcached {
     }
 
     fn batch(&self, stages: &[&[Op<'_>]]) -> Result<Vec<Vec<OpReply>>> {
-        for ops in stages {
-            check_keys(ops.iter().map(Op::key))?;
+        match self.batch_server(stages)? {
+            Placed::Empty => Ok(stages.iter().map(|_| Vec::new()).collect()),
+            Placed::One(server) => self.batch_on(server, stages),
+            // Several servers: their connections are not ordered against each other, so each
+            // stage completes before the next one starts.
+            Placed::Several => stages.iter().map(|ops| run_stage(self, ops)).collect(),
         }
-        let mut keys = stages.iter().flat_map(|ops| ops.iter().map(Op::key));
-        let Some(first) = keys.next() else {
-            return Ok(stages.iter().map(|_| Vec::new()).collect());
-        };
-        let server = self.server_for(first);
-        if self.servers.len() == 1 || keys.all(|k| self.server_for(k) == server) {
-            return self.batch_on(server, stages);
-        }
-        // Several servers: their connections are not ordered against each other, so each
-        // stage completes before the next one starts.
-        stages.iter().map(|ops| run_stage(self, ops)).collect()
     }
 
     fn server_count(&self) -> usize {
@@ -662,24 +857,42 @@ impl Backend for Memcached {
     #[cfg(feature = "tokio")]
     fn get_multi_async<'a>(&'a self, keys: &'a [&'a str]) -> Option<AsyncGets<'a>> {
         tokio::runtime::Handle::try_current().ok()?;
+        Some(Box::pin(self.gets_async(keys)))
+    }
+
+    /// Batches on tokio sockets (feature `tokio`), under the blocking client's timeouts,
+    /// fail-fast window and pool rules; `None` outside a tokio runtime. A batch placed on
+    /// one server is one exchange, as a blocking one; a batch over several servers runs
+    /// stage by stage, each stage one exchange per server it touches.
+    #[cfg(feature = "tokio")]
+    fn batch_async<'a>(&'a self, stages: &'a [&'a [Op<'a>]]) -> Option<AsyncBatch<'a>> {
+        tokio::runtime::Handle::try_current().ok()?;
         Some(Box::pin(async move {
-            check_keys(keys.iter().copied())?;
-            let mut out = vec![None; keys.len()];
-            let groups = self.group(keys.iter().enumerate().map(|(i, k)| (i, *k, *k)));
-            for (server, group) in groups.iter().enumerate() {
-                if group.is_empty() {
-                    continue;
+            match self.batch_server(stages)? {
+                Placed::Empty => return Ok(stages.iter().map(|_| Vec::new()).collect()),
+                Placed::One(server) => return self.batch_on_async(server, stages).await,
+                Placed::Several => {}
+            }
+            let mut out = Vec::with_capacity(stages.len());
+            for ops in stages {
+                let mut replies: Vec<Option<OpReply>> = vec![None; ops.len()];
+                let groups = self.group(ops.iter().enumerate().map(|(i, op)| (i, op.key(), *op)));
+                for (server, group) in groups.iter().enumerate() {
+                    if group.is_empty() {
+                        continue;
+                    }
+                    let group_ops: Vec<Op<'_>> = group.iter().map(|(_, op)| *op).collect();
+                    let mut answered = self.batch_on_async(server, &[&group_ops]).await?;
+                    for ((i, _), r) in group.iter().zip(answered.pop().unwrap_or_default()) {
+                        replies[*i] = Some(r);
+                    }
                 }
-                let mut requests = Vec::new();
-                for (_, key) in group {
-                    Request::MetaGet(key).encode(&mut requests);
-                }
-                let items = self.servers[server]
-                    .meta_gets_async(&self.options, &requests, group.len())
-                    .await?;
-                for ((i, _), item) in group.iter().zip(items) {
-                    out[*i] = item;
-                }
+                out.push(
+                    replies
+                        .into_iter()
+                        .map(|r| r.unwrap_or(OpReply::Deleted))
+                        .collect(),
+                );
             }
             Ok(out)
         }))
@@ -739,7 +952,7 @@ impl Backend for Memcached {
 
     fn append_multi(&self, items: &[(&str, &[u8])]) -> Result<Vec<AppendOutcome>> {
         let replies = self.store_multi(StoreVerb::Append, items, 0)?;
-        self.append_outcomes(items, &replies)
+        self.read_append_outcomes(items, &replies)
     }
 
     fn cas(&self, key: &str, value: &[u8], expiry: Expiry, cas: u64) -> Result<CasOutcome> {
