@@ -9,8 +9,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Op};
 use crate::error::Result;
+use crate::io::Io;
 use crate::timeout::Expiry;
 
 /// Parses a counter's stored bytes.
@@ -39,32 +40,38 @@ pub(crate) fn random_start() -> u64 {
 /// Makes sure each counter exists and holds a number, and returns the current values, in
 /// order. A missing counter is created and one that is not a number is replaced, both with a
 /// fresh random value (as if it had been evicted: it reads as "changed" to every reader).
-pub(crate) fn ensure(backend: &dyn Backend, keys: &[&str]) -> Result<Vec<u64>> {
+///
+/// The missing counters are created and all of them read back in one batch. A counter that
+/// is not a number is replaced with the blocking driver; the non-blocking one answers
+/// `Ok(None)` then, leaving the read to the blocking driver (`Io::blocking`).
+pub(crate) async fn ensure<I: Io>(io: &I, keys: &[&str]) -> Result<Option<Vec<u64>>> {
     let fresh: Vec<Vec<u8>> = keys
         .iter()
         .map(|_| random_start().to_string().into_bytes())
         .collect();
-    let items: Vec<(&str, &[u8])> = keys
+    let adds: Vec<Op<'_>> = keys
         .iter()
         .zip(&fresh)
-        .map(|(k, v)| (*k, v.as_slice()))
+        .map(|(k, v)| Op::Add(k, v, Expiry::Forever))
         .collect();
-    backend.add_multi(&items, Expiry::Forever)?;
-    let got = backend.get_multi(keys)?;
+    let gets: Vec<Op<'_>> = keys.iter().map(|k| Op::Get(k)).collect();
+    let mut replies = io.batch(&[&adds, &gets]).await?.into_iter();
+    let got = crate::read::values_of(keys, replies.nth(1).unwrap_or_default());
     let mut out = Vec::with_capacity(keys.len());
     for k in keys {
-        match got.get(*k).map(|i| parse(&i.value)) {
-            Some(Some(n)) => out.push(n),
-            Some(None) => out.push(repair(backend, k)?),
-            None => {
+        match (got.get(*k).map(|i| parse(&i.value)), io.blocking()) {
+            (Some(Some(n)), _) => out.push(n),
+            (Some(None), Some(backend)) => out.push(repair(backend, k)?),
+            (Some(None), None) => return Ok(None),
+            (None, _) => {
                 return Err(crate::Error::Protocol {
-                    server: backend.name().into(),
+                    server: String::new(),
                     line: format!("counter {k} vanished right after it was created"),
                 })
             }
         }
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// Increments counters; a missing one is created with a random value, and one that is not a

@@ -14,7 +14,7 @@
 //!
 //! The interleaving search and the stress harness therefore exercise the same code in both
 //! modes; only the bytes' transport differs. What the async driver cannot do without
-//! blocking (a server check after a reconnection, creating missing counters) it reports
+//! blocking (a server check after a reconnection, replacing a counter that is not a number) it reports
 //! ([`Io::blocking`] is `None`), and its caller runs the blocking driver for that read.
 
 use std::collections::HashMap;
@@ -39,7 +39,7 @@ pub(crate) trait Io: Sync {
     fn sleep(&self, d: Duration) -> impl Future<Output = ()> + Send;
 
     /// The backend, when this driver may block the thread on it: the rare repairs of a read
-    /// (a server check after a reconnection, counters to create) need it. `None` for the
+    /// (a server check after a reconnection, a counter that is not a number) need it. `None` for the
     /// non-blocking driver, whose reads then end early for the blocking one to do.
     fn blocking(&self) -> Option<&dyn Backend>;
 

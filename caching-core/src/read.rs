@@ -516,10 +516,16 @@ impl Drop for PendingFill {
     }
 }
 
+/// How long after a cancelled lease's first release it is released again
+/// ([`Cache::release_in_flight_lease`]).
+#[cfg(feature = "tokio")]
+const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A lease a reader may hold while its future awaits the backend: dropped armed (the
 /// future was cancelled between sending and reading), the key's marker is given up
-/// ([`Cache::release_lease_soon`]), so other readers do not wait for a fill that will not
-/// come. Deleting the key is safe whatever it holds by then: a published entry only misses.
+/// ([`Cache::release_in_flight_lease`]), so other readers do not wait for a fill that will
+/// not come. Deleting the key is safe whatever it holds by then: a published entry only
+/// misses, another reader's marker only costs that reader its fill.
 struct LeaseAttempt<'c>(Option<(&'c Cache, &'c str)>);
 
 impl LeaseAttempt<'_> {
@@ -532,7 +538,7 @@ impl LeaseAttempt<'_> {
 impl Drop for LeaseAttempt<'_> {
     fn drop(&mut self) {
         if let Some((cache, key)) = self.0.take() {
-            cache.release_lease_soon(key);
+            cache.release_in_flight_lease(key);
         }
     }
 }
@@ -595,8 +601,6 @@ impl PreparedFill {
         let lookup = fill.lookup.as_ref()?;
         let marker = fill.marker.take();
         let cache = &fill.cache;
-        // Dropped before the fill is done (a cancelled future), its lease is given up.
-        let attempt = LeaseAttempt(marker.as_ref().map(|_| (cache, fill.key.as_str())));
         let filled = cache
             .fill_leased(
                 io,
@@ -607,7 +611,6 @@ impl PreparedFill {
                 marker.as_ref(),
             )
             .await;
-        attempt.disarm();
         fill.count(TableEvent::of_fill(&filled));
         match filled {
             Ok(outcome) => Some(outcome),
@@ -765,8 +768,8 @@ impl Cache {
     /// ([`Backend::batch_async`](crate::Backend::batch_async)); a lease's waits are tokio
     /// timers. `None` when that cannot be done here: the backend has no non-blocking client
     /// (the in-process cache never blocks: call [`begin_read`](Cache::begin_read)), or the
-    /// read needs a repair that blocks (a server check after a reconnection, counters to
-    /// create; anything this call stored is given up first). The caller then runs
+    /// read needs a repair that blocks (a server check after a reconnection, a counter that
+    /// is not a number; anything this call stored is given up first). The caller then runs
     /// [`begin_read`](Cache::begin_read) where blocking is allowed.
     ///
     /// A dropped future gives up the lease it may have taken.
@@ -900,6 +903,31 @@ impl Cache {
         }
     }
 
+    /// Gives up a lease whose request may still be in flight: a future dropped between
+    /// sending a lease (or a marker's `add`) and reading the answer. The request went out on
+    /// a connection that was dropped with the future, so it may reach the server after a
+    /// delete sent on another connection: the key is deleted now and once more after
+    /// `IN_FLIGHT_GRACE` (off the runtime's threads, as [`release_lease_soon`] does). A
+    /// request still unprocessed after that (a server paused in between) leaves its marker
+    /// until it expires (at most `PENDING_TTL`): readers of the key wait `lease_wait` and
+    /// read the database meanwhile, and nothing is stale.
+    ///
+    /// [`release_lease_soon`]: Cache::release_lease_soon
+    pub(crate) fn release_in_flight_lease(&self, key: &str) {
+        #[cfg(feature = "tokio")]
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let cache = self.clone();
+            let key = key.to_string();
+            drop(handle.spawn(async move {
+                cache.release_lease_soon(&key);
+                tokio::time::sleep(IN_FLIGHT_GRACE).await;
+                cache.release_lease_soon(&key);
+            }));
+            return;
+        }
+        self.release_lease(key, true);
+    }
+
     /// Gives up a lease from a destructor: on a tokio runtime's thread with a backend that
     /// may block, on the runtime's blocking pool (a dropped future must not block its
     /// thread); anywhere else, now.
@@ -999,9 +1027,9 @@ impl Cache {
     /// the reads: the lookup's [`Lookup::marker`] says whether it was stored.
     ///
     /// `Ok(None)` only from a driver that must not block ([`Io::blocking`] is `None`), when
-    /// the read needs a repair that blocks: a server check after a reconnection, or counters
-    /// to create. It is checked before the read where possible; a lease the read took is
-    /// given up first.
+    /// the read needs a repair that blocks: a server check after a reconnection, or a counter
+    /// that is not a number. It is checked before the read where possible; a lease the read
+    /// took is given up first.
     async fn lookup_io<I: Io>(
         &self,
         io: &I,
@@ -1020,6 +1048,10 @@ impl Cache {
         let prefetch = self.prefetch_of(keys);
         let prefetched = prefetch.as_deref().unwrap_or_default();
         let all = lookup_order(keys, &version_keys, &generation_keys, prefetched);
+        // Dropped before its lease is handed over (a cancelled future: while the lease's
+        // request is in flight, or at a later await of this lookup), the lease this read
+        // may have taken is given up.
+        let mut attempt = LeaseAttempt(None);
         // What each key of `all` holds, in the order of `all`.
         let (mut got, mut marker) = match lease.filter(|_| n == 1) {
             None => (in_order(&all, io.get_multi(&all).await?), None),
@@ -1029,12 +1061,15 @@ impl Cache {
                 let marker = pending_marker();
                 let mut ops: Vec<Op<'_>> = all.iter().map(|k| Op::Get(k)).collect();
                 ops[0] = Op::Lease(keys[0], &marker, expiry);
-                // Dropped before the reply is read (a cancelled future), the lease this read
-                // may have taken is given up.
-                let attempt = LeaseAttempt(Some((self, keys[0])));
-                let replies = io.batch(&[&ops]).await;
-                attempt.disarm();
-                let replies = replies?.pop().unwrap_or_default();
+                attempt.0 = Some((self, keys[0]));
+                let replies = match io.batch(&[&ops]).await {
+                    Ok(mut replies) => replies.pop().unwrap_or_default(),
+                    // (The caller gives up what the failed batch may have stored.)
+                    Err(e) => {
+                        attempt.disarm();
+                        return Err(e);
+                    }
+                };
                 let mut won = None;
                 let mut got: Vec<Option<Item>> = replies
                     .into_iter()
@@ -1048,6 +1083,10 @@ impl Cache {
                     })
                     .collect();
                 got.resize(all.len(), None);
+                if won.is_none() {
+                    // Nothing of ours to give up.
+                    attempt.0 = None;
+                }
                 (got, won)
             }
         };
@@ -1063,12 +1102,18 @@ impl Cache {
         if blocking && self.watch_servers()? {
             got = in_order(&all, io.get_multi(&all).await?);
         } else if !blocking && !self.servers_checked() {
+            attempt.disarm();
             return defer(marker).await;
         }
-        let counters = match (parse_counters(&got[n..n + counted]), io.blocking()) {
-            (Some(counters), _) => counters,
-            (None, Some(backend)) => clock::ensure(backend, &all[n..n + counted])?,
-            (None, None) => return defer(marker).await,
+        let counters = match parse_counters(&got[n..n + counted]) {
+            Some(counters) => counters,
+            None => match clock::ensure(io, &all[n..n + counted]).await? {
+                Some(counters) => counters,
+                None => {
+                    attempt.disarm();
+                    return defer(marker).await;
+                }
+            },
         };
         let (versions, generations) = counters.split_at(version_keys.len());
         let mut recorded_now = recorded_versions(versions, generations, tables, guarded);
@@ -1123,6 +1168,8 @@ impl Cache {
                 },
             });
         }
+        // Handed over with the lookup (its `marker`).
+        attempt.disarm();
         Ok(Some(out))
     }
 
@@ -1313,9 +1360,13 @@ impl Cache {
         expiry: Expiry,
         marker: Option<&Placeholder>,
     ) -> Result<FillOutcome> {
+        // Dropped before the fill is done (a cancelled future), the marker it holds or may
+        // have added is given up.
+        let attempt = LeaseAttempt(Some((self, &token.key)));
         let outcome = self
             .fill_inner(io, token, payload, regs, expiry, marker)
             .await;
+        attempt.disarm();
         let counter = match &outcome {
             Ok(FillOutcome::Stored) => Counter::Fills,
             _ => Counter::SkippedFills,

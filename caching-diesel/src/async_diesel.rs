@@ -9,13 +9,12 @@
 //! [`PendingFill::finish`](caching_core::PendingFill::finish)) around the awaited database
 //! read, exactly the steps the blocking `read_through` runs; the engine writes those steps
 //! once, as `async fn`s over its I/O, and runs them with a blocking or a non-blocking driver.
-//! Backend calls of the in-process cache (`locmem://`) run inline. On memcached the whole
-//! read (lookup, lease and its waits, register, check, publish) runs on the backend's tokio
-//! client ([`Cache::begin_read_async`], [`PreparedFill::publish_async`](caching_core::PreparedFill::publish_async));
-//! the rare read that needs a blocking repair (a server check after a reconnection, counters
-//! to create) runs its first half on tokio's blocking pool. On Redis a hit is read without
-//! blocking ([`Cache::try_hit_async`]) and the rest runs on the blocking pool
-//! (`spawn_blocking`) with the blocking client. Invalidations run on the blocking pool.
+//! Backend calls of the in-process cache (`locmem://`) run inline. On memcached and Redis the
+//! whole read (lookup, lease and its waits, register, check, publish) runs on the backend's
+//! tokio client ([`Cache::begin_read_async`], [`PreparedFill::publish_async`](caching_core::PreparedFill::publish_async));
+//! the rare read that needs a blocking repair (a server check after a reconnection, a counter
+//! that is not a number) runs its first half on tokio's blocking pool (`spawn_blocking`) with the
+//! blocking client, as do invalidations.
 //! Inline reads never wait for another reader's fill (stampede protection's wait would block
 //! the runtime's thread): such a reader reads the database at once.
 //!

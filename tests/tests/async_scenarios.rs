@@ -418,28 +418,32 @@ macro_rules! suite {
                 let Some(e) = env("cancel_tx").await else {
                     return;
                 };
-                for k in 1..=200 {
-                    let mut conn = e.another().await;
-                    let mut a = find(&mut conn, 1).await;
-                    a.val += 1;
-                    let fut = conn.transaction(async |conn| {
-                        let _: Addon = conn.save_changes(&a).await?;
-                        Ok::<_, diesel::result::Error>(())
-                    });
-                    let done = PollLimit::new(fut, k).await;
-                    drop(conn);
-                    check_not_stale(&e, k).await;
-                    if let Some(r) = done {
-                        r.unwrap();
-                        eprintln!("transaction finished at poll {k}");
-                        assert!(
-                            k > 1,
-                            "the transaction never awaited: nothing was dropped mid-way"
-                        );
-                        return;
+                // A transaction whose every reply was already there when first polled (seen
+                // once on a loaded machine) drops nothing mid-way: such a round is run again.
+                for round in 0..3 {
+                    for k in 1..=200 {
+                        let mut conn = e.another().await;
+                        let mut a = find(&mut conn, 1).await;
+                        a.val += 1;
+                        let fut = conn.transaction(async |conn| {
+                            let _: Addon = conn.save_changes(&a).await?;
+                            Ok::<_, diesel::result::Error>(())
+                        });
+                        let done = PollLimit::new(fut, k).await;
+                        drop(conn);
+                        check_not_stale(&e, k).await;
+                        if let Some(r) = done {
+                            r.unwrap();
+                            eprintln!("transaction finished at poll {k} (round {round})");
+                            if k > 1 {
+                                return;
+                            }
+                            break;
+                        }
+                        assert!(k < 200, "the transaction never finished");
                     }
                 }
-                panic!("the transaction never finished");
+                panic!("the transaction never awaited: nothing was dropped mid-way");
             });
         }
 
@@ -449,24 +453,27 @@ macro_rules! suite {
                 let Some(e) = env("cancel_write").await else {
                     return;
                 };
-                for k in 1..=200 {
-                    let mut conn = e.another().await;
-                    let mut a = find(&mut conn, 1).await;
-                    a.val += 1;
-                    let done = PollLimit::new(conn.save_changes::<Addon, _>(&a), k).await;
-                    drop(conn);
-                    check_not_stale(&e, k).await;
-                    if let Some(r) = done {
-                        r.unwrap();
-                        eprintln!("write finished at poll {k}");
-                        assert!(
-                            k > 1,
-                            "the write never awaited: nothing was dropped mid-way"
-                        );
-                        return;
+                // As for transactions: a write done at the first poll is run again.
+                for round in 0..3 {
+                    for k in 1..=200 {
+                        let mut conn = e.another().await;
+                        let mut a = find(&mut conn, 1).await;
+                        a.val += 1;
+                        let done = PollLimit::new(conn.save_changes::<Addon, _>(&a), k).await;
+                        drop(conn);
+                        check_not_stale(&e, k).await;
+                        if let Some(r) = done {
+                            r.unwrap();
+                            eprintln!("write finished at poll {k} (round {round})");
+                            if k > 1 {
+                                return;
+                            }
+                            break;
+                        }
+                        assert!(k < 200, "the write never finished");
                     }
                 }
-                panic!("the write never finished");
+                panic!("the write never awaited: nothing was dropped mid-way");
             });
         }
     };

@@ -12,7 +12,7 @@
 //!
 //! With `caching-core`'s feature `tokio` as well, the crate's `tokio-comp` feature is on: its
 //! async connection (`redis::aio::MultiplexedConnection`) serves
-//! [`Backend::get_multi_async`], the reads of the async hit path. `tokio-comp` is the
+//! [`Backend::get_multi_async`] and [`Backend::batch_async`], the async read path. `tokio-comp` is the
 //! smallest set that has one (`aio` alone does not build without a runtime feature): it adds
 //! the crate's async codec and multiplexer (tokio-util, futures-util, async-lock, bytes) to
 //! tokio's `net`, `rt` and `time`, which the feature `tokio` enables anyway. Still no
@@ -81,17 +81,19 @@
 //! long reply a byte at a time can stretch one exchange past that. The crate trusts the
 //! lengths a server announces; point it only at a Redis you run.
 //!
-//! The non-blocking reads ([`Backend::get_multi_async`], feature `tokio`, inside a tokio
-//! runtime) have a pool of their own, of the crate's async connections, under the same rules
-//! and the same fail-fast window: a failure there marks the server down for blocking calls
-//! too, and a server marked down fails both at once. Each such connection serves one read at
-//! a time, and the read itself drives it (its requests and replies move while the read is
-//! awaited; no task is spawned). Opening one (TCP, authentication, `SELECT`) is bounded by
-//! `connect_timeout`, then its name and the eviction policy (while unknown) by `io_timeout`;
-//! a read (sending its `MGET`s and receiving every reply) is bounded by `io_timeout` as a
-//! whole, which a trickling server cannot stretch. A read that fails, times out or is
-//! cancelled (its future dropped) drops its connection, so a reply left in flight is never
-//! read as the answer to a later request. The backend counts no connections opened
+//! The non-blocking calls ([`Backend::get_multi_async`] and [`Backend::batch_async`], feature
+//! `tokio`, inside a tokio runtime) have a pool of their own, of the crate's async
+//! connections, under the same rules and the same fail-fast window: a failure there marks the
+//! server down for blocking calls too, and a server marked down fails both at once. A batch
+//! sends the commands a blocking batch sends, and its replies are decoded by the same code.
+//! Each such connection serves one exchange at a time, and the exchange itself drives it (its
+//! requests and replies move while it is awaited; no task is spawned). Opening one (TCP,
+//! authentication, `SELECT`) is bounded by `connect_timeout`, then its name, the eviction
+//! policy (while unknown) and loading the scripts by `io_timeout`; an exchange (sending its
+//! commands and receiving every reply) is bounded by `io_timeout` as a whole, which a
+//! trickling server cannot stretch. An exchange that fails, times out or is cancelled (its
+//! future dropped) drops its connection, so a reply left in flight is never read as the
+//! answer to a later request. The backend counts no connections opened
 //! ([`Backend::connections_opened`] is 0): that count serves the check of servers that came
 //! back empty among several, and a Redis backend has one server.
 //!
@@ -110,9 +112,9 @@ use std::time::Duration;
 
 use redis::{Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, Value};
 
-#[cfg(feature = "tokio")]
-use super::AsyncGets;
 use super::{check_keys, AppendOutcome, Backend, CasOutcome, Item, Op, OpReply, Placeholder};
+#[cfg(feature = "tokio")]
+use super::{AsyncBatch, AsyncGets};
 use crate::error::{ConfigError, Error, Result};
 use crate::timeout::Expiry;
 
@@ -726,6 +728,25 @@ async fn drive<T>(
     }
 }
 
+/// A batch's replies to decode ([`Redis::encode_batch`]).
+struct EncodedBatch {
+    /// Per stage and op, its reply when known without asking.
+    out: Vec<Vec<Option<OpReply>>>,
+    /// Per stage: what it sent.
+    sent: Vec<SentStage>,
+}
+
+/// One stage of a batch as sent: its gets, the other ops sent, the values its leases stored,
+/// and how many commands it sent.
+type SentStage = (Vec<usize>, Vec<usize>, Vec<Option<Vec<u8>>>, usize);
+
+/// Whether a script call was answered `NOSCRIPT` (the server's scripts were flushed).
+fn refused_scripts(replies: &[Value]) -> bool {
+    replies
+        .iter()
+        .any(|v| matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT"))
+}
+
 /// A connection that ended under a request, as the crate reports it (a dropped connection).
 #[cfg(feature = "tokio")]
 fn closed_error() -> redis::RedisError {
@@ -1212,9 +1233,8 @@ impl Redis {
 
     /// Opens a non-blocking connection (feature `tokio`), as [`connect`](Self::connect)
     /// opens a blocking one: TCP, authentication and `SELECT` within `connect_timeout`, then
-    /// the name and, while it is unknown, the eviction policy (one round trip within
-    /// `io_timeout`). No scripts: these connections only read. Any failure is
-    /// [`Error::Unavailable`].
+    /// the name, while it is unknown the eviction policy, and the scripts batches call (one
+    /// round trip within `io_timeout`). Any failure is [`Error::Unavailable`].
     #[cfg(feature = "tokio")]
     async fn connect_async(&self) -> Result<AsyncConn> {
         let unavailable = |reason: String| Error::Unavailable {
@@ -1258,8 +1278,11 @@ impl Redis {
         if read_policy {
             Self::policy_commands(&mut setup);
         }
-        if setup.is_empty() {
-            return Ok(conn);
+        // Batches send scripts by hash only, as on blocking connections: make sure the
+        // server knows them (it does until it restarts, a new connection, or a
+        // `SCRIPT FLUSH`). Their replies are not read: a refusal shows as `NOSCRIPT`.
+        for script in [&self.append, &self.cas, &self.incr] {
+            setup.cmd("SCRIPT").arg("LOAD").arg(script.src);
         }
         setup.ignore_errors();
         let replies = conn
@@ -1368,91 +1391,30 @@ impl Redis {
         Ok(replies)
     }
 
-    /// A script's small-integer outcome.
-    fn outcome(&self, v: &Value) -> Result<i64> {
-        match v {
-            Value::Int(n) => Ok(*n),
-            other => Err(self.bad_reply(other)),
-        }
-    }
-}
-
-impl Backend for Redis {
-    fn name(&self) -> &'static str {
-        "redis"
-    }
-
-    fn max_item_size(&self) -> usize {
-        self.options.item_size
-    }
-
-    fn get_multi(&self, keys: &[&str]) -> Result<HashMap<String, Item>> {
-        check_keys(keys.iter().copied())?;
-        let mut out = HashMap::with_capacity(keys.len());
-        if keys.is_empty() {
-            return Ok(out);
-        }
-        let mut pipe = redis::pipe();
-        for cmd in Self::mget_cmds(keys) {
-            pipe.add_command(cmd);
-        }
-        let replies = self.run(&mut pipe)?;
-        for (chunk, reply) in keys.chunks(MGET_CHUNK).zip(replies) {
-            for (key, item) in chunk.iter().zip(self.mget_items(chunk.len(), reply)?) {
-                if let Some(item) = item {
-                    out.insert(key.to_string(), item);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// The same `MGET`s as [`get_multi`](Backend::get_multi) on the crate's async connection
-    /// (feature `tokio`), their replies read by the same code, under the same fail-fast
-    /// window and pool rules; the read bounded by `io_timeout` as a whole (see the module
-    /// docs, "Connections"). `None` outside a tokio runtime.
-    #[cfg(feature = "tokio")]
-    fn get_multi_async<'a>(&'a self, keys: &'a [&'a str]) -> Option<AsyncGets<'a>> {
-        tokio::runtime::Handle::try_current().ok()?;
-        Some(Box::pin(async move {
-            check_keys(keys.iter().copied())?;
-            if keys.is_empty() {
-                return Ok(Vec::new());
-            }
-            let cmds: Vec<Cmd> = Self::mget_cmds(keys).collect();
-            let replies = self.exchange_async(&cmds).await?;
-            let mut out = Vec::with_capacity(keys.len());
-            for (chunk, reply) in keys.chunks(MGET_CHUNK).zip(replies) {
-                out.extend(self.mget_items(chunk.len(), reply)?);
-            }
-            Ok(out)
-        }))
-    }
-
-    fn batch(&self, stages: &[&[Op<'_>]]) -> Result<Vec<Vec<OpReply>>> {
-        // One server that runs a connection's commands in order: the whole batch is one
-        // pipeline.
+    /// A batch's commands, in order, and what decoding their replies needs (both clients).
+    fn encode_batch(&self, stages: &[&[Op<'_>]]) -> Result<(Vec<Cmd>, EncodedBatch)> {
         for ops in stages {
-            check_keys(ops.iter().map(Op::key))?;
+            check_keys(ops.iter().map(|op| op.key()))?;
         }
         let limit = self.options.item_size;
-        let mut pipe = redis::pipe();
+        let mut cmds: Vec<Cmd> = Vec::new();
         let mut out: Vec<Vec<Option<OpReply>>> = Vec::with_capacity(stages.len());
-        // Per stage: its gets (one MGET per chunk), then the ops sent, in order.
-        // Per stage: its gets, the other ops sent, and the values its leases stored.
-        #[allow(clippy::type_complexity)]
-        let mut sent: Vec<(Vec<usize>, Vec<usize>, Vec<Option<Vec<u8>>>)> =
-            Vec::with_capacity(stages.len());
+        // Per stage: its gets (one MGET per chunk), then the ops sent, in order: the gets,
+        // the other ops sent, the values its leases stored, and how many commands it sent.
+        let mut sent = Vec::with_capacity(stages.len());
         let script = |c: &mut Cmd, lua: &Lua| {
             c.arg(&lua.sha).arg(1);
         };
         for ops in stages {
+            let sent_before = cmds.len();
             let gets: Vec<usize> = (0..ops.len())
                 .filter(|i| matches!(ops[*i], Op::Get(_)))
                 .collect();
             for chunk in gets.chunks(MGET_CHUNK) {
                 let keys: Vec<&str> = chunk.iter().map(|i| ops[*i].key()).collect();
-                pipe.cmd("MGET").arg(keys);
+                let mut mget = redis::cmd("MGET");
+                mget.arg(keys);
+                cmds.push(mget);
             }
             let mut replies = vec![None; ops.len()];
             let mut leases: Vec<Option<Vec<u8>>> = vec![None; ops.len()];
@@ -1462,7 +1424,9 @@ impl Backend for Redis {
                     Op::Get(_) => continue,
                     // A read, then an add of the marker: two commands, one reply.
                     Op::Lease(k, v, expiry) => {
-                        pipe.cmd("GET").arg(k);
+                        let mut get = redis::cmd("GET");
+                        get.arg(k);
+                        cmds.push(get);
                         let stored = self.stored(if self.fits(v) { v } else { &[] });
                         let mut c = redis::cmd("SET");
                         c.arg(k).arg(&stored).arg("NX");
@@ -1519,25 +1483,28 @@ impl Backend for Redis {
                         c
                     }
                 };
-                pipe.add_command(cmd);
+                cmds.push(cmd);
                 others.push(i);
             }
             out.push(replies);
-            sent.push((gets, others, leases));
+            sent.push((gets, others, leases, cmds.len() - sent_before));
         }
-        let mut replies = self.run(&mut pipe)?.into_iter();
-        if replies
-            .as_slice()
-            .iter()
-            .any(|v| matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT"))
-        {
-            // The scripts were flushed since this connection loaded them: the commands after
-            // the refused ones ran out of order. Load them for the next call, and fail this
-            // one (every caller treats a failed batch as not done).
-            let _ = self.exchange(true, |conn| self.load_scripts(conn));
-            return Err(self.protocol("NOSCRIPT in a batch (scripts flushed); not completed"));
+        Ok((cmds, EncodedBatch { out, sent }))
+    }
+
+    /// Each op's reply from the `replies` to [`encode_batch`](Self::encode_batch)'s commands.
+    fn decode_batch(
+        &self,
+        stages: &[&[Op<'_>]],
+        encoded: EncodedBatch,
+        replies: Vec<Value>,
+    ) -> Result<Vec<Vec<OpReply>>> {
+        let EncodedBatch { mut out, sent } = encoded;
+        if replies.len() != sent.iter().map(|s| s.3).sum::<usize>() {
+            return Err(self.protocol("a batch's replies do not match its commands"));
         }
-        for ((ops, (gets, others, mut leases)), stage) in
+        let mut replies = replies.into_iter();
+        for ((ops, (gets, others, mut leases, _)), stage) in
             stages.iter().zip(sent).zip(out.iter_mut())
         {
             for chunk in gets.chunks(MGET_CHUNK) {
@@ -1608,6 +1575,114 @@ impl Backend for Redis {
                     .collect()
             })
             .collect())
+    }
+
+    /// A script's small-integer outcome.
+    fn outcome(&self, v: &Value) -> Result<i64> {
+        match v {
+            Value::Int(n) => Ok(*n),
+            other => Err(self.bad_reply(other)),
+        }
+    }
+}
+
+impl Backend for Redis {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn max_item_size(&self) -> usize {
+        self.options.item_size
+    }
+
+    fn get_multi(&self, keys: &[&str]) -> Result<HashMap<String, Item>> {
+        check_keys(keys.iter().copied())?;
+        let mut out = HashMap::with_capacity(keys.len());
+        if keys.is_empty() {
+            return Ok(out);
+        }
+        let mut pipe = redis::pipe();
+        for cmd in Self::mget_cmds(keys) {
+            pipe.add_command(cmd);
+        }
+        let replies = self.run(&mut pipe)?;
+        for (chunk, reply) in keys.chunks(MGET_CHUNK).zip(replies) {
+            for (key, item) in chunk.iter().zip(self.mget_items(chunk.len(), reply)?) {
+                if let Some(item) = item {
+                    out.insert(key.to_string(), item);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The same `MGET`s as [`get_multi`](Backend::get_multi) on the crate's async connection
+    /// (feature `tokio`), their replies read by the same code, under the same fail-fast
+    /// window and pool rules; the read bounded by `io_timeout` as a whole (see the module
+    /// docs, "Connections"). `None` outside a tokio runtime.
+    #[cfg(feature = "tokio")]
+    fn get_multi_async<'a>(&'a self, keys: &'a [&'a str]) -> Option<AsyncGets<'a>> {
+        tokio::runtime::Handle::try_current().ok()?;
+        Some(Box::pin(async move {
+            check_keys(keys.iter().copied())?;
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let cmds: Vec<Cmd> = Self::mget_cmds(keys).collect();
+            let replies = self.exchange_async(&cmds).await?;
+            let mut out = Vec::with_capacity(keys.len());
+            for (chunk, reply) in keys.chunks(MGET_CHUNK).zip(replies) {
+                out.extend(self.mget_items(chunk.len(), reply)?);
+            }
+            Ok(out)
+        }))
+    }
+
+    fn batch(&self, stages: &[&[Op<'_>]]) -> Result<Vec<Vec<OpReply>>> {
+        // One server that runs a connection's commands in order: the whole batch is one
+        // pipeline.
+        let (cmds, encoded) = self.encode_batch(stages)?;
+        let mut pipe = redis::pipe();
+        for cmd in cmds {
+            pipe.add_command(cmd);
+        }
+        let replies = self.run(&mut pipe)?;
+        if refused_scripts(&replies) {
+            // The scripts were flushed since they were loaded: the commands after the
+            // refused ones ran out of order. Load them for the next call, and fail this one
+            // (every caller treats a failed batch as not done).
+            let _ = self.exchange(true, |conn| self.load_scripts(conn));
+            return Err(self.protocol("NOSCRIPT in a batch (scripts flushed); not completed"));
+        }
+        self.decode_batch(stages, encoded, replies)
+    }
+
+    /// [`batch`](Backend::batch) on the crate's async connection (feature `tokio`): the same
+    /// commands, their replies decoded by the same code ([`Redis::encode_batch`],
+    /// [`Redis::decode_batch`]), under the fail-fast window and pool rules of the
+    /// non-blocking reads; `None` outside a tokio runtime.
+    #[cfg(feature = "tokio")]
+    fn batch_async<'a>(&'a self, stages: &'a [&'a [Op<'a>]]) -> Option<AsyncBatch<'a>> {
+        tokio::runtime::Handle::try_current().ok()?;
+        Some(Box::pin(async move {
+            let (cmds, encoded) = self.encode_batch(stages)?;
+            let replies = if cmds.is_empty() {
+                Vec::new()
+            } else {
+                self.exchange_async(&cmds).await?
+            };
+            if refused_scripts(&replies) {
+                let mut load = Vec::new();
+                for script in [&self.append, &self.cas, &self.incr] {
+                    let mut c = redis::cmd("SCRIPT");
+                    c.arg("LOAD").arg(script.src);
+                    load.push(c);
+                }
+                let _ = self.exchange_async(&load).await;
+                return Err(self.protocol("NOSCRIPT in a batch (scripts flushed); not completed"));
+            }
+            self.decode_batch(stages, encoded, replies)
+        }))
     }
 
     fn add_multi(&self, items: &[(&str, &[u8])], expiry: Expiry) -> Result<Vec<bool>> {
