@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::backend::{Backend, Op};
+use crate::backend::Op;
 use crate::error::Result;
 use crate::io::Io;
 use crate::timeout::Expiry;
@@ -40,11 +40,8 @@ pub(crate) fn random_start() -> u64 {
 /// Makes sure each counter exists and holds a number, and returns the current values, in
 /// order. A missing counter is created and one that is not a number is replaced, both with a
 /// fresh random value (as if it had been evicted: it reads as "changed" to every reader).
-///
-/// The missing counters are created and all of them read back in one batch. A counter that
-/// is not a number is replaced with the blocking driver; the non-blocking one answers
-/// `Ok(None)` then, leaving the read to the blocking driver (`Io::blocking`).
-pub(crate) async fn ensure<I: Io>(io: &I, keys: &[&str]) -> Result<Option<Vec<u64>>> {
+/// The missing counters are created and all of them read back in one batch.
+pub(crate) async fn ensure<I: Io>(io: &I, keys: &[&str]) -> Result<Vec<u64>> {
     let fresh: Vec<Vec<u8>> = keys
         .iter()
         .map(|_| random_start().to_string().into_bytes())
@@ -59,11 +56,10 @@ pub(crate) async fn ensure<I: Io>(io: &I, keys: &[&str]) -> Result<Option<Vec<u6
     let got = crate::read::values_of(keys, replies.nth(1).unwrap_or_default());
     let mut out = Vec::with_capacity(keys.len());
     for k in keys {
-        match (got.get(*k).map(|i| parse(&i.value)), io.blocking()) {
-            (Some(Some(n)), _) => out.push(n),
-            (Some(None), Some(backend)) => out.push(repair(backend, k)?),
-            (Some(None), None) => return Ok(None),
-            (None, _) => {
+        match got.get(*k).map(|i| parse(&i.value)) {
+            Some(Some(n)) => out.push(n),
+            Some(None) => out.push(repair(io, k).await?),
+            None => {
                 return Err(crate::Error::Protocol {
                     server: String::new(),
                     line: format!("counter {k} vanished right after it was created"),
@@ -71,7 +67,7 @@ pub(crate) async fn ensure<I: Io>(io: &I, keys: &[&str]) -> Result<Option<Vec<u6
             }
         }
     }
-    Ok(Some(out))
+    Ok(out)
 }
 
 /// Increments counters; a missing one is created with a random value, and one that is not a
@@ -79,13 +75,13 @@ pub(crate) async fn ensure<I: Io>(io: &I, keys: &[&str]) -> Result<Option<Vec<u6
 /// as changed). All counters go in one pipelined batch (one round trip per server), the
 /// missing ones are created in a second. Every counter is attempted even if an earlier one
 /// failed; the first error is returned. Returns how many counters were repaired.
-pub(crate) fn bump(backend: &dyn Backend, keys: &[String]) -> Result<u64> {
+pub(crate) async fn bump<I: Io>(io: &I, keys: &[String]) -> Result<u64> {
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-    match backend.incr_multi(&refs, 1) {
-        Ok(outcomes) => settle(backend, &refs, outcomes),
+    match io.incr_multi(&refs, 1).await {
+        Ok(outcomes) => settle(io, &refs, outcomes).await,
         // A server failed: go counter by counter, so each one that can be bumped is (one
         // bumped twice is still only "changed").
-        Err(_) => bump_each(backend, &refs),
+        Err(_) => bump_each(io, &refs).await,
     }
 }
 
@@ -113,8 +109,8 @@ pub(crate) fn incr_outcomes(
 
 /// Finishes a bump whose increments answered `outcomes`: creates the counters that were
 /// missing (random start) and repairs those that were not numbers. The repaired count.
-pub(crate) fn settle(
-    backend: &dyn Backend,
+pub(crate) async fn settle<I: Io>(
+    io: &I,
     refs: &[&str],
     outcomes: Vec<Result<Option<u64>>>,
 ) -> Result<u64> {
@@ -128,7 +124,7 @@ pub(crate) fn settle(
                 missing.push(*key);
                 Ok(())
             }
-            Err(crate::Error::NotANumber { .. }) => repaired_one(backend, key, &mut repaired),
+            Err(crate::Error::NotANumber { .. }) => repaired_one(io, key, &mut repaired).await,
             Err(e) => Err(e),
         };
         if let Err(e) = done {
@@ -145,12 +141,12 @@ pub(crate) fn settle(
             .zip(&fresh)
             .map(|(k, v)| (*k, v.as_slice()))
             .collect();
-        match backend.add_multi(&items, Expiry::Forever) {
+        match io.add_multi(&items, Expiry::Forever).await {
             Ok(stored) => {
                 for (key, stored) in missing.iter().zip(stored) {
                     // Lost the add race: someone created it meanwhile; increment theirs.
                     if !stored {
-                        if let Err(e) = bump_one(backend, key, &mut repaired) {
+                        if let Err(e) = bump_one(io, key, &mut repaired).await {
                             first_error.get_or_insert(e);
                         }
                     }
@@ -165,51 +161,60 @@ pub(crate) fn settle(
 }
 
 /// [`bump`] one counter at a time.
-fn bump_each(backend: &dyn Backend, keys: &[&str]) -> Result<u64> {
+async fn bump_each<I: Io>(io: &I, keys: &[&str]) -> Result<u64> {
     let mut first_error = None;
     let mut repaired = 0;
     for k in keys {
-        if let Err(e) = bump_one(backend, k, &mut repaired) {
+        if let Err(e) = bump_one(io, k, &mut repaired).await {
             first_error.get_or_insert(e);
         }
     }
     first_error.map_or(Ok(repaired), Err)
 }
 
-fn bump_one(backend: &dyn Backend, key: &str, repaired: &mut u64) -> Result<()> {
-    let fresh = || random_start().to_string().into_bytes();
-    match backend.incr(key, 1) {
+async fn bump_one<I: Io>(io: &I, key: &str, repaired: &mut u64) -> Result<()> {
+    let fresh = random_start().to_string().into_bytes();
+    match io.incr(key, 1).await {
         Ok(Some(_)) => Ok(()),
         Ok(None) => {
-            if backend.add(key, &fresh(), Expiry::Forever)? {
+            if io.add(key, &fresh, Expiry::Forever).await? {
                 return Ok(());
             }
             // Lost the add race: someone created it meanwhile; increment theirs.
-            match backend.incr(key, 1) {
+            match io.incr(key, 1).await {
                 Ok(_) => Ok(()),
-                Err(crate::Error::NotANumber { .. }) => repaired_one(backend, key, repaired),
+                Err(crate::Error::NotANumber { .. }) => repaired_one(io, key, repaired).await,
                 Err(e) => Err(e),
             }
         }
-        Err(crate::Error::NotANumber { .. }) => repaired_one(backend, key, repaired),
+        Err(crate::Error::NotANumber { .. }) => repaired_one(io, key, repaired).await,
         Err(e) => Err(e),
     }
 }
 
-fn repaired_one(backend: &dyn Backend, key: &str, repaired: &mut u64) -> Result<()> {
-    repair(backend, key)?;
+async fn repaired_one<I: Io>(io: &I, key: &str, repaired: &mut u64) -> Result<()> {
+    repair(io, key).await?;
     *repaired += 1;
     Ok(())
 }
 
 /// Replaces a counter that is not a number by a fresh random value: the same as an eviction
-/// and re-creation, so every reader sees it as changed. Returns the new value.
-fn repair(backend: &dyn Backend, key: &str) -> Result<u64> {
+/// and re-creation, so every reader sees it as changed. Returns the new value (or, if another
+/// writer re-created it first, theirs).
+async fn repair<I: Io>(io: &I, key: &str) -> Result<u64> {
     tracing::warn!(
         key,
         "counter is not a number; replacing it with a fresh value"
     );
     let fresh = random_start();
-    backend.set(key, fresh.to_string().as_bytes(), Expiry::Forever)?;
-    Ok(fresh)
+    if io.replace(key, fresh.to_string().as_bytes()).await? {
+        return Ok(fresh);
+    }
+    io.get(key)
+        .await?
+        .and_then(|i| parse(&i.value))
+        .ok_or_else(|| crate::Error::Protocol {
+            server: String::new(),
+            line: format!("counter {key} is still not a number after its repair"),
+        })
 }

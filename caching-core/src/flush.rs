@@ -31,7 +31,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use crate::backend::{AppendOutcome, Backend, CasOutcome, Item, Op, OpReply};
+use crate::backend::{AppendOutcome, CasOutcome, Item, Op, OpReply};
 use crate::error::Result;
 use crate::io::Io;
 use crate::key::KeySpace;
@@ -670,7 +670,7 @@ pub struct InvalidationReport {
 }
 
 /// Hook points of the invalidation walk (for interleaving tests).
-pub(crate) trait WalkHooks {
+pub(crate) trait WalkHooks: Sync {
     fn step(&self, name: &'static str);
 }
 
@@ -685,41 +685,42 @@ pub(crate) struct Walked {
 /// Bumps `counters`, then deletes everything reachable from `roots` and clears the lists
 /// read, with CAS. The bump and the first read of the lists go in one batch (the read is
 /// ordered after the increments), the deletes and the clears in another.
-pub(crate) fn invalidate(
-    backend: &dyn Backend,
+pub(crate) async fn invalidate<I: Io>(
+    io: &I,
     ks: &KeySpace,
     counters: &[String],
     roots: Vec<String>,
     hooks: &dyn WalkHooks,
 ) -> Walked {
     let mut bumped = None;
-    let walked = walk(backend, ks, counters, roots, hooks, &mut bumped);
-    Walked {
-        // A walk that failed before its first read has not bumped yet: bump now.
-        bumped: bumped.unwrap_or_else(|| crate::clock::bump(backend, counters)),
-        walked,
-    }
+    let walked = walk(io, ks, counters, roots, hooks, &mut bumped).await;
+    // A walk that failed before its first read has not bumped yet: bump now.
+    let bumped = match bumped {
+        Some(b) => b,
+        None => crate::clock::bump(io, counters).await,
+    };
+    Walked { bumped, walked }
 }
 
 /// Reads the first level of `roots` in one batch after the increments of `counters`
 /// (setting `bumped`), or only reads them once `bumped` is set.
-fn read_level(
-    backend: &dyn Backend,
+async fn read_level<I: Io>(
+    io: &I,
     counters: &[String],
     refs: &[&str],
     bumped: &mut Option<Result<u64>>,
 ) -> Result<HashMap<String, Item>> {
     if bumped.is_some() {
-        return backend.get_multi(refs);
+        return io.get_multi(refs).await;
     }
     let names: Vec<&str> = counters.iter().map(String::as_str).collect();
     let incrs: Vec<Op<'_>> = names.iter().map(|k| Op::Incr(k, 1)).collect();
     let gets: Vec<Op<'_>> = refs.iter().map(|k| Op::Get(k)).collect();
-    match backend.batch(&[&incrs, &gets]) {
+    match io.batch(&[&incrs, &gets]).await {
         Ok(replies) => {
             let mut replies = replies.into_iter();
             let incr = crate::clock::incr_outcomes(&names, replies.next().unwrap_or_default());
-            *bumped = Some(crate::clock::settle(backend, &names, incr));
+            *bumped = Some(crate::clock::settle(io, &names, incr).await);
             Ok(crate::read::values_of(
                 refs,
                 replies.next().unwrap_or_default(),
@@ -727,14 +728,14 @@ fn read_level(
         }
         Err(_) => {
             // Bump counter by counter (each one that can be is), then read.
-            *bumped = Some(crate::clock::bump(backend, counters));
-            backend.get_multi(refs)
+            *bumped = Some(crate::clock::bump(io, counters).await);
+            io.get_multi(refs).await
         }
     }
 }
 
-fn walk(
-    backend: &dyn Backend,
+async fn walk<I: Io>(
+    io: &I,
     ks: &KeySpace,
     counters: &[String],
     roots: Vec<String>,
@@ -754,7 +755,7 @@ fn walk(
         while !level.is_empty() {
             report.levels += 1;
             let refs: Vec<&str> = level.iter().map(String::as_str).collect();
-            let got = read_level(backend, counters, &refs, bumped)?;
+            let got = read_level(io, counters, &refs, bumped).await?;
             let mut next = Vec::new();
             for list in &level {
                 let Some(item) = got.get(list) else { continue };
@@ -793,7 +794,7 @@ fn walk(
         if !versions.is_empty() {
             versions.sort();
             versions.dedup();
-            match crate::clock::bump(backend, &versions) {
+            match crate::clock::bump(io, &versions).await {
                 Ok(_) => report.overflow_versions.extend(versions),
                 Err(e) => bump_failed = Some(e),
             }
@@ -804,7 +805,8 @@ fn walk(
         report.deleted += doomed.len();
         let deletes: Vec<Op<'_>> = doomed.iter().map(|k| Op::Delete(k)).collect();
         if let Some(e) = bump_failed {
-            backend.delete_multi(&doomed.iter().map(String::as_str).collect::<Vec<_>>())?;
+            let doomed: Vec<&str> = doomed.iter().map(String::as_str).collect();
+            io.delete_multi(&doomed).await?;
             return Err(e);
         }
         // Clear with CAS: a list that changed since we read it holds registrations we have not
@@ -817,7 +819,7 @@ fn walk(
             .collect();
         let mut stage = deletes;
         stage.extend(clears);
-        let replies = backend.batch(&[&stage])?.pop().unwrap_or_default();
+        let replies = io.batch(&[&stage]).await?.pop().unwrap_or_default();
         let outcomes: Vec<CasOutcome> = replies
             .into_iter()
             .skip(doomed.len())

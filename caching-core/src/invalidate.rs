@@ -18,6 +18,7 @@ use crate::clock;
 use crate::error::Result;
 use crate::flush::{self, InvalidationReport};
 use crate::hooks::HookRef;
+use crate::io::{drive, Blocking, Io};
 use crate::key::ObjectKey;
 use crate::predicate::PredicateValue;
 use crate::stats::Counter;
@@ -245,11 +246,104 @@ impl Cache {
         if inv.is_empty() {
             return Ok(InvalidationReport::default());
         }
+        self.count_invalidation(inv);
+        match self.settle_invalidation(inv, self.invalidate_once(inv)) {
+            Settled::Done(report) => report,
+            Settled::Queued(ticket) => Ok(self.wait_for(ticket)),
+        }
+    }
+
+    /// [`invalidate`](Cache::invalidate) without blocking the thread (feature `tokio`): the
+    /// same steps (the same code: the `io` module) on the backend's non-blocking client
+    /// ([`Backend::batch_async`](crate::Backend::batch_async)). A backend without one is
+    /// invalidated on the runtime's blocking pool (the in-process cache, which never blocks,
+    /// on this thread). The rare steps that block (a server check after a reconnection,
+    /// waiting for a queued invalidation's delivery) run on the blocking pool.
+    ///
+    /// A dropped future loses nothing: an invalidation it had not finished is handed to the
+    /// background delivery (reads of its tables bypass the cache until it is delivered).
+    ///
+    /// ```
+    /// use caching_core::{Cache, Invalidation, ObjectKey, Timeout};
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let cache = Cache::locmem();
+    /// let user = ObjectKey::new("users", &["1"]);
+    /// let a: u32 = cache.cached_with(&user, "score", Timeout::Forever, || 1);
+    /// let mut inv = Invalidation::new();
+    /// inv.object(user.clone());
+    /// cache.invalidate_async(&inv).await.unwrap();
+    /// let b: u32 = cache.cached_with(&user, "score", Timeout::Forever, || 2);
+    /// assert_eq!((a, b), (1, 2));
+    /// # });
+    /// ```
+    #[cfg(feature = "tokio")]
+    pub async fn invalidate_async(&self, inv: &Invalidation) -> Result<InvalidationReport> {
+        if inv.is_empty() {
+            return Ok(InvalidationReport::default());
+        }
+        let Some(io) = crate::io::Nonblocking::of(&*self.inner.backend) else {
+            if !self.inner.backend.may_block() {
+                return self.invalidate(inv);
+            }
+            let (cache, owned) = (self.clone(), inv.clone());
+            // Dropped while the blocking task runs, the invalidation is queued as well (the
+            // caller's reads of its tables bypass the cache until one of them delivers it).
+            let mut owed = Owed(Some((self, inv)));
+            let ran = tokio::task::spawn_blocking(move || cache.invalidate(&owned)).await;
+            owed.0 = None;
+            return match ran {
+                Ok(report) => report,
+                // Never ran (the runtime is shutting down): the background delivery takes it.
+                Err(_) => Ok(self.queue_unfinished(inv)),
+            };
+        };
+        self.count_invalidation(inv);
+        // Dropped before it is settled, the invalidation goes to the background delivery.
+        let mut owed = Owed(Some((self, inv)));
+        let attempt = self.invalidate_once_io(&io, inv).await;
+        owed.0 = None;
+        match self.settle_invalidation(inv, attempt) {
+            Settled::Done(report) => report,
+            Settled::Queued(ticket) => {
+                let cache = self.clone();
+                match tokio::task::spawn_blocking(move || cache.wait_for(ticket)).await {
+                    Ok(report) => Ok(report),
+                    Err(_) => Ok(InvalidationReport {
+                        deferred: true,
+                        ..InvalidationReport::default()
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Queues an invalidation whose delivery is unknown for the background delivery.
+    #[cfg(feature = "tokio")]
+    fn queue_unfinished(&self, inv: &Invalidation) -> InvalidationReport {
+        tracing::warn!(tables = ?inv.written, "invalidation not finished; queued for background delivery");
+        let _ticket = self.inner.delivery.defer(self, inv.clone(), Duration::ZERO);
+        InvalidationReport {
+            deferred: true,
+            ..InvalidationReport::default()
+        }
+    }
+
+    /// Counts an invalidation about to be attempted.
+    fn count_invalidation(&self, inv: &Invalidation) {
         self.inner.stats.inc(Counter::Invalidations);
         if inv.plain {
             self.inner.stats.inc(Counter::PlainWrites);
         }
-        match self.invalidate_once(inv) {
+    }
+
+    /// What to do after one attempt at `inv`: done (delivered, or an error retrying cannot
+    /// help), or queued for delivery (the backend failed), to be waited for.
+    fn settle_invalidation(
+        &self,
+        inv: &Invalidation,
+        attempt: Result<InvalidationReport>,
+    ) -> Settled {
+        Settled::Done(match attempt {
             Ok(r) => {
                 tracing::debug!(tables = ?inv.written, objects = inv.objects.len(), parents = inv.parents.len(), deleted = r.deleted, "invalidated");
                 Ok(r)
@@ -265,18 +359,25 @@ impl Cache {
                 self.inner.stats.inc(Counter::FailedInvalidations);
                 tracing::warn!(error = %e, tables = ?inv.written, "invalidation not delivered; queued for retry (reads of these tables bypass the cache until it is delivered)");
                 let wait = self.inner.config.invalidation_wait;
-                let ticket = self.inner.delivery.defer(self, inv.clone(), wait);
-                Ok(self.wait_for(ticket))
+                return Settled::Queued(self.inner.delivery.defer(self, inv.clone(), wait));
             }
-        }
+        })
     }
 
     /// One attempt at an invalidation. Every step runs even if an earlier one failed (a
     /// deletion that can happen should); the first error is returned, and the caller
     /// delivers the whole invalidation again later (each step is idempotent).
     pub(crate) fn invalidate_once(&self, inv: &Invalidation) -> Result<InvalidationReport> {
+        drive(self.invalidate_once_io(&Blocking(&*self.inner.backend), inv))
+    }
+
+    /// [`invalidate_once`](Cache::invalidate_once) over `io` (both drivers).
+    async fn invalidate_once_io<I: Io>(
+        &self,
+        io: &I,
+        inv: &Invalidation,
+    ) -> Result<InvalidationReport> {
         let ks = &self.inner.keys;
-        let backend = &*self.inner.backend;
         self.step("bump");
         let mut counters: Vec<String> = inv.written.iter().map(|t| ks.generation_key(t)).collect();
         counters.extend(inv.whole.iter().map(|t| ks.version_key(t)));
@@ -302,7 +403,7 @@ impl Cache {
             }
         }
         let flush::Walked { bumped, walked } =
-            flush::invalidate(backend, ks, &counters, roots, &HookRef(&self.inner.hook));
+            flush::invalidate(io, ks, &counters, roots, &HookRef(&self.inner.hook)).await;
         if let Ok(repaired) = &bumped {
             self.inner.stats.add(Counter::Repairs, *repaired);
         }
@@ -313,7 +414,7 @@ impl Cache {
         }
         // A server the walk reached on a new connection may have come back empty, its lists
         // (and the registrations of entries on other servers) gone: not done until checked.
-        let watched = self.watch_servers();
+        let watched = io.watch_servers(self).await;
         bumped.and(walked).and_then(|r| watched.map(|_| r))
     }
 
@@ -424,8 +525,31 @@ impl Cache {
     }
 
     pub(crate) fn bump_namespace(&self) -> Result<()> {
-        let repaired = clock::bump(&*self.inner.backend, &[self.inner.keys.namespace_key()])?;
+        let io = Blocking(&*self.inner.backend);
+        let repaired = drive(clock::bump(&io, &[self.inner.keys.namespace_key()]))?;
         self.inner.stats.add(Counter::Repairs, repaired);
         Ok(())
+    }
+}
+
+/// What an attempt at an invalidation leaves to do ([`Cache::settle_invalidation`]).
+enum Settled {
+    /// Delivered, or failed in a way retrying cannot help.
+    Done(Result<InvalidationReport>),
+    /// Queued for the background delivery: its ticket and deadline, to wait for.
+    Queued((u64, std::time::Instant)),
+}
+
+/// An invalidation [`Cache::invalidate_async`] has not settled yet: dropped so (a cancelled
+/// future), it is queued for the background delivery.
+#[cfg(feature = "tokio")]
+struct Owed<'c>(Option<(&'c Cache, &'c Invalidation)>);
+
+#[cfg(feature = "tokio")]
+impl Drop for Owed<'_> {
+    fn drop(&mut self) {
+        if let Some((cache, inv)) = self.0.take() {
+            cache.queue_unfinished(inv);
+        }
     }
 }

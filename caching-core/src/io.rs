@@ -26,6 +26,7 @@ use std::time::Duration;
 use crate::backend::{Backend, CasOutcome, Item, Op, OpReply};
 use crate::error::{Error, Result};
 use crate::timeout::Expiry;
+use crate::Cache;
 
 /// How the protocol reaches the backend (see the module docs).
 pub(crate) trait Io: Sync {
@@ -63,13 +64,10 @@ pub(crate) trait Io: Sync {
 
     /// [`Backend::get`].
     fn get<'a>(&'a self, key: &'a str) -> impl Future<Output = Result<Option<Item>>> + Send + 'a {
-        async move {
-            let ops = [Op::Get(key)];
-            match one(self.batch(&[&ops]).await?) {
-                Some(OpReply::Value(item)) => Ok(item),
-                other => Err(unexpected("get", other)),
-            }
-        }
+        single(self, Op::Get(key), |r| match r {
+            OpReply::Value(item) => Ok(item),
+            other => Err(other),
+        })
     }
 
     /// [`Backend::add`].
@@ -79,13 +77,10 @@ pub(crate) trait Io: Sync {
         value: &'a [u8],
         expiry: Expiry,
     ) -> impl Future<Output = Result<bool>> + Send + 'a {
-        async move {
-            let ops = [Op::Add(key, value, expiry)];
-            match one(self.batch(&[&ops]).await?) {
-                Some(OpReply::Added(added)) => Ok(added),
-                other => Err(unexpected("add", other)),
-            }
-        }
+        single(self, Op::Add(key, value, expiry), |r| match r {
+            OpReply::Added(added) => Ok(added),
+            other => Err(other),
+        })
     }
 
     /// [`Backend::cas`].
@@ -96,33 +91,128 @@ pub(crate) trait Io: Sync {
         expiry: Expiry,
         cas: u64,
     ) -> impl Future<Output = Result<CasOutcome>> + Send + 'a {
-        async move {
-            let ops = [Op::Cas(key, value, expiry, cas)];
-            match one(self.batch(&[&ops]).await?) {
-                Some(OpReply::Cas(outcome)) => Ok(outcome),
-                other => Err(unexpected("cas", other)),
-            }
-        }
+        single(self, Op::Cas(key, value, expiry, cas), |r| match r {
+            OpReply::Cas(outcome) => Ok(outcome),
+            other => Err(other),
+        })
     }
 
     /// [`Backend::delete`].
     fn delete<'a>(&'a self, key: &'a str) -> impl Future<Output = Result<()>> + Send + 'a {
+        single(self, Op::Delete(key), |_| Ok(()))
+    }
+
+    /// [`Backend::delete_multi`].
+    fn delete_multi<'a>(
+        &'a self,
+        keys: &'a [&'a str],
+    ) -> impl Future<Output = Result<()>> + Send + 'a {
         async move {
-            let ops = [Op::Delete(key)];
+            let ops: Vec<Op<'_>> = keys.iter().map(|k| Op::Delete(k)).collect();
             self.batch(&[&ops]).await.map(|_| ())
         }
     }
+
+    /// [`Backend::add_multi`].
+    fn add_multi<'a>(
+        &'a self,
+        items: &'a [(&'a str, &'a [u8])],
+        expiry: Expiry,
+    ) -> impl Future<Output = Result<Vec<bool>>> + Send + 'a {
+        async move {
+            let ops: Vec<Op<'_>> = items.iter().map(|(k, v)| Op::Add(k, v, expiry)).collect();
+            let replies = self
+                .batch(&[&ops])
+                .await?
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            Ok(replies
+                .into_iter()
+                .map(|r| matches!(r, OpReply::Added(true)))
+                .collect())
+        }
+    }
+
+    /// [`Backend::incr_multi`].
+    fn incr_multi<'a>(
+        &'a self,
+        keys: &'a [&'a str],
+        delta: u64,
+    ) -> impl Future<Output = Result<Vec<Result<Option<u64>>>>> + Send + 'a {
+        async move {
+            let ops: Vec<Op<'_>> = keys.iter().map(|k| Op::Incr(k, delta)).collect();
+            let replies = self
+                .batch(&[&ops])
+                .await?
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            Ok(crate::clock::incr_outcomes(keys, replies))
+        }
+    }
+
+    /// [`Backend::incr`].
+    fn incr<'a>(
+        &'a self,
+        key: &'a str,
+        delta: u64,
+    ) -> impl Future<Output = Result<Option<u64>>> + Send + 'a {
+        async move {
+            let keys = [key];
+            let mut outcomes = self.incr_multi(&keys, delta).await?;
+            outcomes.pop().unwrap_or(Ok(None))
+        }
+    }
+
+    /// Replaces `key`'s value ([`Backend::set`]). Without a blocking backend, as a delete
+    /// then an add in one batch: an add that loses to another writer leaves that writer's
+    /// value (`Ok(false)`), which is all a counter's repair needs (it reads as changed).
+    fn replace<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+    ) -> impl Future<Output = Result<bool>> + Send + 'a {
+        async move {
+            let (delete, add) = ([Op::Delete(key)], [Op::Add(key, value, Expiry::Forever)]);
+            let replies = self.batch(&[&delete, &add]).await?;
+            Ok(matches!(
+                replies.get(1).and_then(|r| r.first()),
+                Some(OpReply::Added(true))
+            ))
+        }
+    }
+
+    /// Checks the servers after a reconnection ([`Cache::watch_servers`]): on the calling
+    /// thread for the blocking driver; on the runtime's blocking pool for the non-blocking
+    /// one, when a check is due (an atomic load otherwise).
+    fn watch_servers<'a>(
+        &'a self,
+        cache: &'a Cache,
+    ) -> impl Future<Output = Result<bool>> + Send + 'a;
 }
 
-/// The only reply of a one-op batch.
-fn one(replies: Vec<Vec<OpReply>>) -> Option<OpReply> {
-    replies.into_iter().next()?.into_iter().next()
-}
-
-fn unexpected(op: &str, reply: Option<OpReply>) -> Error {
-    Error::Protocol {
+/// One op as a one-op batch, its reply read by `answer` (which hands back a reply that does
+/// not answer that op).
+async fn single<I: Io + ?Sized, T>(
+    io: &I,
+    op: Op<'_>,
+    answer: fn(OpReply) -> std::result::Result<T, OpReply>,
+) -> Result<T> {
+    let ops = [op];
+    let reply = io
+        .batch(&[&ops])
+        .await?
+        .into_iter()
+        .next()
+        .and_then(|stage| stage.into_iter().next());
+    let unexpected = |reply: Option<OpReply>| Error::Protocol {
         server: String::new(),
-        line: format!("{reply:?} answering a batched {op}"),
+        line: format!("{reply:?} answering a batched {:?}", op.key()),
+    };
+    match reply {
+        Some(r) => answer(r).map_err(|r| unexpected(Some(r))),
+        None => Err(unexpected(None)),
     }
 }
 
@@ -185,6 +275,52 @@ impl Io for Blocking<'_> {
     fn delete<'a>(&'a self, key: &'a str) -> impl Future<Output = Result<()>> + Send + 'a {
         std::future::ready(self.0.delete(key))
     }
+
+    fn delete_multi<'a>(
+        &'a self,
+        keys: &'a [&'a str],
+    ) -> impl Future<Output = Result<()>> + Send + 'a {
+        std::future::ready(self.0.delete_multi(keys))
+    }
+
+    fn add_multi<'a>(
+        &'a self,
+        items: &'a [(&'a str, &'a [u8])],
+        expiry: Expiry,
+    ) -> impl Future<Output = Result<Vec<bool>>> + Send + 'a {
+        std::future::ready(self.0.add_multi(items, expiry))
+    }
+
+    fn incr_multi<'a>(
+        &'a self,
+        keys: &'a [&'a str],
+        delta: u64,
+    ) -> impl Future<Output = Result<Vec<Result<Option<u64>>>>> + Send + 'a {
+        std::future::ready(self.0.incr_multi(keys, delta))
+    }
+
+    fn incr<'a>(
+        &'a self,
+        key: &'a str,
+        delta: u64,
+    ) -> impl Future<Output = Result<Option<u64>>> + Send + 'a {
+        std::future::ready(self.0.incr(key, delta))
+    }
+
+    fn replace<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+    ) -> impl Future<Output = Result<bool>> + Send + 'a {
+        std::future::ready(self.0.set(key, value, Expiry::Forever).map(|()| true))
+    }
+
+    fn watch_servers<'a>(
+        &'a self,
+        cache: &'a Cache,
+    ) -> impl Future<Output = Result<bool>> + Send + 'a {
+        std::future::ready(cache.watch_servers())
+    }
 }
 
 /// Runs a protocol function over [`Blocking`] to its end on this thread. Its futures are
@@ -241,6 +377,20 @@ impl Io for Nonblocking<'_> {
     fn max_item_size(&self) -> usize {
         self.0.max_item_size()
     }
+
+    async fn watch_servers<'a>(&'a self, cache: &'a Cache) -> Result<bool> {
+        if cache.servers_checked() {
+            return Ok(false);
+        }
+        let cache = cache.clone();
+        match tokio::task::spawn_blocking(move || cache.watch_servers()).await {
+            Ok(watched) => watched,
+            Err(e) => Err(Error::Unavailable {
+                server: String::new(),
+                reason: format!("the server check did not run: {e}"),
+            }),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -284,6 +434,12 @@ mod tests {
             }
             fn max_item_size(&self) -> usize {
                 self.0.max_item_size()
+            }
+            fn watch_servers<'a>(
+                &'a self,
+                cache: &'a Cache,
+            ) -> impl Future<Output = Result<bool>> + Send + 'a {
+                std::future::ready(cache.watch_servers())
             }
         }
         let backend = LocMem::new();

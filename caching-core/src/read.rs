@@ -768,8 +768,8 @@ impl Cache {
     /// ([`Backend::batch_async`](crate::Backend::batch_async)); a lease's waits are tokio
     /// timers. `None` when that cannot be done here: the backend has no non-blocking client
     /// (the in-process cache never blocks: call [`begin_read`](Cache::begin_read)), or the
-    /// read needs a repair that blocks (a server check after a reconnection, a counter that
-    /// is not a number; anything this call stored is given up first). The caller then runs
+    /// read needs a server check first (several servers, a connection opened since the last
+    /// check; anything this call stored is given up first). The caller then runs
     /// [`begin_read`](Cache::begin_read) where blocking is allowed.
     ///
     /// A dropped future gives up the lease it may have taken.
@@ -1027,9 +1027,9 @@ impl Cache {
     /// the reads: the lookup's [`Lookup::marker`] says whether it was stored.
     ///
     /// `Ok(None)` only from a driver that must not block ([`Io::blocking`] is `None`), when
-    /// the read needs a repair that blocks: a server check after a reconnection, or a counter
-    /// that is not a number. It is checked before the read where possible; a lease the read
-    /// took is given up first.
+    /// a server check is due (a connection was opened since the last one): the read is left
+    /// to the blocking driver, which checks first. It is checked before the read where
+    /// possible; a lease the read took is given up first.
     async fn lookup_io<I: Io>(
         &self,
         io: &I,
@@ -1107,13 +1107,7 @@ impl Cache {
         }
         let counters = match parse_counters(&got[n..n + counted]) {
             Some(counters) => counters,
-            None => match clock::ensure(io, &all[n..n + counted]).await? {
-                Some(counters) => counters,
-                None => {
-                    attempt.disarm();
-                    return defer(marker).await;
-                }
-            },
+            None => clock::ensure(io, &all[n..n + counted]).await?,
         };
         let (versions, generations) = counters.split_at(version_keys.len());
         let mut recorded_now = recorded_versions(versions, generations, tables, guarded);

@@ -12,9 +12,9 @@
 //! Backend calls of the in-process cache (`locmem://`) run inline. On memcached and Redis the
 //! whole read (lookup, lease and its waits, register, check, publish) runs on the backend's
 //! tokio client ([`Cache::begin_read_async`], [`PreparedFill::publish_async`](caching_core::PreparedFill::publish_async));
-//! the rare read that needs a blocking repair (a server check after a reconnection, a counter
-//! that is not a number) runs its first half on tokio's blocking pool (`spawn_blocking`) with the
-//! blocking client, as do invalidations.
+//! the rare read that needs a server check first (after a reconnection, several servers) runs
+//! its first half on tokio's blocking pool (`spawn_blocking`) with the blocking client. A
+//! write's invalidation runs on the non-blocking client too ([`Cache::invalidate_async`]).
 //! Inline reads never wait for another reader's fill (stampede protection's wait would block
 //! the runtime's thread): such a reader reads the database at once.
 //!
@@ -306,17 +306,30 @@ impl OwedInvalidation {
         self.everything = false;
     }
 
-    /// Delivers it now: inline for in-process caches, else on the blocking pool (a
-    /// cancellation of the caller does not stop it).
-    async fn deliver(self) {
-        if self.inv.is_none() && !self.everything {
+    /// Delivers it now. A namespace bump: inline for in-process caches, else on the blocking
+    /// pool (a cancellation of the caller does not stop it). An invalidation: through each
+    /// cache's [`Cache::invalidate_async`] (its non-blocking client; inline for an
+    /// in-process cache). Cancelled mid-way, what is not delivered yet goes to the
+    /// background delivery: the cache being invalidated by its own guard, the others by
+    /// this one's drop.
+    async fn deliver(mut self) {
+        if self.everything {
+            if self.all_inline() {
+                self.run();
+            } else {
+                let _ = blocking(move || self.run()).await;
+            }
             return;
         }
-        if self.all_inline() {
-            self.run();
-        } else {
-            let _ = blocking(move || self.run()).await;
+        let Some(inv) = self.inv.clone() else {
+            return;
+        };
+        while let Some(cache) = <[Cache]>::first(&self.caches).cloned() {
+            // Errors are logged, counted and queued for retry inside.
+            let _ = cache.invalidate_async(&inv).await;
+            self.caches.remove(0);
         }
+        self.inv = None;
     }
 }
 

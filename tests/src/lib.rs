@@ -627,6 +627,114 @@ impl Backend for RecordingBackend {
     }
 }
 
+/// A network backend whose non-blocking calls yield to the runtime once before they run
+/// (feature `async`): every await of the async read and invalidation paths is then a real
+/// suspension point, whatever the machine's load (on loopback a reply can be there before it
+/// is asked for, and a whole exchange complete in one poll). Cancellation tests drop futures
+/// at each of them. Everything else goes straight through to the wrapped backend.
+#[cfg(feature = "async")]
+#[derive(Debug)]
+pub struct YieldingBackend(pub Arc<dyn Backend>);
+
+#[cfg(feature = "async")]
+impl Backend for YieldingBackend {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn max_item_size(&self) -> usize {
+        self.0.max_item_size()
+    }
+    fn may_block(&self) -> bool {
+        self.0.may_block()
+    }
+    fn get_multi(&self, keys: &[&str]) -> caching_core::Result<HashMap<String, Item>> {
+        self.0.get_multi(keys)
+    }
+    fn get_multi_async<'a>(
+        &'a self,
+        keys: &'a [&'a str],
+    ) -> Option<caching_core::backend::AsyncGets<'a>> {
+        let inner = self.0.get_multi_async(keys)?;
+        Some(Box::pin(async move {
+            tokio::task::yield_now().await;
+            inner.await
+        }))
+    }
+    fn batch_async<'a>(
+        &'a self,
+        stages: &'a [&'a [caching_core::Op<'a>]],
+    ) -> Option<caching_core::backend::AsyncBatch<'a>> {
+        let inner = self.0.batch_async(stages)?;
+        Some(Box::pin(async move {
+            tokio::task::yield_now().await;
+            inner.await
+        }))
+    }
+    fn add_multi(
+        &self,
+        items: &[(&str, &[u8])],
+        expiry: Expiry,
+    ) -> caching_core::Result<Vec<bool>> {
+        self.0.add_multi(items, expiry)
+    }
+    fn set_multi(&self, items: &[(&str, &[u8])], expiry: Expiry) -> caching_core::Result<()> {
+        self.0.set_multi(items, expiry)
+    }
+    fn append_multi(&self, items: &[(&str, &[u8])]) -> caching_core::Result<Vec<AppendOutcome>> {
+        self.0.append_multi(items)
+    }
+    fn cas(
+        &self,
+        key: &str,
+        value: &[u8],
+        expiry: Expiry,
+        cas: u64,
+    ) -> caching_core::Result<CasOutcome> {
+        self.0.cas(key, value, expiry, cas)
+    }
+    fn cas_multi(
+        &self,
+        items: &[(&str, &[u8], u64)],
+        expiry: Expiry,
+    ) -> caching_core::Result<Vec<CasOutcome>> {
+        self.0.cas_multi(items, expiry)
+    }
+    fn delete_multi(&self, keys: &[&str]) -> caching_core::Result<()> {
+        self.0.delete_multi(keys)
+    }
+    fn incr(&self, key: &str, delta: u64) -> caching_core::Result<Option<u64>> {
+        self.0.incr(key, delta)
+    }
+    fn incr_multi(
+        &self,
+        keys: &[&str],
+        delta: u64,
+    ) -> caching_core::Result<Vec<caching_core::Result<Option<u64>>>> {
+        self.0.incr_multi(keys, delta)
+    }
+    fn batch(
+        &self,
+        stages: &[&[caching_core::Op<'_>]],
+    ) -> caching_core::Result<Vec<Vec<caching_core::OpReply>>> {
+        self.0.batch(stages)
+    }
+    fn probe(&self) -> caching_core::Result<()> {
+        self.0.probe()
+    }
+    fn server_count(&self) -> usize {
+        self.0.server_count()
+    }
+    fn connections_opened(&self) -> u64 {
+        self.0.connections_opened()
+    }
+    fn get_on_server(&self, server: usize, key: &str) -> caching_core::Result<Option<Item>> {
+        self.0.get_on_server(server, key)
+    }
+    fn set_on_server(&self, server: usize, key: &str, value: &[u8]) -> caching_core::Result<()> {
+        self.0.set_on_server(server, key, value)
+    }
+}
+
 /// Finds an executable named `name` on `PATH`, as `which` does.
 pub fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;

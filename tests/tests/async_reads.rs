@@ -10,6 +10,9 @@
 //!   between the halves gives its lease up (the next reader does not wait);
 //! - a server that restarts among two defers the read to the blocking driver (which checks
 //!   the servers), then the async path serves again;
+//! - `Cache::invalidate_async` runs a write's invalidation on the same client, with the
+//!   blocking pool held too, and one dropped at any await is delivered by the background
+//!   delivery: the next read is fresh;
 //! - on a private redis-server (feature `redis`) too: misses, fills and hits without the
 //!   blocking pool, even for the first fill on a fresh server.
 #![cfg(feature = "async")]
@@ -23,7 +26,8 @@ use caching_core::{
     Backend, Cache, FillOutcome, Invalidation, ObjectKey, ReadOutcome, ReadPlan, ReadStart,
     Registrations,
 };
-use caching_tests::{test_memcached_options, unique_prefix, MemcachedProcess};
+use caching_tests::async_db::PollLimit;
+use caching_tests::{test_memcached_options, unique_prefix, MemcachedProcess, YieldingBackend};
 
 fn cache_on(servers: &[String], options: MemcachedOptions, test: &str) -> Cache {
     let mc: Arc<dyn Backend> = Arc::new(Memcached::new(servers, options).unwrap());
@@ -262,8 +266,8 @@ fn an_async_reader_waits_for_a_blocking_readers_fill() {
     assert_eq!(cache.stats().lease_waits, waits + 1);
 }
 
-/// Reads and fills cancelled at every await point (timeouts from zero up, on a server that
-/// answers in microseconds): none leaves a stale entry once the row is written. (A lease
+/// Reads and fills dropped at every await point (after 1, 2, .. polls; each backend call
+/// yields once, so every await is one): none leaves a stale entry once the row is written. (A lease
 /// whose request was still in flight when its future was dropped is given up twice, at once
 /// and 100 ms later; a request that reaches the server later still, as on this loaded
 /// machine, leaves its marker until it expires: counted and printed, not asserted.)
@@ -273,9 +277,11 @@ fn a_read_cancelled_anywhere_leaves_nothing_stale() {
     let Some(server) = MemcachedProcess::start(test) else {
         return;
     };
-    // A short lease wait: a reader meeting a marker left behind waits little.
-    let mc: Arc<dyn Backend> =
-        Arc::new(Memcached::new(&[server.addr()], test_memcached_options()).unwrap());
+    // A short lease wait: a reader meeting a marker left behind waits little. Every batch
+    // yields once before it runs, so each await is a point to drop the read at.
+    let mc: Arc<dyn Backend> = Arc::new(YieldingBackend(Arc::new(
+        Memcached::new(&[server.addr()], test_memcached_options()).unwrap(),
+    )));
     let cache = Cache::builder()
         .shared_backend(mc)
         .prefix(unique_prefix(test))
@@ -289,17 +295,18 @@ fn a_read_cancelled_anywhere_leaves_nothing_stale() {
         .build()
         .unwrap();
     let (mut cancelled, mut left_behind) = (0, 0);
-    for step in 0..60u64 {
+    for step in 1..=40usize {
         let db = format!("v{step}");
-        let deadline = Duration::from_micros(step * 15);
+        // Dropped after `step` polls (if not done by then).
+        let deadline = step;
         let finished = rt.block_on(async {
             let mut loads = 0;
-            tokio::time::timeout(
-                deadline,
+            PollLimit::new(
                 read_async_filling(&cache, &key, &db, &mut loads, false),
+                step,
             )
             .await
-            .is_ok()
+            .is_some()
         });
         if !finished {
             cancelled += 1;
@@ -323,10 +330,10 @@ fn a_read_cancelled_anywhere_leaves_nothing_stale() {
         invalidate_row(&cache);
         let next = format!("w{step}");
         let (got, _) = read_blocking(&cache, &key, &next);
-        assert_eq!(got, next, "a stale value after cancelling at {deadline:?}");
+        assert_eq!(got, next, "a stale value after dropping at poll {deadline}");
         invalidate_row(&cache);
     }
-    println!("async_reads cancelled: {cancelled} of 60 reads cancelled, {left_behind} leases found left behind");
+    println!("async_reads cancelled: {cancelled} of 40 reads cancelled, {left_behind} leases found left behind");
     assert!(
         cancelled > 0,
         "no read was cancelled: the test tested nothing"
@@ -377,6 +384,137 @@ fn an_abandoned_async_miss_gives_its_lease_up() {
             "the next reader waited for an abandoned lease (prepared: {prepared})"
         );
     }
+}
+
+/// Fills `keys` with `value` (async), then invalidates the row with the blocking pool held:
+/// the invalidation needs no blocking thread, and the next reads load `next`.
+fn invalidation_without_the_blocking_pool(cache: &Cache) {
+    let keys: Vec<String> = (0..6)
+        .map(|i| cache.keys().manual_key(&format!("w{i}")))
+        .collect();
+    let rt = runtime_without_blocking_pool();
+    rt.block_on(async {
+        // Warm: counters, connections (and, on several servers, their check).
+        for key in &keys {
+            let mut n = 0;
+            if read_async(cache, key, "old", &mut n).await.is_none() {
+                read_blocking(cache, key, "old");
+            }
+        }
+        let mut inv = Invalidation::new();
+        inv.object(row());
+        cache.invalidate_async(&inv).await.unwrap();
+        for key in &keys {
+            let mut n = 0;
+            if read_async(cache, key, "old", &mut n).await.is_none() {
+                read_blocking(cache, key, "old");
+            }
+        }
+        let release = Arc::new(AtomicBool::new(false));
+        let held = hold_blocking_pool(release.clone()).await;
+        let run = async {
+            let report = cache.invalidate_async(&inv).await.unwrap();
+            let mut loads = 0;
+            for key in &keys {
+                let got = read_async(cache, key, "new", &mut loads).await;
+                assert_eq!(got, Some(("new".to_string(), ReadOutcome::Miss)), "{key}");
+            }
+            report
+        };
+        let report = tokio::time::timeout(Duration::from_secs(10), run).await;
+        release.store(true, Ordering::SeqCst);
+        held.await.unwrap();
+        let report = report.expect("the invalidation waited for the blocking pool");
+        assert_eq!(report.deleted, keys.len(), "{report:?}");
+        assert!(!report.deferred);
+    });
+}
+
+#[test]
+fn an_invalidation_needs_no_blocking_thread() {
+    let test = "async_reads_invalidation";
+    let Some(server) = MemcachedProcess::start(test) else {
+        return;
+    };
+    invalidation_without_the_blocking_pool(&cache_on(
+        &[server.addr()],
+        test_memcached_options(),
+        test,
+    ));
+}
+
+#[test]
+fn an_invalidation_on_two_servers_needs_no_blocking_thread() {
+    let test = "async_reads_invalidation_two";
+    let (Some(a), Some(b)) = (
+        MemcachedProcess::start(test),
+        MemcachedProcess::start(&format!("{test}_b")),
+    ) else {
+        return;
+    };
+    invalidation_without_the_blocking_pool(&cache_on(
+        &[a.addr(), b.addr()],
+        test_memcached_options(),
+        test,
+    ));
+}
+
+/// Invalidations dropped at every await (after 1, 2, .. polls; each backend call yields
+/// once): each is delivered anyway (by the background delivery), and the next read loads
+/// the new value.
+#[test]
+fn an_invalidation_dropped_at_any_await_is_delivered() {
+    let test = "async_reads_invalidation_dropped";
+    let Some(server) = MemcachedProcess::start(test) else {
+        return;
+    };
+    let mc: Arc<dyn Backend> = Arc::new(YieldingBackend(Arc::new(
+        Memcached::new(&[server.addr()], test_memcached_options()).unwrap(),
+    )));
+    let cache = Cache::builder()
+        .shared_backend(mc)
+        .prefix(unique_prefix(test))
+        .build()
+        .unwrap();
+    let key = cache.keys().manual_key("q");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut cancelled = 0;
+    for step in 1..=30usize {
+        let old = format!("old{step}");
+        read_blocking(&cache, &key, &old);
+        assert_eq!(read_blocking(&cache, &key, "unused").0, old);
+        // Dropped after `step` polls (if not done by then).
+        let deadline = step;
+        let finished = rt.block_on(async {
+            let mut inv = Invalidation::new();
+            inv.object(row());
+            PollLimit::new(cache.invalidate_async(&inv), step)
+                .await
+                .is_some()
+        });
+        if !finished {
+            cancelled += 1;
+        }
+        assert!(
+            cache.wait_for_delivery(Duration::from_secs(10)),
+            "undelivered after dropping at poll {deadline}"
+        );
+        let new = format!("new{step}");
+        assert_eq!(
+            read_blocking(&cache, &key, &new).0,
+            new,
+            "stale after an invalidation dropped at poll {deadline}"
+        );
+        invalidate_row(&cache);
+    }
+    assert!(
+        cancelled > 0,
+        "no invalidation was dropped: the test tested nothing"
+    );
 }
 
 /// One of two servers restarts: the async path defers the read to the blocking driver (a
@@ -467,6 +605,15 @@ mod redis_backend {
             return;
         };
         no_blocking_pool_on(redis_cache(&server, test));
+    }
+
+    #[test]
+    fn an_invalidation_needs_no_blocking_thread() {
+        let test = "async_reads_redis_invalidation";
+        let Some(server) = RedisProcess::start(test) else {
+            return;
+        };
+        invalidation_without_the_blocking_pool(&redis_cache(&server, test));
     }
 
     /// A fresh server and a process whose first connection is non-blocking: the scripts a
