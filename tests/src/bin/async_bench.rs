@@ -139,10 +139,16 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     Ok(())
 }
 
-/// A key no read has used yet.
+/// A key no read has used yet (in this run or an earlier one on the same server).
 fn miss_key(cache: &Cache, seq: &AtomicU64) -> String {
+    static RUN: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    });
     cache.keys().manual_key(&format!(
-        "bench-miss-{}",
+        "bench-miss-{run}-{}",
         seq.fetch_add(1, Ordering::Relaxed)
     ))
 }
