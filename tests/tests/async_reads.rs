@@ -266,28 +266,33 @@ fn an_async_reader_waits_for_a_blocking_readers_fill() {
     assert_eq!(cache.stats().lease_waits, waits + 1);
 }
 
+/// A cache on `server` whose non-blocking calls yield once before they run
+/// ([`YieldingBackend`]): every await is then a point to drop a future at.
+fn yielding_cache(server: &MemcachedProcess, test: &str, lease_wait: Duration) -> Cache {
+    let mc: Arc<dyn Backend> = Arc::new(YieldingBackend(Arc::new(
+        Memcached::new(&[server.addr()], test_memcached_options()).unwrap(),
+    )));
+    Cache::builder()
+        .shared_backend(mc)
+        .prefix(unique_prefix(test))
+        .lease_wait(lease_wait)
+        .build()
+        .unwrap()
+}
+
 /// Reads and fills dropped at every await point (after 1, 2, .. polls; each backend call
-/// yields once, so every await is one): none leaves a stale entry once the row is written. (A lease
-/// whose request was still in flight when its future was dropped is given up twice, at once
-/// and 100 ms later; a request that reaches the server later still, as on this loaded
-/// machine, leaves its marker until it expires: counted and printed, not asserted.)
+/// yields once, so every await is one): none leaves a stale entry once the row is written.
+/// (A lease whose request was still in flight when its future was dropped is given up
+/// twice, at once and 100 ms later; a request that reaches the server later still leaves
+/// its marker until it expires: counted and printed, not asserted.)
 #[test]
 fn a_read_cancelled_anywhere_leaves_nothing_stale() {
     let test = "async_reads_cancelled";
     let Some(server) = MemcachedProcess::start(test) else {
         return;
     };
-    // A short lease wait: a reader meeting a marker left behind waits little. Every batch
-    // yields once before it runs, so each await is a point to drop the read at.
-    let mc: Arc<dyn Backend> = Arc::new(YieldingBackend(Arc::new(
-        Memcached::new(&[server.addr()], test_memcached_options()).unwrap(),
-    )));
-    let cache = Cache::builder()
-        .shared_backend(mc)
-        .prefix(unique_prefix(test))
-        .lease_wait(Duration::from_millis(20))
-        .build()
-        .unwrap();
+    // A short lease wait: a reader meeting a marker left behind waits little.
+    let cache = yielding_cache(&server, test, Duration::from_millis(20));
     let key = cache.keys().manual_key("q");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -468,14 +473,7 @@ fn an_invalidation_dropped_at_any_await_is_delivered() {
     let Some(server) = MemcachedProcess::start(test) else {
         return;
     };
-    let mc: Arc<dyn Backend> = Arc::new(YieldingBackend(Arc::new(
-        Memcached::new(&[server.addr()], test_memcached_options()).unwrap(),
-    )));
-    let cache = Cache::builder()
-        .shared_backend(mc)
-        .prefix(unique_prefix(test))
-        .build()
-        .unwrap();
+    let cache = yielding_cache(&server, test, Duration::from_millis(200));
     let key = cache.keys().manual_key("q");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
