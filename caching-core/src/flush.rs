@@ -810,19 +810,23 @@ async fn walk<I: Io>(
             return Err(e);
         }
         // Clear with CAS: a list that changed since we read it holds registrations we have not
-        // seen; read it again rather than lose them. (Deleting first is not needed: a reader
-        // that registers again after the clear is found by the next write.)
+        // seen; read it again rather than lose them. (A reader that registers again after the
+        // clear is found by the next write.) The clears are a stage after the deletes: no list
+        // is cleared before every entry it led to is deleted, on whichever server (a batch over
+        // several servers runs stage by stage, and stops at a failed one), or the entries a
+        // failed delete left would be reachable from no list.
         hooks.step("clear");
         let clears: Vec<Op<'_>> = read
             .iter()
             .map(|(list, cas, epoch)| Op::Cas(list, epoch.as_slice(), Expiry::Forever, *cas))
             .collect();
-        let mut stage = deletes;
-        stage.extend(clears);
-        let replies = io.batch(&[&stage]).await?.pop().unwrap_or_default();
+        let replies = io
+            .batch(&[&deletes, &clears])
+            .await?
+            .pop()
+            .unwrap_or_default();
         let outcomes: Vec<CasOutcome> = replies
             .into_iter()
-            .skip(doomed.len())
             .map(|r| match r {
                 OpReply::Cas(o) => o,
                 _ => CasOutcome::Changed,

@@ -282,7 +282,8 @@ impl Cache {
             return Ok(InvalidationReport::default());
         }
         let Some(io) = crate::io::Nonblocking::of(&*self.inner.backend) else {
-            if !self.inner.backend.may_block() {
+            if !self.inner.backend.may_block() || tokio::runtime::Handle::try_current().is_err() {
+                // In-process, or not inside a runtime at all: nothing to keep unblocked.
                 return self.invalidate(inv);
             }
             let (cache, owned) = (self.clone(), inv.clone());

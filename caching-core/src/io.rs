@@ -14,8 +14,10 @@
 //!
 //! The interleaving search and the stress harness therefore exercise the same code in both
 //! modes; only the bytes' transport differs. What the async driver cannot do without
-//! blocking (a server check after a reconnection, replacing a counter that is not a number) it reports
-//! ([`Io::blocking`] is `None`), and its caller runs the blocking driver for that read.
+//! blocking, a server check after a reconnection (several servers), it leaves to the blocking
+//! driver: a read ends early ([`Io::blocking`] is `None`) and its caller runs the blocking
+//! driver; an invalidation runs the check on the runtime's blocking pool
+//! ([`Io::watch_servers`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -39,9 +41,10 @@ pub(crate) trait Io: Sync {
     /// Waits `d` (a lease's poll interval).
     fn sleep(&self, d: Duration) -> impl Future<Output = ()> + Send;
 
-    /// The backend, when this driver may block the thread on it: the rare repairs of a read
-    /// (a server check after a reconnection, a counter that is not a number) need it. `None` for the
-    /// non-blocking driver, whose reads then end early for the blocking one to do.
+    /// The backend, when this driver may block the thread on it: a read's server check after
+    /// a reconnection needs it, and a counter's repair uses its `set`. `None` for the
+    /// non-blocking driver, whose reads then end early for the blocking one to do (and which
+    /// repairs a counter with [`replace`](Io::replace)).
     fn blocking(&self) -> Option<&dyn Backend>;
 
     /// [`Backend::max_item_size`].

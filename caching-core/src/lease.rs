@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crate::backend::Placeholder;
 use crate::envelope::{pending_marker, PENDING_TTL};
 use crate::io::Io;
-use crate::read::{Lookup, ReadPlan};
+use crate::read::{LeaseAttempt, Lookup, ReadPlan};
 use crate::stats::Counter;
 use crate::timeout::Expiry;
 use crate::Cache;
@@ -230,7 +230,13 @@ impl Cache {
         loop {
             self.step("add");
             let marker = pending_marker();
-            match io.add(key, &marker, marker_expiry).await {
+            // Dropped while the add is in flight, the marker it may store is given up.
+            let attempt = LeaseAttempt(Some((self, key)));
+            let added = io.add(key, &marker, marker_expiry).await;
+            if added.is_ok() || io.blocking().is_some() {
+                attempt.disarm();
+            }
+            match added {
                 Ok(true) => {
                     return Leased::Leader {
                         lookup,

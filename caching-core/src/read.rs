@@ -415,6 +415,9 @@ pub struct PendingFill {
     _flight: Option<FlightGuard>,
     no_fill: Option<&'static str>,
     expiry: Expiry,
+    /// Made by the non-blocking driver: dropped, it gives its lease up off the runtime's
+    /// thread ([`Cache::release_lease_soon`]); a blocking one does so at once, as it always did.
+    nonblocking: bool,
 }
 
 /// A fill whose value is registered and encoded, ready to be published
@@ -495,11 +498,15 @@ impl PendingFill {
     /// dropping it.
     pub fn abandon(self) {}
 
-    /// Deletes this reader's marker, if it holds one (off a tokio runtime's thread:
-    /// [`Cache::release_lease_soon`]).
+    /// Deletes this reader's marker, if it holds one (for the non-blocking driver, off a
+    /// tokio runtime's thread: [`Cache::release_lease_soon`]).
     fn release(&mut self) {
         if self.marker.take().is_some() {
-            self.cache.release_lease_soon(&self.key);
+            if self.nonblocking {
+                self.cache.release_lease_soon(&self.key);
+            } else {
+                self.cache.release_lease(&self.key, true);
+            }
         }
     }
 
@@ -526,11 +533,11 @@ const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_millis(10
 /// ([`Cache::release_in_flight_lease`]), so other readers do not wait for a fill that will
 /// not come. Deleting the key is safe whatever it holds by then: a published entry only
 /// misses, another reader's marker only costs that reader its fill.
-struct LeaseAttempt<'c>(Option<(&'c Cache, &'c str)>);
+pub(crate) struct LeaseAttempt<'c>(pub(crate) Option<(&'c Cache, &'c str)>);
 
 impl LeaseAttempt<'_> {
     /// The future got its answer: nothing to give up here.
-    fn disarm(mut self) {
+    pub(crate) fn disarm(mut self) {
         self.0 = None;
     }
 }
@@ -591,9 +598,12 @@ impl PreparedFill {
     /// The backend part of the fill over `io` (both drivers).
     async fn publish_io<I: Io>(mut self, io: &I) -> Option<FillOutcome> {
         let Some((payload, regs)) = self.work.take() else {
-            // Refused or not encodable: give up the lease (if held) now.
+            // Refused or not encodable: give up the lease (if held) now (and, if this future
+            // is dropped while it does, in the background).
             if self.fill.marker.take().is_some() {
+                let attempt = LeaseAttempt(Some((&self.fill.cache, self.fill.key.as_str())));
                 self.fill.cache.release_lease_io(io, &self.fill.key).await;
+                attempt.disarm();
             }
             return None;
         };
@@ -821,8 +831,9 @@ impl Cache {
             Err(e) => {
                 self.record_backend_error("lookup", &e);
                 // The lease may have been stored before the failure: do not leave a marker
-                // that makes other readers wait.
-                if lease.is_some() {
+                // that makes other readers wait. (The non-blocking driver's guard already
+                // gave it up, in the background.)
+                if lease.is_some() && io.blocking().is_some() {
                     self.release_lease_io(io, key).await;
                 }
                 None
@@ -875,6 +886,7 @@ impl Cache {
             _flight: flight,
             no_fill: plan.no_fill,
             expiry: self.plan_expiry(plan),
+            nonblocking: io.blocking().is_none(),
         };
         self.step("read");
         Some(ReadStart::Miss(fill))
@@ -1052,6 +1064,16 @@ impl Cache {
         // request is in flight, or at a later await of this lookup), the lease this read
         // may have taken is given up.
         let mut attempt = LeaseAttempt(None);
+        let blocking = io.blocking().is_some();
+        // A failure once the lease was asked for: with the blocking driver the caller gives
+        // the lease up (now, on this thread); with the non-blocking one the guard does, in the
+        // background, which a cancellation cannot interrupt.
+        let failed = |attempt: LeaseAttempt<'_>, e: Error| {
+            if blocking {
+                attempt.disarm();
+            }
+            Err(e)
+        };
         // What each key of `all` holds, in the order of `all`.
         let (mut got, mut marker) = match lease.filter(|_| n == 1) {
             None => (in_order(&all, io.get_multi(&all).await?), None),
@@ -1064,11 +1086,7 @@ impl Cache {
                 attempt.0 = Some((self, keys[0]));
                 let replies = match io.batch(&[&ops]).await {
                     Ok(mut replies) => replies.pop().unwrap_or_default(),
-                    // (The caller gives up what the failed batch may have stored.)
-                    Err(e) => {
-                        attempt.disarm();
-                        return Err(e);
-                    }
+                    Err(e) => return failed(attempt, e),
                 };
                 let mut won = None;
                 let mut got: Vec<Option<Item>> = replies
@@ -1090,24 +1108,29 @@ impl Cache {
                 (got, won)
             }
         };
-        let defer = |marker: Option<Placeholder>| async move {
-            if marker.is_some() {
-                self.release_lease_io(io, keys[0]).await;
-            }
-            Ok(None)
-        };
         // A server reached on a new connection may have come back empty: if so the
         // namespace was just bumped, and the lookup is repeated to see it.
-        let blocking = io.blocking().is_some();
-        if blocking && self.watch_servers()? {
-            got = in_order(&all, io.get_multi(&all).await?);
-        } else if !blocking && !self.servers_checked() {
-            attempt.disarm();
-            return defer(marker).await;
+        if blocking {
+            match self.watch_servers() {
+                Ok(false) => {}
+                Ok(true) => match io.get_multi(&all).await {
+                    Ok(again) => got = in_order(&all, again),
+                    Err(e) => return failed(attempt, e),
+                },
+                Err(e) => return failed(attempt, e),
+            }
+        } else if !self.servers_checked() {
+            // Left to the blocking driver, which checks first; the lease this read took (if
+            // any) is given up by the guard, in the background.
+            drop(marker);
+            return Ok(None);
         }
         let counters = match parse_counters(&got[n..n + counted]) {
             Some(counters) => counters,
-            None => clock::ensure(io, &all[n..n + counted]).await?,
+            None => match clock::ensure(io, &all[n..n + counted]).await {
+                Ok(counters) => counters,
+                Err(e) => return failed(attempt, e),
+            },
         };
         let (versions, generations) = counters.split_at(version_keys.len());
         let mut recorded_now = recorded_versions(versions, generations, tables, guarded);
