@@ -12,7 +12,8 @@
 //!   the servers), then the async path serves again;
 //! - `Cache::invalidate_async` runs a write's invalidation on the same client, with the
 //!   blocking pool held too, and one dropped at any await is delivered by the background
-//!   delivery: the next read is fresh;
+//!   delivery: the next read is fresh; over two servers, a list is never cleared while a
+//!   delete of an entry it led to failed on the other server;
 //! - on a private redis-server (feature `redis`) too: misses, fills and hits without the
 //!   blocking pool, even for the first fill on a fresh server.
 #![cfg(feature = "async")]
@@ -512,6 +513,93 @@ fn an_invalidation_dropped_at_any_await_is_delivered() {
     assert!(
         cancelled > 0,
         "no invalidation was dropped: the test tested nothing"
+    );
+}
+
+/// Two servers: the row's flush lists and every counter on one (A), a cached entry on the
+/// other (B). B is marked down (a read of it timed out while it was frozen; it answers
+/// again, but calls fail fast for `retry_after`) while an async invalidation of the row
+/// runs: its delete of the entry fails without being sent, so no list may be cleared (the
+/// retry would find the list empty and leave the entry stale). Once B is tried again the
+/// queued invalidation is delivered, and the next read loads the new value.
+#[test]
+fn a_walk_never_clears_a_list_whose_deletes_failed() {
+    let test = "async_reads_walk_order";
+    let (Some(a), Some(b)) = (
+        MemcachedProcess::start(test),
+        MemcachedProcess::start(&format!("{test}_b")),
+    ) else {
+        return;
+    };
+    let options = MemcachedOptions {
+        op_timeout: Duration::from_millis(300),
+        // Long enough that the invalidation below certainly meets the mark.
+        retry_after: Duration::from_secs(3),
+        ..test_memcached_options()
+    };
+    // A key space whose lists and counters all live on A, and an entry key on B.
+    let (cache, key) = (0..500)
+        .find_map(|_| {
+            let mc = Arc::new(Memcached::new(&[a.addr(), b.addr()], options.clone()).unwrap());
+            let cache = Cache::builder()
+                .shared_backend(mc.clone())
+                .prefix(unique_prefix(test))
+                .invalidation_wait(Duration::from_millis(100))
+                .build()
+                .unwrap();
+            let ks = cache.keys();
+            let on_a = [
+                ks.flush_key(&row()),
+                ks.children_key(&row()),
+                ks.generation_key("users"),
+                ks.version_key("users"),
+                ks.namespace_key(),
+            ]
+            .iter()
+            .all(|k| mc.server_of(k) == a.addr());
+            // The entry on B, its own flush list (which the row's list links to) on A.
+            let key = (0..50).map(|i| ks.manual_key(&format!("q{i}"))).find(|k| {
+                mc.server_of(k) == b.addr() && mc.server_of(&ks.key_flush_key(k)) == a.addr()
+            })?;
+            on_a.then_some((cache, key))
+        })
+        .expect("a key space placed as the test needs");
+    assert_eq!(read_blocking(&cache, &key, "old").0, "old");
+    assert_eq!(
+        read_blocking(&cache, &key, "unused"),
+        ("old".to_string(), ReadOutcome::Hit)
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    b.pause().unwrap();
+    assert!(
+        cache.backend().get(&key).is_err(),
+        "the frozen server answered"
+    );
+    b.resume().unwrap();
+    let report = rt.block_on(async {
+        let mut inv = Invalidation::new();
+        inv.object(row());
+        cache.invalidate_async(&inv).await.unwrap()
+    });
+    // The first attempt failed (and was queued; the background delivery may have delivered
+    // it already, probing the server, which answers).
+    assert_eq!(
+        cache.stats().failed_invalidations,
+        1,
+        "the deletes on the server marked down succeeded: {report:?}"
+    );
+    assert!(
+        cache.wait_for_delivery(Duration::from_secs(10)),
+        "the invalidation was not delivered once the server answered"
+    );
+    assert_eq!(
+        read_blocking(&cache, &key, "new").0,
+        "new",
+        "the entry on the server marked down survived the invalidation"
     );
 }
 
