@@ -31,11 +31,17 @@ use caching_tests::async_db::PollLimit;
 use caching_tests::{test_memcached_options, unique_prefix, MemcachedProcess, YieldingBackend};
 
 fn cache_on(servers: &[String], options: MemcachedOptions, test: &str) -> Cache {
-    let mc: Arc<dyn Backend> = Arc::new(Memcached::new(servers, options).unwrap());
+    let mc = Arc::new(Memcached::new(servers, options).unwrap());
+    cache_with(mc, test, Duration::from_millis(500))
+}
+
+/// A cache of its own (a fresh prefix) on `backend`, readers waiting `lease_wait` for
+/// another reader's fill.
+fn cache_with(backend: Arc<dyn Backend>, test: &str, lease_wait: Duration) -> Cache {
     Cache::builder()
-        .shared_backend(mc)
+        .shared_backend(backend)
         .prefix(unique_prefix(test))
-        .lease_wait(Duration::from_millis(500))
+        .lease_wait(lease_wait)
         .build()
         .unwrap()
 }
@@ -270,15 +276,8 @@ fn an_async_reader_waits_for_a_blocking_readers_fill() {
 /// A cache on `server` whose non-blocking calls yield once before they run
 /// ([`YieldingBackend`]): every await is then a point to drop a future at.
 fn yielding_cache(server: &MemcachedProcess, test: &str, lease_wait: Duration) -> Cache {
-    let mc: Arc<dyn Backend> = Arc::new(YieldingBackend(Arc::new(
-        Memcached::new(&[server.addr()], test_memcached_options()).unwrap(),
-    )));
-    Cache::builder()
-        .shared_backend(mc)
-        .prefix(unique_prefix(test))
-        .lease_wait(lease_wait)
-        .build()
-        .unwrap()
+    let mc = Memcached::new(&[server.addr()], test_memcached_options()).unwrap();
+    cache_with(Arc::new(YieldingBackend(Arc::new(mc))), test, lease_wait)
 }
 
 /// Reads and fills dropped at every await point (after 1, 2, .. polls; each backend call
@@ -674,14 +673,8 @@ mod redis_backend {
     use caching_tests::{test_redis_options, RedisProcess};
 
     fn redis_cache(server: &RedisProcess, test: &str) -> Cache {
-        let backend: Arc<dyn Backend> =
-            Arc::new(Redis::new(&server.url(), test_redis_options()).unwrap());
-        Cache::builder()
-            .shared_backend(backend)
-            .prefix(unique_prefix(test))
-            .lease_wait(Duration::from_millis(500))
-            .build()
-            .unwrap()
+        let backend = Redis::new(&server.url(), test_redis_options()).unwrap();
+        cache_with(Arc::new(backend), test, Duration::from_millis(500))
     }
 
     #[test]
