@@ -60,7 +60,9 @@ pub(crate) fn envelope(versions: &[u64], guards: &[(String, u64)], payload: &[u8
 
 /// A decoded envelope.
 pub(crate) struct Opened<'a> {
-    pub(crate) versions: Vec<u64>,
+    /// The recorded versions, 8 little-endian bytes each (read in place: a lookup compares
+    /// them without allocating).
+    versions: &'a [u8],
     pub(crate) guards: Vec<(String, u64)>,
     pub(crate) payload: &'a [u8],
 }
@@ -72,13 +74,8 @@ pub(crate) fn open_envelope(bytes: &[u8]) -> Option<Opened<'_>> {
         Some(rest) => (false, rest),
         None => (true, bytes.strip_prefix(GUARDED_MAGIC)?),
     };
-    let (&n, mut rest) = rest.split_first()?;
-    let mut versions = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        let (v, r) = rest.split_at_checked(8)?;
-        versions.push(u64::from_le_bytes(v.try_into().ok()?));
-        rest = r;
-    }
+    let (&n, rest) = rest.split_first()?;
+    let (versions, mut rest) = rest.split_at_checked(usize::from(n) * 8)?;
     let mut guards = Vec::new();
     if guarded {
         let (count, r) = rest.split_at_checked(2)?;
@@ -101,6 +98,20 @@ pub(crate) fn open_envelope(bytes: &[u8]) -> Option<Opened<'_>> {
     })
 }
 
+impl Opened<'_> {
+    /// The recorded versions.
+    pub(crate) fn versions(&self) -> impl ExactSizeIterator<Item = u64> + '_ {
+        self.versions
+            .chunks_exact(8)
+            .map(|v| u64::from_le_bytes(v.try_into().unwrap_or_default()))
+    }
+
+    /// Whether the recorded versions are `now`.
+    pub(crate) fn recorded_under(&self, now: &[u64]) -> bool {
+        self.versions.len() == now.len() * 8 && self.versions().zip(now).all(|(a, b)| a == *b)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,7 +129,9 @@ mod tests {
     fn envelope_round_trips_and_rejects_garbage() {
         let e = envelope(&[1, 2], &[], b"payload");
         let o = open_envelope(&e).unwrap();
-        assert_eq!((o.versions, o.payload), (vec![1, 2], &b"payload"[..]));
+        assert_eq!(o.versions().collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(o.payload, b"payload");
+        assert!(o.recorded_under(&[1, 2]) && !o.recorded_under(&[1]) && !o.recorded_under(&[1, 3]));
         assert!(o.guards.is_empty());
         let g = envelope(&[3], &[("p:f:o:t:1".to_string(), 9)], b"x");
         let o = open_envelope(&g).unwrap();

@@ -58,9 +58,14 @@ pub fn safe_part(part: &str) -> String {
     out
 }
 
+/// Whether [`safe_part`]`(part)` is `part` itself.
+fn is_raw_safe_part(part: &str) -> bool {
+    !part.is_empty() && part.len() <= MAX_RAW_PART && part.bytes().all(is_safe_part_byte)
+}
+
 /// Appends [`safe_part`]`(part)` to `out`.
 fn push_safe_part(out: &mut String, part: &str) {
-    if !part.is_empty() && part.len() <= MAX_RAW_PART && part.bytes().all(is_safe_part_byte) {
+    if is_raw_safe_part(part) {
         out.push_str(part);
     } else {
         out.push('#');
@@ -214,6 +219,16 @@ impl KeySpace {
         self.make_parts(kind, &[body])
     }
 
+    /// [`make`](KeySpace::make) of [`safe_part`]`(part)`, without building it apart when it
+    /// is `part` itself (the counters a lookup reads are named this way on every read).
+    fn make_safe(&self, kind: &str, part: &str) -> String {
+        if is_raw_safe_part(part) {
+            self.make(kind, part)
+        } else {
+            self.make(kind, &safe_part(part))
+        }
+    }
+
     /// [`make`](KeySpace::make) of the concatenation of `body` (built in one buffer).
     fn make_parts(&self, kind: &str, body: &[&str]) -> String {
         let len = self.prefix.len() + kind.len() + 1 + body.iter().map(|b| b.len()).sum::<usize>();
@@ -347,7 +362,8 @@ impl KeySpace {
 
     /// A query result key from a finished [`QueryKeyBuilder`].
     pub fn query_key(&self, builder: &QueryKeyBuilder) -> String {
-        self.make("q", &builder.finish_hex())
+        // `finish_hex`, without its own string: the hex digits stay on the stack.
+        self.make("q", &builder.hasher.finalize().to_hex()[..32])
     }
 
     /// A manual (`cached`) key.
@@ -357,17 +373,20 @@ impl KeySpace {
 
     /// The write generation of a table (bumped by every write).
     pub fn generation_key(&self, table: &str) -> String {
-        self.make("gen", &safe_part(table))
+        self.make_safe("gen", table)
     }
 
     /// The version of a table (bumped by whole-table invalidation).
     pub fn version_key(&self, table: &str) -> String {
-        self.make("ver", &safe_part(table))
+        self.make_safe("ver", table)
     }
 
     /// The namespace version: bumping it invalidates every query of this key space.
     pub fn namespace_key(&self) -> String {
-        format!("{}ns", self.prefix)
+        let mut key = String::with_capacity(self.prefix.len() + 2);
+        key.push_str(&self.prefix);
+        key.push_str("ns");
+        key
     }
 
     /// The sentinel this key space keeps on every server of a multi-server backend: a server

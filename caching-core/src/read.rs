@@ -120,7 +120,7 @@ enum Verdict {
 /// Judges `value` against the versions `recorded_now` (the entry's and the lookup's).
 fn verdict(value: &[u8], recorded_now: &[u64]) -> Verdict {
     match open_envelope(value) {
-        Some(e) if e.versions == recorded_now => {
+        Some(e) if e.recorded_under(recorded_now) => {
             let offset = value.len() - e.payload.len();
             if e.guards.is_empty() {
                 Verdict::Hit(offset)

@@ -876,13 +876,24 @@ impl LocMem {
 
 impl LocMem {
     /// Reads `keys`, handing each item found to `found` with its key's index in `keys`.
-    fn read_each(&self, keys: &[&str], mut found: impl FnMut(usize, Item)) -> Result<()> {
-        check_keys(keys.iter().copied())?;
+    fn read_each(&self, keys: &[&str], found: impl FnMut(usize, Item)) -> Result<()> {
+        self.read_each_of(keys, |k| *k, found)
+    }
+
+    /// [`read_each`](LocMem::read_each) of the keys `key_of` finds in `of` (the ops of a
+    /// batch, read without collecting their keys first).
+    fn read_each_of<'k, T>(
+        &self,
+        of: &'k [T],
+        key_of: impl Fn(&'k T) -> &'k str,
+        mut found: impl FnMut(usize, Item),
+    ) -> Result<()> {
+        check_keys(of.iter().map(&key_of))?;
         let now = Instant::now();
         let tick = self.read_tick(now);
         let mut expired = false;
         let s = reader_stripe();
-        for (c, chunk) in keys.chunks(64).enumerate() {
+        for (c, chunk) in of.chunks(64).enumerate() {
             // The reader's stripe first (bit k of `missed`: chunk[k] was not there), then
             // the shards: never a stripe and then a shard.
             let mut missed = 0u64;
@@ -890,12 +901,12 @@ impl LocMem {
             let mut hits: [Option<Item>; 64] = [const { None }; 64];
             {
                 let map = self.lock_stripe(&self.stripes[s]);
-                for (k, key) in chunk.iter().enumerate() {
+                for (k, key) in chunk.iter().map(&key_of).enumerate() {
                     let hash = self.hash(key);
                     hashes[k] = hash;
                     let held = map.get(stripe_index(hash)).and_then(Option::as_ref);
                     match held {
-                        Some((h, e)) if *h == hash && &*e.key == *key && !e.expired(now) => {
+                        Some((h, e)) if *h == hash && &*e.key == key && !e.expired(now) => {
                             e.touch(tick);
                             hits[k] = Some(e.item());
                         }
@@ -903,7 +914,7 @@ impl LocMem {
                     }
                 }
             }
-            for (k, key) in chunk.iter().enumerate() {
+            for (k, key) in chunk.iter().map(&key_of).enumerate() {
                 let item = if missed & (1 << k) != 0 {
                     match self.read_shard(key, hashes[k], s, now, tick) {
                         Some(Ok(item)) => Some(item),
@@ -922,7 +933,8 @@ impl LocMem {
             }
         }
         if expired {
-            self.collect_expired(keys, now);
+            let keys: Vec<&str> = of.iter().map(&key_of).collect();
+            self.collect_expired(&keys, now);
         }
         Ok(())
     }
@@ -954,13 +966,17 @@ impl Backend for LocMem {
                 out.push(super::run_stage(self, ops)?);
                 continue;
             }
-            let keys: Vec<&str> = ops.iter().map(Op::key).collect();
-            let mut got: Vec<Option<Item>> = Vec::with_capacity(keys.len());
-            got.resize_with(keys.len(), || None);
-            self.read_each(&keys, |i, item| got[i] = Some(item))?;
-            let mut replies = Vec::with_capacity(ops.len());
-            for (op, found) in ops.iter().zip(got) {
-                replies.push(match (*op, found) {
+            let mut replies: Vec<OpReply> = Vec::with_capacity(ops.len());
+            replies.resize_with(ops.len(), || OpReply::Value(None));
+            self.read_each_of(ops, Op::key, |i, item| {
+                replies[i] = OpReply::Value(Some(item))
+            })?;
+            for (op, reply) in ops.iter().zip(&mut replies) {
+                let found = match std::mem::replace(reply, OpReply::Value(None)) {
+                    OpReply::Value(found) => found,
+                    _ => None,
+                };
+                *reply = match (*op, found) {
                     (Op::Lease(key, marker, expiry), None) => {
                         // A lease of a missing key: an add, after the read.
                         let won = self.add(key, marker, expiry)?.then(|| Placeholder {
@@ -971,7 +987,7 @@ impl Backend for LocMem {
                     }
                     (Op::Lease(..), found) => OpReply::Leased { found, won: None },
                     (_, found) => OpReply::Value(found),
-                });
+                };
             }
             out.push(replies);
         }
