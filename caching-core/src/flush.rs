@@ -68,8 +68,12 @@ pub struct Registrations {
     /// The last key registered and the ids of it and its own flush list (a fill registers
     /// one key on every row's lists: its strings are built once, not per row).
     last_key: Option<(String, u32, u32)>,
-    /// Per table: the ids of its version key and of the tag children lists carry for it.
-    tables: HashMap<String, (u32, u32), FixedState>,
+    /// Per table: the ids of its version key and of the tag children lists carry for it. A
+    /// fill names a handful of tables, once per row: a scan beats hashing.
+    tables: Vec<(String, u32, u32)>,
+    /// A list key being named (a children list, looked up without a key of its own: the
+    /// rows of a result mostly share their parents).
+    scratch: String,
 }
 
 /// SipHash with fixed keys: deterministic iteration order for the same registrations.
@@ -211,18 +215,18 @@ fn key_tokens(
 /// The ids of the version key of `table` and of the tag children lists carry for it,
 /// interned once.
 fn table_tokens(
-    tables: &mut HashMap<String, (u32, u32), FixedState>,
+    tables: &mut Vec<(String, u32, u32)>,
     names: &mut Interned,
     ks: &KeySpace,
     table: &str,
 ) -> (u32, u32) {
-    if let Some(ids) = tables.get(table) {
-        return *ids;
+    if let Some((_, version, tag)) = tables.iter().find(|(t, ..)| t == table) {
+        return (*version, *tag);
     }
     let version = ks.version_key(table);
     let tag = names.id_owned(format!("#{version}"));
     let ids = (names.id_owned(version), tag);
-    tables.insert(table.to_string(), ids);
+    tables.push((table.to_string(), ids.0, ids.1));
     ids
 }
 
@@ -305,7 +309,17 @@ impl Registrations {
     ) {
         let (key, own) = key_tokens(&mut self.last_key, &mut self.names, ks, key);
         let (version, tag) = table_tokens(&mut self.tables, &mut self.names, ks, table);
-        self.add_to(ks.children_key(parent), version, &[key, own, tag]);
+        let mut list = std::mem::take(&mut self.scratch);
+        ks.children_key_into(&mut list, parent);
+        match self.lists.get_mut(list.as_str()) {
+            Some(regs) => {
+                for id in [key, own, tag] {
+                    regs.add(id);
+                }
+                self.scratch = list;
+            }
+            None => self.add_to(list, version, &[key, own, tag]),
+        }
     }
 
     /// Links a row's flush list into its foreign-key target's list: a write to `parent`

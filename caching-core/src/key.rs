@@ -83,27 +83,77 @@ fn push_safe_part(out: &mut String, part: &str) {
 /// assert_eq!(ObjectKey::new("users", &["1"]).as_str(), "o:users:1");
 /// assert_eq!(ObjectKey::new("pairs", &["1", "2"]).as_str(), "o:pairs:1:2");
 /// assert_ne!(ObjectKey::new("t", &["a:b", "c"]), ObjectKey::new("t", &["a", "b:c"]));
+/// assert_eq!(ObjectKey::new("users", &["1"]).model(), "users");
+/// // A model name that cannot go into a key as is goes in hashed, and is still known.
+/// assert_eq!(ObjectKey::new("user rows", &["1"]).model(), "user rows");
+/// assert!(ObjectKey::new("user rows", &["1"]).as_str().starts_with("o:#"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {
     key: String,
-    model: String,
+    model: ModelName,
+}
+
+/// Where an [`ObjectKey`]'s model name is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum ModelName {
+    /// In the key as is: `key[2..end]` (no copy: a fill builds an object key per row and
+    /// per foreign key).
+    InKey(usize),
+    /// The key holds its hash: kept apart.
+    Apart(Box<str>),
 }
 
 impl ObjectKey {
     /// The object key of the row of `model` (its table name) with primary key parts `pk`.
     pub fn new<S: AsRef<str>>(model: &str, pk: &[S]) -> Self {
         // Built in one buffer: every fill builds one per row and per foreign key.
-        let mut key = String::with_capacity(2 + model.len() + pk.len() * 12);
-        key.push_str("o:");
-        push_safe_part(&mut key, model);
+        let (mut key, model) = Self::start(model, pk.len());
         for p in pk {
             key.push(':');
             push_safe_part(&mut key, p.as_ref());
         }
-        ObjectKey {
-            key,
-            model: model.to_string(),
+        ObjectKey { key, model }
+    }
+
+    /// [`new`](ObjectKey::new) with the primary key parts as anything displayable, written
+    /// straight into the key (what `#[derive(Cached)]` builds, once per row and per foreign
+    /// key of every result it caches: no string per part).
+    ///
+    /// ```
+    /// use caching_core::ObjectKey;
+    /// assert_eq!(ObjectKey::of("users", &[&7]), ObjectKey::new("users", &["7"]));
+    /// assert_eq!(ObjectKey::of("pairs", &[&1, &"a b"]), ObjectKey::new("pairs", &["1", "a b"]));
+    /// ```
+    pub fn of(model: &str, pk: &[&dyn fmt::Display]) -> Self {
+        use fmt::Write as _;
+        let (mut key, model) = Self::start(model, pk.len());
+        for p in pk {
+            key.push(':');
+            let start = key.len();
+            // Writing to a `String` cannot fail; a `Display` that reports an error keeps
+            // what it wrote (where `to_string` would panic).
+            let _ = write!(key, "{p}");
+            if !is_raw_safe_part(&key[start..]) {
+                let part = key.split_off(start);
+                push_safe_part(&mut key, &part);
+            }
+        }
+        ObjectKey { key, model }
+    }
+
+    /// The key up to its primary key (`o:users`), room for `parts` more, and where the
+    /// model's name is.
+    fn start(model: &str, parts: usize) -> (String, ModelName) {
+        let mut key = String::with_capacity(2 + model.len() + parts * 12);
+        key.push_str("o:");
+        if is_raw_safe_part(model) {
+            key.push_str(model);
+            let end = key.len();
+            (key, ModelName::InKey(end))
+        } else {
+            push_safe_part(&mut key, model);
+            (key, ModelName::Apart(model.into()))
         }
     }
 
@@ -114,7 +164,10 @@ impl ObjectKey {
 
     /// The model (table) this row belongs to.
     pub fn model(&self) -> &str {
-        &self.model
+        match &self.model {
+            ModelName::InKey(end) => self.key.get(2..*end).unwrap_or_default(),
+            ModelName::Apart(model) => model,
+        }
     }
 }
 
@@ -231,19 +284,30 @@ impl KeySpace {
 
     /// [`make`](KeySpace::make) of the concatenation of `body` (built in one buffer).
     fn make_parts(&self, kind: &str, body: &[&str]) -> String {
+        let mut key = String::new();
+        self.make_parts_into(&mut key, kind, body);
+        key
+    }
+
+    /// [`make_parts`](KeySpace::make_parts) into `key` (cleared first), reusing its buffer.
+    fn make_parts_into(&self, key: &mut String, kind: &str, body: &[&str]) {
+        key.clear();
         let len = self.prefix.len() + kind.len() + 1 + body.iter().map(|b| b.len()).sum::<usize>();
         if len <= MAX_KEY_LEN {
-            let mut key = String::with_capacity(len);
+            key.reserve(len);
             key.push_str(&self.prefix);
             key.push_str(kind);
             key.push(':');
             for b in body {
                 key.push_str(b);
             }
-            return key;
+            return;
         }
         let body = body.concat();
-        format!("{}{kind}:#{}", self.prefix, hash_hex(body.as_bytes(), 40))
+        key.push_str(&self.prefix);
+        key.push_str(kind);
+        key.push_str(":#");
+        key.push_str(&hash_hex(body.as_bytes(), 40));
     }
 
     /// The flush list of an object (no database label: a write on the primary must reach
@@ -268,9 +332,17 @@ impl KeySpace {
     /// assert!(ks.is_flush_key(&ks.children_key(&user)));
     /// ```
     pub fn children_key(&self, object: &ObjectKey) -> String {
+        let mut key = String::new();
+        self.children_key_into(&mut key, object);
+        key
+    }
+
+    /// [`children_key`](KeySpace::children_key) into `key` (cleared first): a fill names a
+    /// children list per row and per foreign key, most of them the same few parents.
+    pub(crate) fn children_key_into(&self, key: &mut String, object: &ObjectKey) {
         let body = object.as_str();
         let rest = body.strip_prefix("o:").unwrap_or(body);
-        self.make_parts("f", &["c:", rest])
+        self.make_parts_into(key, "f", &["c:", rest]);
     }
 
     /// The flush list of another key (a query's own flush list, holding extra keys that die

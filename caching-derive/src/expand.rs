@@ -11,28 +11,28 @@ pub fn expand(m: &Model<'_>) -> TokenStream {
     let (impl_generics, ty_generics, where_clause) = m.input.generics.split_for_impl();
     let model_name = &m.model_name;
     let fingerprint = &m.fingerprint;
-    // Key parts are `ToString::to_string(&field)`, spanned at the field's type: a type without
-    // `Display` is reported on the field, not on `#[derive(Cached)]`.
+    // Key parts are the fields as `&dyn Display` (written into the key, `ObjectKey::of`),
+    // spanned at the field's type: a type without `Display` is reported on the field, not on
+    // `#[derive(Cached)]`.
     let pk = m.primary_key.iter().map(|k| {
         let field = k.spanned_field();
-        quote_spanned!(k.ty_span=> ::std::string::ToString::to_string(&self.#field))
+        quote_spanned!(k.ty_span=> &self.#field as &dyn ::std::fmt::Display)
     });
     let fks = m.foreign_keys.iter().map(|fk| {
         let field = fk.key.spanned_field();
         let parent = &fk.parent;
         let table = quote!(<#parent as ::caching_diesel::CachedModel>::TABLE);
         if fk.nullable {
-            let part = quote_spanned!(fk.key.ty_span=> ::std::string::ToString::to_string(v));
+            let part = quote_spanned!(fk.key.ty_span=> v as &dyn ::std::fmt::Display);
             quote! {
                 if let ::core::option::Option::Some(v) = &self.#field {
-                    out.push(::caching_diesel::ObjectKey::new(#table, &[#part]));
+                    out.push(::caching_diesel::ObjectKey::of(#table, &[#part]));
                 }
             }
         } else {
-            let part =
-                quote_spanned!(fk.key.ty_span=> ::std::string::ToString::to_string(&self.#field));
+            let part = quote_spanned!(fk.key.ty_span=> &self.#field as &dyn ::std::fmt::Display);
             quote! {
-                out.push(::caching_diesel::ObjectKey::new(#table, &[#part]));
+                out.push(::caching_diesel::ObjectKey::of(#table, &[#part]));
             }
         }
     });
@@ -84,7 +84,7 @@ pub fn expand(m: &Model<'_>) -> TokenStream {
                 }
 
                 fn object_key(&self) -> ::caching_diesel::ObjectKey {
-                    ::caching_diesel::ObjectKey::new(
+                    ::caching_diesel::ObjectKey::of(
                         #model_name,
                         &[#(#pk),*],
                     )
