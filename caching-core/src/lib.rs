@@ -34,6 +34,7 @@ mod predicate;
 mod read;
 mod servers;
 mod stats;
+mod stripe;
 mod timeout;
 
 pub use backend::{AppendOutcome, Backend, CasOutcome, Item, Op, OpReply, Placeholder};

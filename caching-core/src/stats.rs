@@ -5,12 +5,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
 
+use crate::stripe::{PerStripe, Striped};
+
 macro_rules! stats {
     ($($(#[doc = $doc:expr])* $name:ident),* $(,)?) => {
         /// Live counters of one [`Cache`](crate::Cache) (shared by its clones).
         #[derive(Debug, Default)]
         pub struct Stats {
-            $($name: AtomicU64,)*
+            $($name: Striped,)*
             tables: TableCounters,
         }
 
@@ -52,7 +54,7 @@ macro_rules! stats {
         impl Stats {
             /// Copies the counters.
             pub fn snapshot(&self) -> StatsSnapshot {
-                StatsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+                StatsSnapshot { $($name: self.$name.load(),)* }
             }
         }
     };
@@ -144,7 +146,7 @@ impl Stats {
             Counter::LeaseWaits => &self.lease_waits,
             Counter::LostServers => &self.lost_servers,
         };
-        a.fetch_add(n, Ordering::Relaxed);
+        a.add(n);
     }
 
     pub(crate) fn inc(&self, c: Counter) {
@@ -351,21 +353,24 @@ impl TableCounter {
     }
 }
 
-/// The per-table counters: a table's entry is created by its first read (the only time a
-/// read allocates here); every later read takes the read lock and bumps atomics.
+/// The per-table counters: a table's entry is created by its first read on a stripe (the
+/// only time a read allocates here); every later read takes its stripe's read lock and bumps
+/// atomics. Each thread stripe has its own map, so threads reading at once do not share a
+/// lock or a counter.
 #[derive(Debug, Default)]
-struct TableCounters(RwLock<HashMap<Box<str>, TableCounter>>);
+struct TableCounters(PerStripe<RwLock<HashMap<Box<str>, TableCounter>>>);
 
 impl TableCounters {
     /// Counts `event` once under each of `tables` (a table named twice counts once).
     fn count(&self, tables: &[&str], event: TableEvent) {
+        let stripe = self.0.mine();
         // The positions in `tables` of the tables without an entry yet (created afterwards,
         // under the write lock). A read names a handful of tables; past 64 (never, in
         // practice) everything is counted under the write lock.
         let mut missing = u64::MAX;
         if tables.len() <= 64 {
             missing = 0;
-            let map = self.0.read().unwrap_or_else(PoisonError::into_inner);
+            let map = stripe.read().unwrap_or_else(PoisonError::into_inner);
             for (i, t) in tables.iter().enumerate() {
                 if tables[..i].contains(t) {
                     continue;
@@ -379,7 +384,7 @@ impl TableCounters {
         if missing == 0 {
             return;
         }
-        let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        let mut map = stripe.write().unwrap_or_else(PoisonError::into_inner);
         for (i, t) in tables.iter().enumerate() {
             let first = !tables[..i].contains(t);
             if first && (i >= 64 || missing & (1 << i) != 0) {
@@ -389,9 +394,50 @@ impl TableCounters {
     }
 
     fn snapshot(&self) -> BTreeMap<String, TableStats> {
-        let map = self.0.read().unwrap_or_else(PoisonError::into_inner);
-        map.iter()
-            .map(|(t, c)| (t.to_string(), c.snapshot()))
-            .collect()
+        let mut out: BTreeMap<String, TableStats> = BTreeMap::new();
+        for stripe in self.0.all() {
+            let map = stripe.read().unwrap_or_else(PoisonError::into_inner);
+            for (t, c) in map.iter() {
+                *out.entry(t.to_string()).or_default() += c.snapshot();
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_from_many_threads_add_up_per_table_and_overall() {
+        let stats = std::sync::Arc::new(Stats::default());
+        let threads: Vec<_> = (0..10)
+            .map(|i| {
+                let stats = stats.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        stats.inc(Counter::Hits);
+                        stats.count_tables(&["users", "addons", "users"], TableEvent::Hit);
+                    }
+                    if i % 2 == 0 {
+                        stats.count_tables(&["users"], TableEvent::Bypassed("why"));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(stats.snapshot().hits, 1000);
+        let tables = stats.table_snapshot();
+        assert_eq!(
+            tables["users"].hits, 1000,
+            "a table named twice counts once"
+        );
+        assert_eq!(tables["addons"].hits, 1000);
+        assert_eq!(tables["users"].bypassed, 5);
+        assert_eq!(tables["users"].bypassed_by["why"], 5);
+        assert_eq!(tables.len(), 2);
     }
 }

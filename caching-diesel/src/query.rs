@@ -194,7 +194,9 @@ impl<Q> CachedQuery<Q> {
         if self.options.disabled {
             return bypassed(conn, query, "caching turned off for this query");
         }
-        let cache = conn.caches.get(self.options.cache.as_deref())?.clone();
+        // Borrowed, not cloned: every reading thread would otherwise write the cache's
+        // shared reference count twice per read.
+        let cache = conn.caches.get(self.options.cache.as_deref())?;
         let dialect = crate::deps::dialect_of(C::BACKEND);
         // The SQL, its analysis and the key's prefix: remembered per query type when its SQL
         // depends on its type alone (see `crate::key`); the binds, on every read.
@@ -258,21 +260,23 @@ impl<Q> CachedQuery<Q> {
         } else {
             None
         };
-        let keys = cache.keys().clone();
-        read_through(
-            conn,
-            &cache,
-            &key,
+        let plan = conn.plan_read(
+            cache,
+            ReadPlan::new(&key, tables).timeout(timeout).guard(guarded),
             tables,
-            timeout,
             cap,
-            guarded,
+        );
+        let keys = cache.keys();
+        read_through(
+            cache,
+            &plan,
+            &mut conn.conn,
             |c| query.load(c),
             |rows: &Vec<U>, regs| {
                 for row in rows {
-                    row.register(&keys, &key, regs);
+                    row.register(keys, &key, regs);
                 }
-                deps.register(&keys, &key, regs);
+                deps.register(keys, &key, regs);
             },
         )
     }
@@ -500,18 +504,14 @@ pub(crate) fn first_row<T>(rows: Vec<T>) -> QueryResult<T> {
         .ok_or(diesel::result::Error::NotFound)
 }
 
-/// The shared read path: the connection's part (bypass inside a foreign transaction or over
-/// a table this transaction wrote, no fills inside transactions, replica cap), then the
-/// engine's one read-through.
-#[allow(clippy::too_many_arguments)]
+/// The engine's one read-through of `plan` (made by
+/// [`CachedConnection::plan_read`]: bypass inside a foreign transaction or over a table this
+/// transaction wrote, no fills inside transactions, replica cap), reading the database on
+/// `inner`; empty results are not filled unless the cache says so.
 pub(crate) fn read_through<C, U, R, G>(
-    conn: &mut CachedConnection<C>,
     cache: &Cache,
-    key: &str,
-    tables: &[&str],
-    timeout: Timeout,
-    cap: Option<Duration>,
-    guarded: &[&str],
+    plan: &ReadPlan<'_>,
+    inner: &mut C,
     read: R,
     register: G,
 ) -> QueryResult<(Vec<U>, ReadOutcome)>
@@ -521,16 +521,9 @@ where
     R: FnOnce(&mut C) -> QueryResult<Vec<U>>,
     G: FnOnce(&Vec<U>, &mut Registrations),
 {
-    let plan = conn.plan_read(
-        cache,
-        ReadPlan::new(key, tables).timeout(timeout).guard(guarded),
-        tables,
-        cap,
-    );
     let cache_empty = cache.config().cache_empty_results;
-    let inner = &mut conn.conn;
     cache.read_through(
-        &plan,
+        plan,
         || read(inner),
         |rows: &Vec<U>, regs: &mut Registrations| {
             if rows.is_empty() && !cache_empty {

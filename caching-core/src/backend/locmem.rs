@@ -66,7 +66,6 @@
 //! (a flush list, a counter) at once; add/append/cas/incr, CAS tokens and the item size
 //! rules would still have to be built on top of it, so its dependencies would buy little.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
@@ -457,26 +456,9 @@ fn stripe_index(hash: u64) -> usize {
     (hash >> 40) as usize & (STRIPE_SLOTS - 1)
 }
 
-/// Hands out stripes to threads in turn.
-static NEXT_READER: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static READER: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
 /// This thread's stripe.
 fn reader_stripe() -> usize {
-    READER
-        .try_with(|r| match r.get() {
-            Some(n) => n,
-            None => {
-                let n = NEXT_READER.fetch_add(1, Relaxed);
-                r.set(Some(n));
-                n
-            }
-        })
-        .unwrap_or(0)
-        & (STRIPES - 1)
+    crate::stripe::thread_index() & (STRIPES - 1)
 }
 
 /// The in-process backend.
