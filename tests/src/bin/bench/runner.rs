@@ -501,8 +501,6 @@ fn misses(report: &mut Report, plan: &Plan, dbs: &[(&'static str, Shared)], cach
     let mut vs: Vec<Variant<'_>> = Vec::new();
     for (dbname, db) in dbs {
         let d = db.clone();
-        // The baseline of a miss: the same read uncached, after the same untimed write, so
-        // both read the list in the same state.
         vs.push(Variant::new(
             format!("{dbname}_list100_uncached_miss_phase"),
             Naming::Read,
@@ -511,7 +509,6 @@ fn misses(report: &mut Report, plan: &Plan, dbs: &[(&'static str, Shared)], cach
             move |i| {
                 let u = MISS_USERS[i % MISS_USERS.len()];
                 let mut db = d.borrow_mut();
-                invalidate_list(&mut db, u)?;
                 let (t, r) =
                     timed(|| on_db!(&mut *db, |c| by_author!(u, 100).load::<Addon>(c.inner())));
                 r.map_err(err)?;
