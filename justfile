@@ -27,10 +27,12 @@ ci:
 bench *ARGS:
     cargo run --release -p caching-tests --all-features --bin bench -- {{ARGS}}
 
-# A full run written to target/bench.json, and the size-sweep plot of the docs drawn from it.
+# A full run written to target/bench.json, the size-sweep plot of the docs drawn from it, and
+# the tables of docs/src/benchmarks.md ("One run") printed from it.
 bench-plot:
     cargo run --release -p caching-tests --all-features --bin bench -- --json target/bench.json
     python3 scripts/plot_bench.py target/bench.json docs/src/bench-hit-vs-size.svg
+    python3 scripts/bench_tables.py target/bench.json
 
 # Database queries per refill of a hot entry, 2 processes x 50 readers, lease on and off.
 stampede:
