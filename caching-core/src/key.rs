@@ -88,7 +88,7 @@ fn push_safe_part(out: &mut String, part: &str) {
 /// assert_eq!(ObjectKey::new("user rows", &["1"]).model(), "user rows");
 /// assert!(ObjectKey::new("user rows", &["1"]).as_str().starts_with("o:#"));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {
     key: String,
     model: ModelName,
@@ -124,6 +124,15 @@ impl ObjectKey {
     /// use caching_core::ObjectKey;
     /// assert_eq!(ObjectKey::of("users", &[&7]), ObjectKey::new("users", &["7"]));
     /// assert_eq!(ObjectKey::of("pairs", &[&1, &"a b"]), ObjectKey::new("pairs", &["1", "a b"]));
+    /// // A `Display` that fails (after writing "1") never names another row (row 1).
+    /// struct Broken;
+    /// impl std::fmt::Display for Broken {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         f.write_str("1")?;
+    ///         Err(std::fmt::Error)
+    ///     }
+    /// }
+    /// assert_ne!(ObjectKey::of("users", &[&Broken]), ObjectKey::new("users", &["1"]));
     /// ```
     pub fn of(model: &str, pk: &[&dyn fmt::Display]) -> Self {
         use fmt::Write as _;
@@ -131,9 +140,12 @@ impl ObjectKey {
         for p in pk {
             key.push(':');
             let start = key.len();
-            // Writing to a `String` cannot fail; a `Display` that reports an error keeps
-            // what it wrote (where `to_string` would panic).
-            let _ = write!(key, "{p}");
+            // Writing to a `String` cannot fail: an error is the `Display` impl's own. What it
+            // wrote is kept, marked so the part never equals a complete value (another row's
+            // key), and hashed with the mark (`to_string` would have panicked).
+            if write!(key, "{p}").is_err() {
+                key.push_str("\0display failed");
+            }
             if !is_raw_safe_part(&key[start..]) {
                 let part = key.split_off(start);
                 push_safe_part(&mut key, &part);
@@ -168,6 +180,15 @@ impl ObjectKey {
             ModelName::InKey(end) => self.key.get(2..*end).unwrap_or_default(),
             ModelName::Apart(model) => model,
         }
+    }
+}
+
+impl fmt::Debug for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectKey")
+            .field("key", &self.key)
+            .field("model", &self.model())
+            .finish()
     }
 }
 

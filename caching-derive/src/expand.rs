@@ -11,26 +11,27 @@ pub fn expand(m: &Model<'_>) -> TokenStream {
     let (impl_generics, ty_generics, where_clause) = m.input.generics.split_for_impl();
     let model_name = &m.model_name;
     let fingerprint = &m.fingerprint;
-    // Key parts are the fields as `&dyn Display` (written into the key, `ObjectKey::of`),
-    // spanned at the field's type: a type without `Display` is reported on the field, not on
-    // `#[derive(Cached)]`.
+    // Key parts are the fields, coerced to `&dyn Display` (written into the key,
+    // `ObjectKey::of`; a coercion, not an `as` cast, which `trivial_casts` would flag in the
+    // user's crate), spanned at the field's type: a type without `Display` is reported on the
+    // field, not on `#[derive(Cached)]`.
     let pk = m.primary_key.iter().map(|k| {
         let field = k.spanned_field();
-        quote_spanned!(k.ty_span=> &self.#field as &dyn ::std::fmt::Display)
+        quote_spanned!(k.ty_span=> &self.#field)
     });
     let fks = m.foreign_keys.iter().map(|fk| {
         let field = fk.key.spanned_field();
         let parent = &fk.parent;
         let table = quote!(<#parent as ::caching_diesel::CachedModel>::TABLE);
         if fk.nullable {
-            let part = quote_spanned!(fk.key.ty_span=> v as &dyn ::std::fmt::Display);
+            let part = quote_spanned!(fk.key.ty_span=> v);
             quote! {
                 if let ::core::option::Option::Some(v) = &self.#field {
                     out.push(::caching_diesel::ObjectKey::of(#table, &[#part]));
                 }
             }
         } else {
-            let part = quote_spanned!(fk.key.ty_span=> &self.#field as &dyn ::std::fmt::Display);
+            let part = quote_spanned!(fk.key.ty_span=> &self.#field);
             quote! {
                 out.push(::caching_diesel::ObjectKey::of(#table, &[#part]));
             }
