@@ -174,6 +174,13 @@ impl ListRegs {
         }
     }
 
+    /// Adds each of `ids` the list does not have.
+    fn add_all(&mut self, ids: &[u32]) {
+        for id in ids {
+            self.add(*id);
+        }
+    }
+
     /// Adds token `id` unless the list has it.
     fn add(&mut self, id: u32) {
         match &mut self.index {
@@ -249,13 +256,10 @@ impl Registrations {
     /// Adds the tokens `ids` to list `flush_key` (of the table whose version key is
     /// `version`), creating it if new.
     fn add_to(&mut self, flush_key: String, version: u32, ids: &[u32]) {
-        let list = self
-            .lists
+        self.lists
             .entry(flush_key)
-            .or_insert_with(|| ListRegs::new(version));
-        for id in ids {
-            list.add(*id);
-        }
+            .or_insert_with(|| ListRegs::new(version))
+            .add_all(ids);
     }
 
     /// Registers `key` (a query or a value) and its own flush list on row `row`: a write to the
@@ -313,9 +317,7 @@ impl Registrations {
         ks.children_key_into(&mut list, parent);
         match self.lists.get_mut(list.as_str()) {
             Some(regs) => {
-                for id in [key, own, tag] {
-                    regs.add(id);
-                }
+                regs.add_all(&[key, own, tag]);
                 self.scratch = list;
             }
             None => self.add_to(list, version, &[key, own, tag]),

@@ -198,6 +198,9 @@ impl fmt::Display for ObjectKey {
     }
 }
 
+/// How many hex digits of a query's hash its key holds (128 bits).
+const QUERY_HEX_DIGITS: usize = 32;
+
 /// A query key under construction: a blake3 hash over length-prefixed, tagged parts.
 ///
 /// ```
@@ -237,7 +240,7 @@ impl QueryKeyBuilder {
 
     /// 32 hex digits (128 bits) of the hash.
     pub fn finish_hex(&self) -> String {
-        self.hasher.finalize().to_hex()[..32].to_string()
+        self.hasher.finalize().to_hex()[..QUERY_HEX_DIGITS].to_string()
     }
 }
 
@@ -455,8 +458,8 @@ impl KeySpace {
 
     /// A query result key from a finished [`QueryKeyBuilder`].
     pub fn query_key(&self, builder: &QueryKeyBuilder) -> String {
-        // `finish_hex`, without its own string: the hex digits stay on the stack.
-        self.make("q", &builder.hasher.finalize().to_hex()[..32])
+        // Its hex digits stay on the stack (`finish_hex` would copy them into a string).
+        self.make("q", &builder.hasher.finalize().to_hex()[..QUERY_HEX_DIGITS])
     }
 
     /// A manual (`cached`) key.

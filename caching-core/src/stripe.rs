@@ -28,9 +28,10 @@ pub(crate) fn thread_index() -> usize {
 /// How many stripes state is split into.
 const STRIPES: usize = 8;
 
-/// A value on its own cache line(s).
+/// A value alone on its cache lines (128 bytes, as locmem's shards and stripes: the
+/// adjacent-line prefetcher moves lines in pairs).
 #[derive(Debug, Default)]
-#[repr(align(64))]
+#[repr(align(128))]
 struct Line<T>(T);
 
 /// One `T` per thread stripe, each on its own cache line: a thread updates its stripe's,

@@ -954,11 +954,10 @@ impl Backend for LocMem {
                 replies[i] = OpReply::Value(Some(item))
             })?;
             for (op, reply) in ops.iter().zip(&mut replies) {
-                let found = match std::mem::replace(reply, OpReply::Value(None)) {
-                    OpReply::Value(found) => found,
-                    _ => None,
+                let OpReply::Value(found) = reply else {
+                    continue;
                 };
-                *reply = match (*op, found) {
+                *reply = match (*op, found.take()) {
                     (Op::Lease(key, marker, expiry), None) => {
                         // A lease of a missing key: an add, after the read.
                         let won = self.add(key, marker, expiry)?.then(|| Placeholder {

@@ -241,18 +241,27 @@ impl<'de> Reader<'de> {
                 return Err(DeError::new(Kind::BadVarint(BITS)));
             }
         }
-        let mut out = 0u64;
+        // Near the end of the input: byte by byte. (In range: at most `max` bytes, the last
+        // checked, which keeps a `BITS`-bit value.)
+        self.varint_bytewise(BITS).map(|v| v as u64)
+    }
+
+    /// A varint of a `bits`-bit unsigned integer read byte by byte, as postcard does: at most
+    /// `varint_max(bits)` bytes, the last at most `last_byte_max(bits)`.
+    fn varint_bytewise(&mut self, bits: u32) -> Result<u128> {
+        let max = varint_max(bits);
+        let mut out = 0u128;
         for i in 0..max {
             let b = self.pop()?;
-            out |= u64::from(b & 0x7F) << (7 * i);
+            out |= u128::from(b & 0x7F) << (7 * i);
             if b & 0x80 == 0 {
-                if i == max - 1 && b > last_byte_max(BITS) {
+                if i == max - 1 && b > last_byte_max(bits) {
                     break;
                 }
                 return Ok(out);
             }
         }
-        Err(DeError::new(Kind::BadVarint(BITS)))
+        Err(DeError::new(Kind::BadVarint(bits)))
     }
 
     #[inline]
@@ -279,19 +288,14 @@ impl<'de> Reader<'de> {
 
     #[inline(never)]
     fn varint_u128(&mut self) -> Result<u128> {
-        let max = varint_max(128);
-        let mut out = 0u128;
-        for i in 0..max {
-            let b = self.pop()?;
-            out |= u128::from(b & 0x7F) << (7 * i);
-            if b & 0x80 == 0 {
-                if i == max - 1 && b > last_byte_max(128) {
-                    break;
-                }
-                return Ok(out);
-            }
-        }
-        Err(DeError::new(Kind::BadVarint(128)))
+        self.varint_bytewise(128)
+    }
+
+    /// A length-prefixed run of bytes (`str`, `bytes`): `varint(usize)`, then that many bytes.
+    #[inline]
+    fn take_counted(&mut self) -> Result<&'de [u8]> {
+        let len = self.varint_usize()?;
+        self.take(len)
     }
 
     /// The size hint of a `seq` or `map` of `len` declared elements: `len` if at least that
@@ -301,6 +305,12 @@ impl<'de> Reader<'de> {
     fn size_hint(&self, len: usize) -> Option<usize> {
         (len <= self.remaining()).then_some(len)
     }
+}
+
+/// `bytes` as a string, or the error of a string that is not UTF-8.
+#[inline]
+fn utf8(bytes: &[u8]) -> Result<&str> {
+    std::str::from_utf8(bytes).map_err(|_| DeError::new(Kind::BadUtf8))
 }
 
 #[inline(always)]
@@ -313,20 +323,30 @@ fn unzigzag_u128(n: u128) -> i128 {
     ((n >> 1) as i128) ^ -((n & 1) as i128)
 }
 
-struct Seq<'a, 'de> {
+/// The elements of a `seq` (or tuple, struct) or the entries of a `map`: `len` of them.
+struct Counted<'a, 'de> {
     de: &'a mut Reader<'de>,
     len: usize,
 }
 
-impl<'de> de::SeqAccess<'de> for Seq<'_, 'de> {
+impl Counted<'_, '_> {
+    /// Counts one more element off; `false` when there are none left.
+    #[inline]
+    fn next(&mut self) -> bool {
+        let more = self.len > 0;
+        self.len = self.len.saturating_sub(1);
+        more
+    }
+}
+
+impl<'de> de::SeqAccess<'de> for Counted<'_, 'de> {
     type Error = DeError;
 
     #[inline]
     fn next_element_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<Option<S::Value>> {
-        if self.len == 0 {
+        if !self.next() {
             return Ok(None);
         }
-        self.len -= 1;
         seed.deserialize(&mut *self.de).map(Some)
     }
 
@@ -336,20 +356,14 @@ impl<'de> de::SeqAccess<'de> for Seq<'_, 'de> {
     }
 }
 
-struct Map<'a, 'de> {
-    de: &'a mut Reader<'de>,
-    len: usize,
-}
-
-impl<'de> de::MapAccess<'de> for Map<'_, 'de> {
+impl<'de> de::MapAccess<'de> for Counted<'_, 'de> {
     type Error = DeError;
 
     #[inline]
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>> {
-        if self.len == 0 {
+        if !self.next() {
             return Ok(None);
         }
-        self.len -= 1;
         seed.deserialize(&mut *self.de).map(Some)
     }
 
@@ -469,38 +483,31 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
 
     #[inline]
     fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        let len = self.varint_usize()?;
-        let bytes = self.take(len)?;
-        let s = std::str::from_utf8(bytes).map_err(|_| DeError::new(Kind::BadUtf8))?;
-        visitor.visit_borrowed_str(s)
+        visitor.visit_borrowed_str(utf8(self.take_counted()?)?)
     }
 
     #[inline]
     fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        let len = self.varint_usize()?;
-        let bytes = self.take(len)?;
-        if len <= SHORT_STRING {
+        let bytes = self.take_counted()?;
+        if bytes.len() <= SHORT_STRING {
             // The visitor wants an owned string: copy first, then check the copy, whose start
             // is aligned (UTF-8 validation runs word-wise from an aligned address on, so a
             // short string at an odd offset would be checked byte by byte).
             let s = String::from_utf8(bytes.to_vec()).map_err(|_| DeError::new(Kind::BadUtf8))?;
             visitor.visit_string(s)
         } else {
-            let s = std::str::from_utf8(bytes).map_err(|_| DeError::new(Kind::BadUtf8))?;
-            visitor.visit_str(s)
+            visitor.visit_str(utf8(bytes)?)
         }
     }
 
     #[inline]
     fn deserialize_bytes<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        let len = self.varint_usize()?;
-        visitor.visit_borrowed_bytes(self.take(len)?)
+        visitor.visit_borrowed_bytes(self.take_counted()?)
     }
 
     #[inline]
     fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        let len = self.varint_usize()?;
-        visitor.visit_bytes(self.take(len)?)
+        visitor.visit_bytes(self.take_counted()?)
     }
 
     #[inline]
@@ -538,12 +545,12 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
     #[inline]
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         let len = self.varint_usize()?;
-        visitor.visit_seq(Seq { de: self, len })
+        visitor.visit_seq(Counted { de: self, len })
     }
 
     #[inline]
     fn deserialize_tuple<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value> {
-        visitor.visit_seq(Seq { de: self, len })
+        visitor.visit_seq(Counted { de: self, len })
     }
 
     #[inline]
@@ -553,13 +560,13 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
         len: usize,
         visitor: V,
     ) -> Result<V::Value> {
-        visitor.visit_seq(Seq { de: self, len })
+        visitor.visit_seq(Counted { de: self, len })
     }
 
     #[inline]
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         let len = self.varint_usize()?;
-        visitor.visit_map(Map { de: self, len })
+        visitor.visit_map(Counted { de: self, len })
     }
 
     #[inline]
@@ -569,7 +576,7 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value> {
-        visitor.visit_seq(Seq {
+        visitor.visit_seq(Counted {
             de: self,
             len: fields.len(),
         })
@@ -621,7 +628,7 @@ impl<'de> de::VariantAccess<'de> for &mut Reader<'de> {
 
     #[inline]
     fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value> {
-        visitor.visit_seq(Seq { de: self, len })
+        visitor.visit_seq(Counted { de: self, len })
     }
 
     #[inline]
@@ -630,7 +637,7 @@ impl<'de> de::VariantAccess<'de> for &mut Reader<'de> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value> {
-        visitor.visit_seq(Seq {
+        visitor.visit_seq(Counted {
             de: self,
             len: fields.len(),
         })
