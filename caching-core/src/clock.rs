@@ -18,8 +18,15 @@ use crate::timeout::Expiry;
 pub(crate) fn parse(value: &[u8]) -> Option<u64> {
     // What the backends store: ASCII digits (read on every lookup, so without the UTF-8
     // check); anything else (padding a server added, say) the slow way.
-    if !value.is_empty() && value.len() <= 19 && value.iter().all(u8::is_ascii_digit) {
-        return Some(value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
+    if !value.is_empty() && value.len() <= 19 {
+        // One pass: at most 19 digits cannot overflow.
+        let digits = value.iter().try_fold(0u64, |n, d| {
+            let d = d.wrapping_sub(b'0');
+            (d <= 9).then(|| n * 10 + u64::from(d))
+        });
+        if digits.is_some() {
+            return digits;
+        }
     }
     std::str::from_utf8(value).ok()?.trim().parse().ok()
 }

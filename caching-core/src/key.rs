@@ -240,7 +240,22 @@ impl QueryKeyBuilder {
 
     /// 32 hex digits (128 bits) of the hash.
     pub fn finish_hex(&self) -> String {
-        self.hasher.finalize().to_hex()[..QUERY_HEX_DIGITS].to_string()
+        let hex = self.hex_digits();
+        // ASCII hex digits: always UTF-8.
+        String::from_utf8_lossy(&hex).into_owned()
+    }
+
+    /// The first [`QUERY_HEX_DIGITS`] lowercase hex digits of the hash, on the stack (what
+    /// `blake3::Hash::to_hex` gives, without writing all 64).
+    fn hex_digits(&self) -> [u8; QUERY_HEX_DIGITS] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let hash = self.hasher.finalize();
+        let mut out = [0u8; QUERY_HEX_DIGITS];
+        for (pair, b) in out.chunks_exact_mut(2).zip(hash.as_bytes()) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 0x0f)];
+        }
+        out
     }
 }
 
@@ -459,7 +474,9 @@ impl KeySpace {
     /// A query result key from a finished [`QueryKeyBuilder`].
     pub fn query_key(&self, builder: &QueryKeyBuilder) -> String {
         // Its hex digits stay on the stack (`finish_hex` would copy them into a string).
-        self.make("q", &builder.hasher.finalize().to_hex()[..QUERY_HEX_DIGITS])
+        let hex = builder.hex_digits();
+        // ASCII hex digits: always UTF-8 (borrowed, not copied).
+        self.make("q", &String::from_utf8_lossy(&hex))
     }
 
     /// A manual (`cached`) key.
@@ -503,6 +520,22 @@ fn strip<'a>(key: &'a str, prefix: &str) -> &'a str {
 
 #[cfg(test)]
 mod tests {
+    /// The query hash's digits are blake3's own hex, cut to [`QUERY_HEX_DIGITS`].
+    #[test]
+    fn query_hex_is_blake3_hex() {
+        for input in [&b""[..], b"x", &[0xff; 300]] {
+            let mut b = super::QueryKeyBuilder::new("query");
+            b.part("sql", input);
+            let full = b.hasher.finalize().to_hex();
+            assert_eq!(b.finish_hex(), &full[..super::QUERY_HEX_DIGITS]);
+            let ks = super::KeySpace::new("p").unwrap();
+            assert_eq!(
+                ks.query_key(&b),
+                format!("p:q:{}", &full[..super::QUERY_HEX_DIGITS])
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

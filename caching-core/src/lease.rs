@@ -241,7 +241,7 @@ impl Cache {
                     return Leased::Leader {
                         lookup,
                         marker: Placeholder {
-                            value: marker,
+                            value: marker.to_vec(),
                             cas: None,
                         },
                         flight: Some(flight),

@@ -1439,7 +1439,7 @@ impl Cache {
             None => {
                 self.step("add");
                 own = Placeholder {
-                    value: pending_marker(),
+                    value: pending_marker().to_vec(),
                     cas: None,
                 };
                 let pending = expiry.min(Expiry::from_duration(PENDING_TTL));

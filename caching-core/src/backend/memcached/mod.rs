@@ -174,6 +174,10 @@ impl Memcached {
 
     /// Index of the server that owns `key` (see `placement`).
     fn server_for(&self, key: &str) -> usize {
+        // One server owns every key: no hash needed (what `owner` answers for one seed).
+        if self.servers.len() == 1 {
+            return 0;
+        }
         placement::owner(self.servers.iter().map(|s| &s.seed), key)
     }
 
@@ -494,7 +498,20 @@ impl Memcached {
     /// Encodes a batch for one server: the requests, and per op its reply when it is known
     /// without asking (a value too large to send).
     fn encode_batch(&self, stages: &[&[Op<'_>]]) -> Encoded {
-        let mut buf = Vec::new();
+        // Room for every request's line (a command, a key, a few numbers) and value, so the
+        // buffer is allocated once.
+        let room = stages
+            .iter()
+            .flat_map(|ops| ops.iter())
+            .map(|op| {
+                let value = match *op {
+                    Op::Add(_, v, _) | Op::Append(_, v) | Op::Cas(_, v, _, _) => v.len() + 2,
+                    _ => 0,
+                };
+                op.key().len() + 64 + value
+            })
+            .sum();
+        let mut buf = Vec::with_capacity(room);
         let mut asked = 0;
         let mut known: Vec<Vec<Option<OpReply>>> = Vec::with_capacity(stages.len());
         for ops in stages {

@@ -24,8 +24,6 @@
 //! assert!(input.is_empty() && decoder.is_idle());
 //! ```
 
-use std::io::Write;
-
 /// Longest reply line accepted, CRLF included. Real lines are far shorter: a `VALUE` line with a
 /// 250-byte key and 20-digit numbers is under 320 bytes.
 ///
@@ -339,10 +337,17 @@ impl Decoder {
                         }
                         return Ok(None);
                     };
-                    push_capped(&mut self.line, &scan[..=end], MAX_LINE);
+                    // A line that arrived whole is parsed where it lies; one split across
+                    // reads is put together in `line` first.
+                    let parsed = if self.line.is_empty() {
+                        parse_line(&scan[..=end], self.max_data)
+                    } else {
+                        push_capped(&mut self.line, &scan[..=end], MAX_LINE);
+                        let parsed = parse_line(&self.line, self.max_data);
+                        self.line.clear();
+                        parsed
+                    };
                     *input = &input[end + 1..];
-                    let parsed = parse_line(&self.line, self.max_data);
-                    self.line.clear();
                     match parsed? {
                         Parsed::Frame(f) => return Ok(Some(f)),
                         Parsed::Data { header, len } => {
@@ -408,6 +413,10 @@ fn parse_line(raw: &[u8], max_data: usize) -> Result<Parsed, WireError> {
     let Some(body) = raw.strip_suffix(b"\r\n") else {
         return Err(WireError::BareNewline(excerpt(raw)));
     };
+    // The answer to a meta get, the most frequent line, is read as bytes.
+    if let Some(fields) = body.strip_prefix(b"VA ") {
+        return parse_meta_value(body, fields, max_data);
+    }
     let Ok(line) = std::str::from_utf8(body) else {
         return Err(WireError::NotText(excerpt(body)));
     };
@@ -441,7 +450,6 @@ fn parse_line(raw: &[u8], max_data: usize) -> Result<Parsed, WireError> {
             }
         }
         l if l.starts_with("VALUE ") => return parse_value(l, max_data),
-        l if l.starts_with("VA ") => return parse_meta_value(l, max_data),
         l if !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()) => {
             Frame::Number(parse_u64(l).ok_or_else(|| WireError::BadNumber(text(l)))?)
         }
@@ -486,24 +494,24 @@ fn data_len(len: u64, max_data: usize) -> Result<usize, WireError> {
     }
 }
 
-/// `VA <bytes> <flags>*`: flags are single letters, most followed by a token; `c<cas>` and
-/// `W` are kept, the others (`k`, `t`, `s`, `Z`, `X`, ..) are checked for shape and dropped.
-fn parse_meta_value(line: &str, max_data: usize) -> Result<Parsed, WireError> {
-    let text = || line.chars().take(MAX_ERROR_TEXT).collect::<String>();
-    let mut fields = line.split(' ').skip(1);
+/// `VA <bytes> <flags>*` (`line`, whose `fields` follow `VA `): flags are single letters,
+/// most followed by a token; `c<cas>` and `W` are kept, the others (`k`, `t`, `s`, `Z`, `X`,
+/// ..) are checked for shape and dropped.
+fn parse_meta_value(line: &[u8], fields: &[u8], max_data: usize) -> Result<Parsed, WireError> {
+    let text = || String::from_utf8_lossy(&line[..line.len().min(MAX_ERROR_TEXT)]).into_owned();
+    let mut fields = fields.split(|&b| b == b' ');
     let len = fields
         .next()
-        .and_then(parse_u64)
+        .and_then(parse_u64_bytes)
         .ok_or_else(|| WireError::BadNumber(text()))?;
     let (mut cas, mut won) = (None, false);
     for flag in fields {
-        let mut chars = flag.chars();
-        match chars.next() {
-            Some('c') => {
-                cas = Some(parse_u64(chars.as_str()).ok_or_else(|| WireError::BadNumber(text()))?)
+        match flag {
+            [b'c', token @ ..] => {
+                cas = Some(parse_u64_bytes(token).ok_or_else(|| WireError::BadNumber(text()))?)
             }
-            Some('W') if chars.as_str().is_empty() => won = true,
-            Some(c) if c.is_ascii_alphabetic() && flag.bytes().all(|b| b > b' ' && b != 0x7f) => {}
+            [b'W'] => won = true,
+            [c, ..] if c.is_ascii_alphabetic() && flag.iter().all(|&b| b > b' ' && b != 0x7f) => {}
             _ => return Err(WireError::Malformed(text())),
         }
     }
@@ -515,10 +523,15 @@ fn parse_meta_value(line: &str, max_data: usize) -> Result<Parsed, WireError> {
 
 /// A decimal `u64`: digits only (no sign, no spaces), no overflow.
 fn parse_u64(s: &str) -> Option<u64> {
+    parse_u64_bytes(s.as_bytes())
+}
+
+/// [`parse_u64`] of bytes.
+fn parse_u64_bytes(s: &[u8]) -> Option<u64> {
     if s.is_empty() || s.len() > 20 {
         return None;
     }
-    s.bytes().try_fold(0u64, |n, b| {
+    s.iter().try_fold(0u64, |n, &b| {
         if !b.is_ascii_digit() {
             return None;
         }
@@ -632,8 +645,14 @@ impl Request<'_> {
     /// assert_eq!(buf, b"gets a b\r\ndelete a\r\nversion\r\n");
     /// ```
     pub fn encode(&self, buf: &mut Vec<u8>) {
-        // Writing to a Vec cannot fail.
-        let _ = match *self {
+        // Written byte by byte rather than with `write!`: the formatting machinery cost more
+        // than the rest of a lookup's encoding (a hit sends one request per key it reads).
+        let line = |buf: &mut Vec<u8>, parts: &[&[u8]]| {
+            for p in parts {
+                buf.extend_from_slice(p);
+            }
+        };
+        match *self {
             Request::Gets(keys) => {
                 buf.extend_from_slice(b"gets");
                 for k in keys {
@@ -641,7 +660,6 @@ impl Request<'_> {
                     buf.extend_from_slice(k.as_bytes());
                 }
                 buf.extend_from_slice(b"\r\n");
-                Ok(())
             }
             Request::Store {
                 verb,
@@ -649,15 +667,16 @@ impl Request<'_> {
                 value,
                 exptime,
             } => {
-                let r = write!(
+                line(
                     buf,
-                    "{} {key} 0 {exptime} {}\r\n",
-                    verb.as_str(),
-                    value.len()
+                    &[verb.as_str().as_bytes(), b" ", key.as_bytes(), b" 0 "],
                 );
+                push_decimal(buf, exptime);
+                buf.push(b' ');
+                push_decimal(buf, value.len() as u64);
+                buf.extend_from_slice(b"\r\n");
                 buf.extend_from_slice(value);
                 buf.extend_from_slice(b"\r\n");
-                r
             }
             Request::Cas {
                 key,
@@ -665,19 +684,47 @@ impl Request<'_> {
                 exptime,
                 cas,
             } => {
-                let r = write!(buf, "cas {key} 0 {exptime} {} {cas}\r\n", value.len());
+                line(buf, &[b"cas ", key.as_bytes(), b" 0 "]);
+                push_decimal(buf, exptime);
+                buf.push(b' ');
+                push_decimal(buf, value.len() as u64);
+                buf.push(b' ');
+                push_decimal(buf, cas);
+                buf.extend_from_slice(b"\r\n");
                 buf.extend_from_slice(value);
                 buf.extend_from_slice(b"\r\n");
-                r
             }
-            Request::MetaGet(key) => write!(buf, "mg {key} v c\r\n"),
-            Request::MetaGetLease { key, exptime } => write!(buf, "mg {key} v c N{exptime}\r\n"),
-            Request::Delete(key) => write!(buf, "delete {key}\r\n"),
-            Request::Incr { key, delta } => write!(buf, "incr {key} {delta}\r\n"),
-            Request::Version => write!(buf, "version\r\n"),
-            Request::StatsSettings => write!(buf, "stats settings\r\n"),
-        };
+            Request::MetaGet(key) => line(buf, &[b"mg ", key.as_bytes(), b" v c\r\n"]),
+            Request::MetaGetLease { key, exptime } => {
+                line(buf, &[b"mg ", key.as_bytes(), b" v c N"]);
+                push_decimal(buf, exptime);
+                buf.extend_from_slice(b"\r\n");
+            }
+            Request::Delete(key) => line(buf, &[b"delete ", key.as_bytes(), b"\r\n"]),
+            Request::Incr { key, delta } => {
+                line(buf, &[b"incr ", key.as_bytes(), b" "]);
+                push_decimal(buf, delta);
+                buf.extend_from_slice(b"\r\n");
+            }
+            Request::Version => buf.extend_from_slice(b"version\r\n"),
+            Request::StatsSettings => buf.extend_from_slice(b"stats settings\r\n"),
+        }
     }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[at..]);
 }
 
 #[cfg(test)]
@@ -1004,6 +1051,44 @@ SERVER_ERROR object too large for cache\r\n";
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Every request encodes as the protocol's text says, numbers in plain decimal at
+        /// every width (checked against `format!`).
+        #[test]
+        fn requests_encode_like_their_formatted_text(
+            key in "[a-z:0-9]{1,20}",
+            value in proptest::collection::vec(any::<u8>(), 0..40),
+            exptime in prop_oneof![Just(0u64), Just(u64::MAX), any::<u64>(), 0u64..100],
+            n in prop_oneof![Just(0u64), Just(9u64), Just(10u64), Just(u64::MAX), any::<u64>()],
+        ) {
+            let encoded = |r: Request<'_>| {
+                let mut buf = Vec::new();
+                r.encode(&mut buf);
+                buf
+            };
+            let with_data = |line: String| [line.as_bytes(), &value[..], b"\r\n"].concat();
+            let len = value.len();
+            for verb in [StoreVerb::Set, StoreVerb::Add, StoreVerb::Append] {
+                prop_assert_eq!(
+                    encoded(Request::Store { verb, key: &key, value: &value, exptime }),
+                    with_data(format!("{} {key} 0 {exptime} {len}\r\n", verb.as_str()))
+                );
+            }
+            prop_assert_eq!(
+                encoded(Request::Cas { key: &key, value: &value, exptime, cas: n }),
+                with_data(format!("cas {key} 0 {exptime} {len} {n}\r\n"))
+            );
+            prop_assert_eq!(encoded(Request::MetaGet(&key)), format!("mg {key} v c\r\n").into_bytes());
+            prop_assert_eq!(
+                encoded(Request::MetaGetLease { key: &key, exptime }),
+                format!("mg {key} v c N{exptime}\r\n").into_bytes()
+            );
+            prop_assert_eq!(encoded(Request::Delete(&key)), format!("delete {key}\r\n").into_bytes());
+            prop_assert_eq!(
+                encoded(Request::Incr { key: &key, delta: n }),
+                format!("incr {key} {n}\r\n").into_bytes()
+            );
+        }
 
         /// Arbitrary bytes in arbitrary chunks: the decoder never panics, never holds more than
         /// its bounds, decodes the same frames whatever the chunking, and consumes every byte
