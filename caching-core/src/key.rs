@@ -43,6 +43,21 @@ fn hash_hex(bytes: &[u8], len: usize) -> String {
     hex[..len].to_string()
 }
 
+/// `n` in decimal, written at the end of `buf`.
+pub(crate) fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // ASCII digits only.
+    std::str::from_utf8(&buf[at..]).unwrap_or_default()
+}
+
 /// A key part made safe: verbatim when short and in `[A-Za-z0-9_.-]`, otherwise `#` followed
 /// by 32 hex digits of its blake3 hash.
 ///
@@ -150,6 +165,29 @@ impl ObjectKey {
                 let part = key.split_off(start);
                 push_safe_part(&mut key, &part);
             }
+        }
+        ObjectKey { key, model }
+    }
+
+    /// [`of`](ObjectKey::of) for a primary key made of integers, without going through
+    /// `Display` (what `#[derive(Cached)]` builds for integer keys: a fill makes one per row
+    /// and per foreign key). The key is the same.
+    ///
+    /// ```
+    /// use caching_core::ObjectKey;
+    /// assert_eq!(ObjectKey::of_ints("users", &[7]), ObjectKey::of("users", &[&7]));
+    /// assert_eq!(ObjectKey::of_ints("t", &[i64::MIN, 0]), ObjectKey::of("t", &[&i64::MIN, &0]));
+    /// ```
+    pub fn of_ints(model: &str, pk: &[i64]) -> Self {
+        let (mut key, model) = Self::start(model, pk.len());
+        let mut digits = [0u8; 20];
+        for &p in pk {
+            key.push(':');
+            if p < 0 {
+                key.push('-');
+            }
+            // Digits and a sign: always a raw-safe part (at most 20 bytes).
+            key.push_str(decimal(p.unsigned_abs(), &mut digits));
         }
         ObjectKey { key, model }
     }
@@ -520,6 +558,36 @@ fn strip<'a>(key: &'a str, prefix: &str) -> &'a str {
 
 #[cfg(test)]
 mod tests {
+    /// Integer keys written without `Display` equal the `Display` ones, at every width.
+    #[test]
+    fn integer_keys_equal_displayed_ones() {
+        let values = [
+            0,
+            1,
+            -1,
+            9,
+            10,
+            -10,
+            99,
+            100,
+            i64::from(i32::MIN),
+            i64::MAX,
+            i64::MIN,
+        ];
+        for &a in &values {
+            assert_eq!(
+                super::ObjectKey::of_ints("t", &[a]),
+                super::ObjectKey::new("t", &[a.to_string()])
+            );
+            for &b in &values {
+                assert_eq!(
+                    super::ObjectKey::of_ints("a b", &[a, b]),
+                    super::ObjectKey::of("a b", &[&a, &b])
+                );
+            }
+        }
+    }
+
     /// The query hash's digits are blake3's own hex, cut to [`QUERY_HEX_DIGITS`].
     #[test]
     fn query_hex_is_blake3_hex() {
