@@ -43,8 +43,15 @@ fn hash_hex(bytes: &[u8], len: usize) -> String {
     hex[..len].to_string()
 }
 
-/// `n` in decimal, written at the end of `buf`.
-pub(crate) fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+/// `n` in decimal, written at the end of `buf` (keys and wire formats write numbers on every
+/// read: this skips the formatting machinery).
+///
+/// ```
+/// use caching_core::key::decimal;
+/// assert_eq!(decimal(0, &mut [0; 20]), "0");
+/// assert_eq!(decimal(u64::MAX, &mut [0; 20]), u64::MAX.to_string());
+/// ```
+pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
     let mut at = buf.len();
     loop {
         at -= 1;

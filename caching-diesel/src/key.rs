@@ -85,20 +85,7 @@ pub struct KeyBinds {
 /// Appends `n` in decimal (a type OID: without the formatting machinery).
 #[cfg(feature = "postgres")]
 fn push_u32(text: &mut String, n: u32) {
-    let mut digits = [0u8; 10];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for d in &digits[i..] {
-        text.push(char::from(*d));
-    }
+    text.push_str(caching_core::key::decimal(u64::from(n), &mut [0; 20]));
 }
 
 /// A collector taken from [`KeyBinds`] for one read: emptied, and put back after unless an
