@@ -38,27 +38,24 @@ pub fn expand(m: &Model<'_>) -> TokenStream {
         let parent = &fk.parent;
         let table = quote!(<#parent as ::caching_diesel::CachedModel>::TABLE);
         if fk.nullable {
-            let inner = option_inner(&fk.key.ty);
-            let key = match inner.and_then(|t| int_part(t, quote_spanned!(fk.key.ty_span=> *v))) {
-                Some(part) => quote!(::caching_diesel::ObjectKey::of_ints(#table, &[#part])),
-                None => {
-                    let part = quote_spanned!(fk.key.ty_span=> v);
-                    quote!(::caching_diesel::ObjectKey::of(#table, &[#part]))
-                }
-            };
+            let key = key_of(
+                &table,
+                option_inner(&fk.key.ty),
+                quote_spanned!(fk.key.ty_span=> *v),
+                quote_spanned!(fk.key.ty_span=> v),
+            );
             quote! {
                 if let ::core::option::Option::Some(v) = &self.#field {
                     out.push(#key);
                 }
             }
         } else {
-            let key = match int_part(&fk.key.ty, quote_spanned!(fk.key.ty_span=> self.#field)) {
-                Some(part) => quote!(::caching_diesel::ObjectKey::of_ints(#table, &[#part])),
-                None => {
-                    let part = quote_spanned!(fk.key.ty_span=> &self.#field);
-                    quote!(::caching_diesel::ObjectKey::of(#table, &[#part]))
-                }
-            };
+            let key = key_of(
+                &table,
+                Some(&fk.key.ty),
+                quote_spanned!(fk.key.ty_span=> self.#field),
+                quote_spanned!(fk.key.ty_span=> &self.#field),
+            );
             quote! {
                 out.push(#key);
             }
@@ -206,6 +203,20 @@ pub fn expand_row(input: &syn::DeriveInput) -> TokenStream {
                 }
             }
         };
+    }
+}
+
+/// The object key of a one-part key in `table`: `value` (of type `ty`) written as an integer
+/// when [`int_part`] takes it, else `reference` written through `Display`.
+fn key_of(
+    table: &TokenStream,
+    ty: Option<&syn::Type>,
+    value: TokenStream,
+    reference: TokenStream,
+) -> TokenStream {
+    match ty.and_then(|t| int_part(t, value)) {
+        Some(part) => quote!(::caching_diesel::ObjectKey::of_ints(#table, &[#part])),
+        None => quote!(::caching_diesel::ObjectKey::of(#table, &[#reference])),
     }
 }
 
